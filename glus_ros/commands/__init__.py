@@ -1,0 +1,1 @@
+"""Sub-commands of the ``glus-ros`` console command: one module each, with ``add_parser`` and ``run``."""

@@ -1,0 +1,74 @@
+"""``glus-ros eval``: score predicted masks (or a model, run first) on MeViS or Ref-YouTube-VOS."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from glus_ros.datasets.mevis import MevisDataset
+from glus_ros.datasets.refytvos import RefYoutubeVosDataset
+from glus_ros.evaluation import ReferringDataset, evaluate_predictions, write_csv
+
+DATASETS = {"mevis": MevisDataset, "refytvos": RefYoutubeVosDataset}
+
+
+def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
+    parser = subparsers.add_parser(
+        verb,
+        help="J, F and J&F of predicted masks on MeViS / Ref-YouTube-VOS",
+        description=__doc__,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pred", type=Path, help="prediction folder: <pred>/<video>/<exp_id>/<frame>.png")
+    source.add_argument("--model", help="model spec to run on the split first, then score its predictions")
+    parser.add_argument("--data", type=Path, required=True, help="dataset root (holds <split>/JPEGImages)")
+    parser.add_argument("--split", default="valid", help="dataset split (default: valid)")
+    parser.add_argument(
+        "--dataset", choices=sorted(DATASETS), default="mevis", help="layout (default: mevis)"
+    )
+    parser.add_argument("--csv", type=Path, help="per-expression scores (default: <pred>/eval_<split>.csv)")
+    parser.add_argument(
+        "--allow-missing", action="store_true", help="score missing predictions as empty masks"
+    )
+    parser.add_argument("--device", default="cpu", help="device for --model (default: cpu)")
+    parser.add_argument("--key-frame", action="store_true", help="--model: use the key-frame selector")
+    parser.add_argument("--out", type=Path, help="--model: prediction folder (default: ./eval_pred_<split>)")
+    parser.set_defaults(func=run)
+
+
+def open_dataset(kind: str, root: Path, split: str) -> ReferringDataset:
+    """The reader for ``kind`` (one of DATASETS) over ``root``/``split``."""
+    if kind not in DATASETS:
+        raise ValueError(f"unknown dataset {kind!r}; choose one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[kind](root, split)
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset = open_dataset(args.dataset, args.data, args.split)
+    if args.model is not None:
+        from glus_ros.inference import predict_dataset  # heavy (torch, weights): only when asked
+
+        out_dir = args.out if args.out is not None else Path.cwd() / f"eval_pred_{args.split}"
+        pred_dir = Path(
+            predict_dataset(
+                model=args.model,
+                dataset=dataset,
+                out_dir=out_dir,
+                device=args.device,
+                key_frame=args.key_frame,
+            )
+        )
+    else:
+        pred_dir = args.pred
+
+    result = evaluate_predictions(pred_dir, dataset, allow_missing=args.allow_missing, progress=True)
+    csv_path = write_csv(result, args.csv if args.csv is not None else pred_dir / f"eval_{args.split}.csv")
+
+    print(f"J: {result.j:.3f}")
+    print(f"F: {result.f:.3f}")
+    print(f"J&F: {result.j_and_f:.3f}")
+    print(f"expressions: {result.num_expressions}")
+    if result.missing:
+        print(f"missing predictions scored as empty: {result.missing}")
+    print(f"csv: {csv_path}")
+    return 0

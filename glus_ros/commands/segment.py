@@ -1,0 +1,73 @@
+"""``glus-ros segment``: masks for every frame of a video from a referring expression."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from glus_ros.model.config import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs the model."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"config name, YAML file or trained model directory (default: {DEFAULT_MODEL})")
+    parser.add_argument("--checkpoint", help="official GLUS/LISA checkpoint file or directory to load")
+    parser.add_argument("--sam2-checkpoint", help="official SAM 2 .pt checkpoint for the SAM 2 head")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="autocast precision")
+
+
+def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
+    parser = subparsers.add_parser(verb, help="segment the referred object in every frame of a video")
+    parser.add_argument("--video", required=True, help="video file (.mp4, ...) or folder of frames")
+    parser.add_argument("--expr", required=True, help='referring expression, e.g. "the red mug"')
+    parser.add_argument("--out", required=True, help="output folder: <frame>.png masks, overlay video, result.json")
+    add_model_arguments(parser)
+    parser.add_argument("--start-frame", type=int, default=0,
+                        help="frame to start from; the model propagates forward, then backward from it")
+    parser.add_argument("--max-frames", type=int, help="only the first N frames")
+    parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from glus_ros.inference import VideoSegmenter, load_model
+    from glus_ros.model.prompting import clean_expression
+    from glus_ros.video_io import overlay, read_video, write_mask_png, write_video
+
+    expression = clean_expression(args.expr)  # fail before loading anything
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    frames, names, fps = read_video(args.video, args.max_frames)
+    if not 0 <= args.start_frame < len(frames):
+        raise ValueError(f"--start-frame {args.start_frame} outside the video's {len(frames)} frames")
+    model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device)
+    segmenter = VideoSegmenter(model, dtype=args.dtype)
+    with tqdm(total=len(frames), desc="segment", unit="frame") as bar:
+        result = segmenter.segment(frames, expression, start_frame=args.start_frame, progress=bar.update)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, mask in zip(names, result.masks, strict=True):
+        write_mask_png(out / f"{name}.png", mask)
+    video_path = None
+    if not args.no_overlay:
+        overlays = [overlay(f, m) for f, m in zip(frames, result.masks, strict=True)]
+        video_path = write_video(out / "overlay.mp4", overlays, fps)
+    summary = {
+        "video": str(args.video), "expression": expression, "model": str(args.model),
+        "frames": len(frames), "start_frame": result.start_frame,
+        "size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
+        "scores": [round(float(s), 4) for s in result.scores],
+        "timings": result.timings, "overlay": str(video_path) if video_path else None,
+    }
+    (out / "result.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {len(frames)} masks to {out} ({result.timings['per_frame_s'] * 1000:.0f} ms/frame)"
+          + (f", overlay {video_path}" if video_path else ""))
+    return 0

@@ -1,0 +1,1 @@
+"""Readers for referring-video datasets on disk (MeViS, Ref-YouTube-VOS, the project's synthetic set)."""

@@ -1,0 +1,183 @@
+"""Model configuration: dataclasses filled from the YAML files in ``models/``.
+
+One file describes one architecture (``tiny``, ``glus-s``); a trained model directory holds its own
+``config.yaml`` next to the weights, so a checkpoint always carries the sizes it was trained with.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PROMPT = "context: {context} query: {query} expression: {expression} answer: {answer}"
+DEFAULT_ANSWER = "{seg}"
+DEFAULT_CONTEXT_FRAME = "<image>"
+DEFAULT_QUERY_FRAME = "<image>"
+
+TRAINABLE_GROUPS = (
+    "vision_tower", "llm", "llm_lora", "projections", "image_encoder", "prompt_encoder",
+    "mask_decoder", "memory",
+)
+
+
+@dataclass
+class VLMConfig:
+    """The LLaVA-style vision-language model and how frames and text become its prompt."""
+
+    text: dict[str, Any] = field(default_factory=dict)     # transformers LlamaConfig fields
+    vision: dict[str, Any] = field(default_factory=dict)   # transformers CLIPVisionConfig fields
+    tokenizer: str = "builtin"          # "builtin", "checkpoint" or a directory
+    image_size: int = 64
+    vision_feature_layer: int = -2
+    visual_token_pool: int = 4          # token reduction factor per frame (a square number)
+    projector: str = "mlp2x_gelu"       # "mlp2x_gelu" or "linear"
+    seg_hidden_layer: int = -1
+    prompt_template: str = DEFAULT_PROMPT
+    answer_template: str = DEFAULT_ANSWER
+    context_frame_template: str = DEFAULT_CONTEXT_FRAME
+    query_frame_template: str = DEFAULT_QUERY_FRAME
+
+    @property
+    def patches_per_side(self) -> int:
+        return self.image_size // int(self.vision["patch_size"])
+
+    @property
+    def tokens_per_frame(self) -> int:
+        pool = _pool_side(self.visual_token_pool)
+        return (self.patches_per_side // pool) ** 2
+
+
+@dataclass
+class SamplingConfig:
+    num_context: int = 4   # sparse frames over the whole video (global reasoning)
+    num_query: int = 4     # consecutive frames decoded with one [SEG] each (local reasoning)
+
+
+@dataclass
+class MemoryConfig:
+    enabled: bool = True
+    slots: int = 7         # memory frames read per step: the previous one + older ones on a stride
+    stride: int = 3        # inference stride between the older memory frames
+    train_stride: int = 1
+
+
+@dataclass
+class GLUSConfig:
+    name: str
+    vlm: VLMConfig
+    sam2: dict[str, Any]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    trainable: list[str] = field(default_factory=lambda: list(TRAINABLE_GROUPS))
+
+    @property
+    def sam_image_size(self) -> int:
+        return int(self.sam2["image_size"])
+
+    @property
+    def sam_hidden_dim(self) -> int:
+        return int(self.sam2["image_encoder"]["neck"]["d_model"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _pool_side(pool: int) -> int:
+    side = round(pool**0.5)
+    if side * side != pool:
+        raise ValueError(f"visual_token_pool must be a square number (4 = 2x2), got {pool}")
+    return side
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
+    """Build a config, naming the file and the key when something is wrong."""
+    raw = copy.deepcopy(raw)
+    for key in ("vlm", "sam2"):
+        if key not in raw:
+            raise ValueError(f"{source}: model config has no '{key}' section")
+    try:
+        vlm = VLMConfig(**raw["vlm"])
+        sampling = SamplingConfig(**raw.get("sampling", {}))
+        memory = MemoryConfig(**raw.get("memory", {}))
+    except TypeError as exc:
+        raise ValueError(f"{source}: {exc}") from exc
+    trainable = list(raw.get("trainable", TRAINABLE_GROUPS))
+    unknown = sorted(set(trainable) - set(TRAINABLE_GROUPS))
+    if unknown:
+        raise ValueError(f"{source}: unknown trainable groups {unknown}; known: {list(TRAINABLE_GROUPS)}")
+    cfg = GLUSConfig(
+        name=str(raw.get("name", Path(source).stem)), vlm=vlm, sam2=raw["sam2"],
+        sampling=sampling, memory=memory, trainable=trainable,
+    )
+    _pool_side(cfg.vlm.visual_token_pool)
+    if cfg.vlm.patches_per_side % _pool_side(cfg.vlm.visual_token_pool):
+        raise ValueError(f"{source}: {cfg.vlm.patches_per_side} patches per side not divisible by the pool")
+    if cfg.memory.slots < 1 or cfg.memory.stride < 1 or cfg.memory.train_stride < 1:
+        raise ValueError(f"{source}: memory slots and strides must be >= 1")
+    if cfg.sampling.num_context < 0 or cfg.sampling.num_query < 1:
+        raise ValueError(f"{source}: need num_context >= 0 and num_query >= 1")
+    return cfg
+
+
+def model_config_dirs() -> list[Path]:
+    """Where named configs live: the source tree's ``models/`` and the installed share folder."""
+    here = Path(__file__).resolve().parents[2] / "models"
+    installed = Path(sys.prefix) / "share" / "glus_ros" / "models"
+    return [p for p in (here, installed) if p.is_dir()]
+
+
+def resolve_config_path(spec: str | Path) -> Path:
+    """A config name (``tiny``), a YAML file, or a trained model directory holding ``config.yaml``."""
+    path = Path(spec)
+    if path.is_dir():
+        cfg = path / "config.yaml"
+        if not cfg.is_file():
+            raise FileNotFoundError(f"model directory {path} has no config.yaml")
+        return cfg
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"model config {path} does not exist")
+        return path
+    for folder in model_config_dirs():
+        for candidate in (folder / str(spec) / "config.yaml", folder / f"{spec}.yaml"):
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for d in model_config_dirs() for p in d.glob("*.yaml")}
+                   | {p.parent.name for d in model_config_dirs() for p in d.glob("*/config.yaml")})
+    raise FileNotFoundError(f"no model named '{spec}' (known: {known}); give a YAML file or a model directory")
+
+
+def load_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> GLUSConfig:
+    path = resolve_config_path(spec)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    if overrides:
+        raw = deep_update(raw, overrides)
+    return config_from_dict(raw, str(path))
+
+
+def deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# The model used when none is named: the embedded default of segment, eval and the ROS nodes.
+DEFAULT_MODEL = "tiny"

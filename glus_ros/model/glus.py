@@ -1,0 +1,112 @@
+"""GLUS: one MLLM for global (context frames) + local (query frames) reasoning, SAM 2 memory tracker.
+
+``GLUSModel`` owns the modules and the per-window computation:
+frames -> vision tower -> [SEG] hidden states -> projection -> SAM 2 sparse prompts -> masks, with the
+memory bank carrying the object from frame to frame. Offline video loops live in
+``glus_ros.inference``; the losses and the training loop in ``glus_ros.training``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from glus_ros.model.config import GLUSConfig, load_config
+from glus_ros.model.memory_bank import MemoryBank
+from glus_ros.model.prompting import PromptBuilder
+from glus_ros.model.sam2_head import FrameFeatures, MaskPrediction, SAM2Head
+from glus_ros.model.tokenizer import load_tokenizer
+from glus_ros.model.vlm import VisionLanguageModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegOutput:
+    prompts: torch.Tensor          # (B, num_query, prompt_dim) SAM 2 sparse prompts
+    seg_hidden: torch.Tensor       # (B, num_query, hidden) [SEG] hidden states (contrastive loss)
+    logits: torch.Tensor           # (B, L, vocab) LLM logits (text cross entropy)
+
+
+class SegProjection(nn.Sequential):
+    """hidden -> hidden -> prompt dim; the layout of GLUS/LISA ``text_hidden_fcs[0]``."""
+
+    def __init__(self, hidden: int, out_dim: int) -> None:
+        super().__init__(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim), nn.Dropout(0.0))
+
+
+class GLUSModel(nn.Module):
+    def __init__(self, cfg: GLUSConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.prompts = PromptBuilder(tokenizer, cfg.vlm)
+        self.vlm = VisionLanguageModel(cfg.vlm, len(tokenizer), tokenizer.pad_token_id, self.prompts.image_id)
+        self.sam = SAM2Head(cfg.sam2)
+        self.seg_projection = SegProjection(self.vlm.hidden_size, self.sam.prompt_dim)
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, spec: str | Path | GLUSConfig, checkpoint_dir: Path | None = None) -> GLUSModel:
+        cfg = spec if isinstance(spec, GLUSConfig) else load_config(spec)
+        tokenizer_dir = checkpoint_dir
+        if isinstance(spec, (str, Path)) and Path(spec).is_dir():
+            tokenizer_dir = Path(spec)
+        tokenizer = load_tokenizer(cfg.vlm.tokenizer, tokenizer_dir)
+        return cls(cfg, tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def new_memory_bank(self) -> MemoryBank | None:
+        if not self.cfg.memory.enabled:
+            return None
+        stride = self.cfg.memory.train_stride if self.training else self.cfg.memory.stride
+        return MemoryBank(self.cfg.memory.slots, stride)
+
+    # --- encoders ---------------------------------------------------------------------------
+    def encode_clip_frames(self, clip_pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, s, s) -> (N, tokens_per_frame, hidden)."""
+        return self.vlm.encode_frames(clip_pixels)
+
+    def encode_sam_frames(self, sam_pixels: torch.Tensor) -> FrameFeatures:
+        return self.sam.encode_images(sam_pixels)
+
+    # --- the MLLM step ----------------------------------------------------------------------
+    def seg_prompts(self, context_embeds: torch.Tensor, query_embeds: torch.Tensor, expressions: list[str],
+                    answers: list[str] | None = None) -> SegOutput:
+        """One MLLM pass per sample over [context frames, query frames, expression, answer].
+
+        context_embeds (B, Nc, T, D), query_embeds (B, Nq, T, D). Returns one prompt per query frame.
+        """
+        batch, num_query = query_embeds.shape[0], query_embeds.shape[1]
+        num_context = context_embeds.shape[1]
+        encoded = [self.prompts.encode(e, num_context, num_query, None if answers is None else answers[i])
+                   for i, e in enumerate(expressions)]
+        ids, mask, _labels = self.prompts.batch(encoded)
+        ids, mask = ids.to(query_embeds.device), mask.to(query_embeds.device)
+        frames = torch.cat([context_embeds, query_embeds], dim=1)
+        logits, hidden_states = self.vlm(ids, mask, frames)
+        hidden = hidden_states[self.cfg.vlm.seg_hidden_layer]
+        seg_positions = ids == self.prompts.seg_id
+        counts = seg_positions.sum(dim=1)
+        if not bool((counts == num_query).all()):
+            raise ValueError(f"expected one [SEG] per query frame ({num_query}), answers hold {counts.tolist()}")
+        seg_hidden = hidden[seg_positions].reshape(batch, num_query, -1)
+        prompts = self.seg_projection(seg_hidden.float())
+        return SegOutput(prompts=prompts, seg_hidden=seg_hidden, logits=logits)
+
+    def labels_for(self, expressions: list[str], num_context: int, num_query: int) -> torch.Tensor:
+        encoded = [self.prompts.encode(e, num_context, num_query) for e in expressions]
+        return self.prompts.batch(encoded)[2]
+
+    # --- the SAM 2 step ---------------------------------------------------------------------
+    def track_step(self, frame: FrameFeatures, prompt: torch.Tensor, bank: MemoryBank | None) -> MaskPrediction:
+        """Decode one query frame from its [SEG] prompt (B, prompt_dim) and the memory bank."""
+        return self.sam.step(frame, bank, prompt.unsqueeze(1))

@@ -1,0 +1,134 @@
+"""The SAM 2 side of GLUS: image encoder, memory attention, mask decoder and memory encoder.
+
+Built from the ``sam2`` package's own modules (``SAM2Base`` instantiated with hydra from the
+``sam2:`` node of a model YAML, the same structure as sam2's configs), so official SAM 2 ``.pt``
+weights load unchanged. The [SEG] embedding enters the mask decoder as a sparse prompt (LISA/GLUS);
+past masks enter through memory attention, with gradients in training mode (GLUS trains the memory
+end to end; the reference code wraps it in no_grad).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from glus_ros.model.memory_bank import MemoryBank
+
+
+@dataclass
+class FrameFeatures:
+    """SAM 2 backbone output for a batch of frames, flattened as SAM 2 expects (HW, B, C)."""
+
+    vision_feats: list[torch.Tensor]
+    vision_pos: list[torch.Tensor]
+    feat_sizes: list[tuple[int, int]]
+
+    def select(self, index: torch.Tensor | slice) -> FrameFeatures:
+        return FrameFeatures([f[:, index] for f in self.vision_feats],
+                             [p[:, index] for p in self.vision_pos], self.feat_sizes)
+
+
+@dataclass
+class MaskPrediction:
+    low_res_logits: torch.Tensor    # (B, 1, 4h, 4w)
+    logits: torch.Tensor            # (B, 1, S, S) at the SAM input size
+    iou: torch.Tensor               # (B, 1) predicted IoU
+    object_score: torch.Tensor      # (B, 1) logit that the object is visible
+
+
+def build_sam2(node: dict[str, Any]) -> nn.Module:
+    """Instantiate ``SAM2Base`` from a config node (dict with hydra ``_target_`` keys)."""
+    return instantiate(OmegaConf.create(node), _recursive_=True)
+
+
+class SAM2Head(nn.Module):
+    def __init__(self, sam2_node: dict[str, Any]) -> None:
+        super().__init__()
+        self.sam = build_sam2(sam2_node)
+        if self.sam.use_obj_ptrs_in_encoder:
+            raise ValueError("GLUS reads the memory without object pointers: set use_obj_ptrs_in_encoder: false")
+        self.image_size = int(self.sam.image_size)
+        self.prompt_dim = int(self.sam.sam_prompt_embed_dim)
+
+    # --- image ------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> FrameFeatures:
+        """images: (B, 3, S, S) normalised. One backbone pass per frame, reused by every window."""
+        backbone_out = self.sam.forward_image(images)
+        _, feats, pos, sizes = self.sam._prepare_backbone_features(backbone_out)
+        return FrameFeatures(feats, pos, sizes)
+
+    # --- memory read ------------------------------------------------------------------------
+    def condition_on_memory(self, frame: FrameFeatures, bank: MemoryBank | None) -> torch.Tensor:
+        """Top-level features fused with the memory bank through memory attention -> (B, C, H, W)."""
+        sam = self.sam
+        top = frame.vision_feats[-1]
+        _hw, batch, channels = top.shape
+        h, w = frame.feat_sizes[-1]
+        reads = bank.read() if bank is not None else []
+        if not reads:
+            # first frame of a track: SAM 2 adds the learned no-memory embedding
+            return (top + sam.no_mem_embed).permute(1, 2, 0).reshape(batch, channels, h, w)
+        memory, memory_pos = [], []
+        for t_rel, entry in reads:
+            feats = entry.features.to(top.device)
+            memory.append(feats.flatten(2).permute(2, 0, 1).to(top.dtype))
+            enc = entry.pos_enc.to(top.device).flatten(2).permute(2, 0, 1)
+            memory_pos.append((enc + sam.maskmem_tpos_enc[t_rel - 1]).to(top.dtype))
+        fused = sam.memory_attention(
+            curr=frame.vision_feats[-1:], curr_pos=frame.vision_pos[-1:],
+            memory=torch.cat(memory, dim=0), memory_pos=torch.cat(memory_pos, dim=0), num_obj_ptr_tokens=0,
+        )
+        return fused.permute(1, 2, 0).reshape(batch, channels, h, w)
+
+    # --- decode -----------------------------------------------------------------------------
+    def high_res_features(self, frame: FrameFeatures) -> list[torch.Tensor] | None:
+        if not self.sam.use_high_res_features_in_sam:
+            return None
+        batch = frame.vision_feats[0].shape[1]
+        return [f.permute(1, 2, 0).reshape(batch, -1, *size)
+                for f, size in zip(frame.vision_feats[:-1], frame.feat_sizes[:-1], strict=True)]
+
+    def decode(self, pix_feat: torch.Tensor, frame: FrameFeatures, sparse_prompt: torch.Tensor | None = None,
+               point_coords: torch.Tensor | None = None, point_labels: torch.Tensor | None = None) -> MaskPrediction:
+        """Mask decoder with the [SEG] embedding (B, N, C) and/or points (B, P, 2) in SAM input pixels."""
+        sam = self.sam
+        batch = pix_feat.shape[0]
+        if point_coords is None:
+            point_coords = pix_feat.new_zeros(batch, 1, 2)
+            point_labels = -torch.ones(batch, 1, dtype=torch.int32, device=pix_feat.device)
+        sparse, dense = sam.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        if sparse_prompt is not None:
+            sparse = torch.cat([sparse_prompt.to(sparse.dtype), sparse], dim=1)
+        low_res, iou, _tokens, object_score = sam.sam_mask_decoder(
+            image_embeddings=pix_feat, image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            multimask_output=False, repeat_image=False, high_res_features=self.high_res_features(frame),
+        )
+        low_res = low_res.float()
+        logits = F.interpolate(low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return MaskPrediction(low_res, logits, iou.float(), object_score.float())
+
+    # --- memory write -----------------------------------------------------------------------
+    def encode_memory(self, frame: FrameFeatures, prediction: MaskPrediction) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory encoder on the frame's own (non-memory) features and the predicted mask."""
+        feats, pos = self.sam._encode_new_memory(
+            current_vision_feats=frame.vision_feats, feat_sizes=frame.feat_sizes,
+            pred_masks_high_res=prediction.logits, object_score_logits=prediction.object_score,
+            is_mask_from_pts=False,
+        )
+        return feats, pos[-1]
+
+    def step(self, frame: FrameFeatures, bank: MemoryBank | None, sparse_prompt: torch.Tensor | None,
+             point_coords: torch.Tensor | None = None, point_labels: torch.Tensor | None = None) -> MaskPrediction:
+        """Read memory, decode one frame, write its memory: one tracking step."""
+        pix_feat = self.condition_on_memory(frame, bank)
+        prediction = self.decode(pix_feat, frame, sparse_prompt, point_coords, point_labels)
+        if bank is not None:
+            bank.add(*self.encode_memory(frame, prediction))
+        return prediction

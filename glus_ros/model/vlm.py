@@ -1,0 +1,82 @@
+"""The multimodal LLM: a transformers LLaVA model whose frames we encode, pool and place ourselves.
+
+We call the vision tower, pool its patch tokens (the paper's 4x reduction, 256 -> 64 per frame),
+project them and scatter them into the token embeddings, then run the language model and read the
+hidden states at the [SEG] positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from glus_ros.model.config import VLMConfig, _pool_side
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, cfg: VLMConfig, vocab_size: int, pad_id: int, image_id: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_id = image_id
+        text = dict(cfg.text)
+        text["vocab_size"] = max(int(text.get("vocab_size", 0)), vocab_size)
+        vision = dict(cfg.vision)
+        vision["image_size"] = cfg.image_size
+        llava_cfg = LlavaConfig(
+            text_config=LlamaConfig(**text, pad_token_id=pad_id),
+            vision_config=CLIPVisionConfig(**vision),
+            image_token_index=image_id,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy="default",
+            image_seq_length=cfg.tokens_per_frame,
+            projector_hidden_act="gelu",
+        )
+        self.llava = LlavaForConditionalGeneration(llava_cfg)
+        if cfg.projector == "linear":  # LLaVA-1 (LISA-7B-v1) uses one Linear
+            self.llava.model.multi_modal_projector = nn.Linear(vision["hidden_size"], text["hidden_size"])
+        elif cfg.projector != "mlp2x_gelu":
+            raise ValueError(f"unknown projector '{cfg.projector}' (linear or mlp2x_gelu)")
+        self.hidden_size = int(text["hidden_size"])
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.llava.model.vision_tower
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.llava.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.llava.model.language_model
+
+    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) CLIP-normalised frames -> (N, tokens_per_frame, hidden) LLM inputs."""
+        out = self.vision_tower(pixel_values, output_hidden_states=True)
+        feats = out.hidden_states[self.cfg.vision_feature_layer][:, 1:]  # drop CLS ("default" strategy)
+        n, p, d = feats.shape
+        side = round(p**0.5)
+        pool = _pool_side(self.cfg.visual_token_pool)
+        if pool > 1:
+            grid = feats.transpose(1, 2).reshape(n, d, side, side)
+            feats = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
+        return self.projector(feats)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                frame_embeds: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Run the LLM with frames placed at the image tokens, in order.
+
+        frame_embeds: (B, F, T, hidden) — F frame placeholders per sample, T tokens each.
+        Returns (logits, hidden_states).
+        """
+        embeds = self.language_model.embed_tokens(input_ids)
+        slots = input_ids == self.image_id
+        flat = frame_embeds.reshape(-1, frame_embeds.shape[-1]).to(embeds.dtype)
+        if int(slots.sum()) != flat.shape[0]:
+            raise ValueError(f"prompt has {int(slots.sum())} image tokens but {flat.shape[0]} frame tokens were given")
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), flat)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
+        logits = self.llava.lm_head(out.hidden_states[-1])
+        return logits, out.hidden_states

@@ -1,0 +1,125 @@
+"""Which frames the model sees: sparse context frames (global) and query windows (local).
+
+Pure functions over frame indices, shared by offline segmentation, training and the live stream.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+
+def segment_bounds(num_frames: int, num_segments: int) -> list[tuple[int, int]]:
+    """Split ``range(num_frames)`` into ``num_segments`` near-equal [start, end) segments."""
+    if num_frames < 1:
+        raise ValueError(f"need at least one frame, got {num_frames}")
+    if num_segments < 1:
+        raise ValueError(f"need at least one segment, got {num_segments}")
+    edges = [round(i * num_frames / num_segments) for i in range(num_segments + 1)]
+    return [(edges[i], max(edges[i + 1], edges[i] + 1)) for i in range(num_segments)]
+
+
+def context_frame_indices(num_frames: int, num_context: int = 4) -> list[int]:
+    """Inference: the middle frame of each of ``num_context`` equal segments (GLUS Sec. 4.1).
+
+    The set stays the same for the whole video. Videos shorter than ``num_context`` repeat frames.
+    """
+    if num_context == 0:
+        return []
+    return [min((start + end - 1) // 2, num_frames - 1) for start, end in segment_bounds(num_frames, num_context)]
+
+
+def sample_context_frames(num_frames: int, num_context: int, rng: random.Random) -> list[int]:
+    """Training: one random frame from each equal segment."""
+    if num_context == 0:
+        return []
+    return [min(rng.randrange(start, end), num_frames - 1) for start, end in segment_bounds(num_frames, num_context)]
+
+
+def sample_query_clip(num_frames: int, num_query: int, rng: random.Random) -> list[int]:
+    """Training: a random run of ``num_query`` consecutive frames (clamped for short videos)."""
+    if num_frames < 1:
+        raise ValueError(f"need at least one frame, got {num_frames}")
+    start = rng.randrange(0, max(num_frames - num_query, 0) + 1)
+    return [min(start + i, num_frames - 1) for i in range(num_query)]
+
+
+@dataclass(frozen=True)
+class QueryWindow:
+    """A window of consecutive query frames and which of them get a new mask from it."""
+
+    frames: tuple[int, ...]      # in processing order
+    decode: tuple[int, ...]      # the subset of ``frames`` whose masks this window produces
+
+
+def query_windows(order: list[int], size: int = 4, stride: int = 1) -> list[QueryWindow]:
+    """Sliding windows over frames in processing ``order`` (forward or backward).
+
+    The first window decodes all its frames; each later window ends at the next ``stride`` new
+    frames and decodes only those, so every frame gets exactly one mask and the window's earlier
+    frames are the local context whose masks are already in the memory bank (GLUS Sec. B.3).
+    """
+    if size < 1 or stride < 1:
+        raise ValueError(f"window size and stride must be >= 1, got {size}, {stride}")
+    if stride > size:
+        raise ValueError(f"stride {stride} larger than window {size} would skip frames")
+    if not order:
+        return []
+    first = min(size, len(order))
+    windows = [QueryWindow(tuple(order[:first]), tuple(order[:first]))]
+    pos = first
+    while pos < len(order):
+        end = min(pos + stride, len(order))
+        frames = tuple(order[max(0, end - size):end])
+        windows.append(QueryWindow(frames, tuple(order[pos:end])))
+        pos = end
+    return windows
+
+
+def propagation_orders(num_frames: int, start: int = 0) -> list[list[int]]:
+    """Processing orders from a start (key) frame: forward to the end, then backward to frame 0."""
+    if not 0 <= start < num_frames:
+        raise ValueError(f"start frame {start} outside the video of {num_frames} frames")
+    orders = [list(range(start, num_frames))]
+    if start > 0:
+        orders.append(list(range(start, -1, -1)))
+    return orders
+
+
+class StreamingSampler:
+    """Context and query frames for a live stream with a bounded history.
+
+    Keeps the ids of the last ``history`` frames; the query window is the newest ``num_query`` of
+    them and the context frames are spread uniformly over the older part of the history.
+    """
+
+    def __init__(self, history: int = 64, num_context: int = 4, num_query: int = 4) -> None:
+        if history < num_query:
+            raise ValueError(f"history {history} must hold at least the {num_query} query frames")
+        self.history = history
+        self.num_context = num_context
+        self.num_query = num_query
+        self._ids: deque[int] = deque(maxlen=history)
+
+    def push(self, frame_id: int) -> None:
+        if self._ids and frame_id <= self._ids[-1]:
+            raise ValueError(f"frame ids must increase: got {frame_id} after {self._ids[-1]}")
+        self._ids.append(frame_id)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def buffered(self) -> list[int]:
+        return list(self._ids)
+
+    def query_frames(self) -> list[int]:
+        return list(self._ids)[-self.num_query:]
+
+    def context_frames(self) -> list[int]:
+        """Uniform over the frames older than the query window (or the whole buffer when short)."""
+        ids = list(self._ids)
+        if not ids or self.num_context == 0:
+            return []
+        older = ids[: -self.num_query] or ids
+        return [older[i] for i in context_frame_indices(len(older), self.num_context)]

@@ -1,0 +1,39 @@
+"""glus_ros: an ament_python package that also installs with pip.
+
+``training/`` lives at the repository root (the layout ROS users expect next to ``launch/`` and
+``config/``) but is installed as ``glus_ros.training``: it imports the core as a sub-package, and a
+top-level module named ``training`` in site-packages would collide with any other project's.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "glus_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=[*find_packages(include=["glus_ros", "glus_ros.*"]), "glus_ros.training"],
+    package_dir={"glus_ros.training": "training"},
+    package_data={"glus_ros.training": ["*.yaml"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*")),
+        (f"share/{PACKAGE}/models", glob("models/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="glus_ros developers",
+    maintainer_email="glus-ros@example.org",
+    description="Language-conditioned video segmentation and tracking (GLUS) for ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [
+            "glus-ros = glus_ros.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,155 @@
+"""Loading official checkpoint layouts (SAM 2 .pt, GLUS/LISA shards) and our own model directories.
+
+The tests write small checkpoints in exactly the official layouts from a second, differently
+initialised tiny model, load them, and check that the weights (and outputs) arrive.
+"""
+
+import json
+
+import pytest
+import torch
+from helpers_model import moving_disk_clip
+from safetensors.torch import save_file
+
+from glus_ros.inference import VideoSegmenter, load_model
+from glus_ros.model.checkpoints import (
+    CheckpointError,
+    load_glus_checkpoint,
+    load_model_dir_weights,
+    load_sam2_checkpoint,
+    save_model_dir,
+)
+from glus_ros.model.config import load_config
+from glus_ros.model.glus import GLUSModel
+from glus_ros.model.tokenizer import build_builtin_tokenizer
+
+# our module prefix -> the official GLUSForCausalLM prefix (the inverse of the loader's map)
+OFFICIAL = [
+    ("sam.sam.", "model.visual_model."),
+    ("seg_projection.", "model.text_hidden_fcs.0."),
+    ("vlm.llava.model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
+    ("vlm.llava.model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
+    ("vlm.llava.model.multi_modal_projector.", "model.mm_projector."),
+    ("vlm.llava.model.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
+    ("vlm.llava.model.language_model.", "model."),
+    ("vlm.llava.lm_head.", "lm_head."),
+]
+
+
+def official_state(model: GLUSModel) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in model.state_dict().items():
+        for ours, theirs in OFFICIAL:
+            if key.startswith(ours):
+                out[theirs + key[len(ours):]] = value.clone()
+                break
+        else:
+            raise AssertionError(f"no official name for {key}")
+    return out
+
+
+def fresh(seed: int, cfg=None) -> GLUSModel:
+    torch.manual_seed(seed)
+    return GLUSModel(cfg or load_config("tiny"), build_builtin_tokenizer())
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_sam2_official_pt_layout_loads(tmp_path):
+    source, target = fresh(1), fresh(2)
+    assert not same_weights(source.sam.sam, target.sam.sam)
+    state = dict(source.sam.sam.state_dict())
+    # official SAM 2 files carry object-pointer heads that GLUS does not read
+    state["obj_ptr_proj.layers.0.weight"] = torch.zeros(4, 4)
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": state}, path)
+    report = load_sam2_checkpoint(target.sam.sam, path)
+    assert same_weights(source.sam.sam, target.sam.sam)
+    assert report.unexpected == ["obj_ptr_proj.layers.0.weight"]
+
+
+def test_sam2_checkpoint_errors_name_file_and_keys(tmp_path):
+    target = fresh(2)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        load_sam2_checkpoint(target.sam.sam, tmp_path / "missing.pt")
+    flat = tmp_path / "flat.pt"
+    torch.save(target.sam.sam.state_dict(), flat)
+    with pytest.raises(CheckpointError, match="'model' key"):
+        load_sam2_checkpoint(target.sam.sam, flat)
+    partial = dict(target.sam.sam.state_dict())
+    partial.pop("no_mem_embed")
+    partial["maskmem_tpos_enc"] = torch.zeros(3, 1, 1, 32)
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": partial}, bad)
+    with pytest.raises(CheckpointError) as err:
+        load_sam2_checkpoint(target.sam.sam, bad)
+    assert "bad.pt" in str(err.value) and "no_mem_embed" in str(err.value)
+    assert "maskmem_tpos_enc (3, 1, 1, 32)" in str(err.value)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match=r"corrupt\.pt"):
+        load_sam2_checkpoint(target.sam.sam, corrupt)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_glus_official_sharded_layout_loads(tmp_path, fmt):
+    cfg = load_config("tiny", overrides={"vlm": {"projector": "linear"}})  # LISA-7B-v1: one Linear
+    source, target = fresh(3, cfg), fresh(4, cfg)
+    state = official_state(source)
+    state["model.visual_model.obj_ptr_proj.weight"] = torch.zeros(2, 2)   # unused by GLUS
+    keys = sorted(state)
+    shards = {f"model-0000{i + 1}-of-00002.{fmt}": keys[i::2] for i in range(2)}
+    weight_map = {}
+    for name, shard_keys in shards.items():
+        part = {k: state[k].contiguous() for k in shard_keys}
+        if fmt == "safetensors":
+            save_file(part, str(tmp_path / name))
+        else:
+            torch.save(part, tmp_path / name)
+        weight_map.update({k: name for k in shard_keys})
+    index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    (tmp_path / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    report = load_glus_checkpoint(target, tmp_path)
+    assert same_weights(source, target)
+    assert "sam.sam.obj_ptr_proj.weight" in report.unexpected
+    frames = moving_disk_clip(5)
+    a = VideoSegmenter(source).segment(frames, "the red circle")
+    b = VideoSegmenter(target).segment(frames, "the red circle")
+    assert (a.masks == b.masks).all()
+
+
+def test_glus_checkpoint_missing_keys_is_clear_error(tmp_path):
+    source, target = fresh(5), fresh(6)
+    state = official_state(source)
+    del state["model.text_hidden_fcs.0.0.weight"]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_glus_checkpoint(target, tmp_path)
+    assert str(tmp_path) in str(err.value) and "seg_projection.0.weight" in str(err.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors"):
+        load_glus_checkpoint(target, empty)
+    other = tmp_path / "other.safetensors"
+    save_file({"foo.bar": torch.zeros(1)}, str(other))
+    with pytest.raises(CheckpointError, match="no GLUS/LISA keys"):
+        load_glus_checkpoint(target, other)
+
+
+def test_own_model_dir_round_trip(tmp_path):
+    source = fresh(7)
+    folder = save_model_dir(source, tmp_path / "m")
+    loaded = load_model(folder)
+    assert same_weights(source, loaded)
+    assert loaded.tokenizer("the red circle").input_ids == source.tokenizer("the red circle").input_ids
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        load_model_dir_weights(fresh(8), folder)
+
+
+def test_missing_checkpoint_path_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_model("tiny", checkpoint=tmp_path / "nowhere")

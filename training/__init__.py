@@ -1,0 +1,1 @@
+"""Offline training of GLUS (installed as ``glus_ros.training``; see the README for why)."""
