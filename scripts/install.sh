@@ -15,22 +15,29 @@ if [ ! -x "$VENV/bin/python" ]; then
   step "creating $VENV"
   "$PY" -m venv "$VENV"
 fi
-PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip -q, minus this machine's noise about absent local index folders
+mkdir -p "$ROOT/build"
+pip_install() {
+  local status=0
+  "$VENV/bin/python" -m pip install -q "$@" >"$ROOT/build/pip.log" 2>&1 || status=$?
+  grep -v "is ignored: it is neither a file nor a directory" "$ROOT/build/pip.log" || true
+  return "$status"
+}
 
 step "torch 2.13.0 (CPU wheel) first: an unpinned torch would pull several GB of CUDA packages"
-$PIP install -q torch==2.13.0
+pip_install torch==2.13.0
 
 step "ML stack (no torchvision: the registry's build breaks transformers on CPU)"
-$PIP install -q -r requirements.txt
+pip_install -r requirements.txt
 
 step "sam2 1.1.0 without its dependencies and without the CUDA extension"
 if ! $VENV/bin/python -c "import sam2" 2>/dev/null; then
-  SAM2_BUILD_CUDA=0 $PIP install -q --no-build-isolation --no-deps sam2==1.1.0
+  SAM2_BUILD_CUDA=0 pip_install --no-build-isolation --no-deps sam2==1.1.0
 fi
 
 step "ROS 2 Jazzy wheels (runtime, message generators, bag I/O)"
-$PIP install -q -r requirements-ros.txt
+pip_install -r requirements-ros.txt
 
 step "fixing the include paths that the message wheels' CMake exports carry from their build machine"
 $VENV/bin/python scripts/fix_rosidl_exports.py "$VENV"
@@ -46,7 +53,7 @@ cmake --build "$BUILD" -j2 >>"$ROOT/build/msgs-cmake.log" 2>&1 \
 cmake --install "$BUILD" >>"$ROOT/build/msgs-cmake.log" 2>&1
 
 step "glus_ros (editable) and the developer tools"
-$PIP install -q --no-build-isolation --no-deps -e .
-$PIP install -q -r requirements-dev.txt
+pip_install --no-build-isolation --no-deps -e .
+pip_install -r requirements-dev.txt
 
 step "done: activate with 'source .venv/bin/activate'"

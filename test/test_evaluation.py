@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -438,40 +436,29 @@ def test_cli_eval_needs_exactly_one_source(mevis):
         main(["eval", "--data", str(root)])
 
 
-def test_cli_eval_model_runs_predictions_first(mevis, tmp_path, monkeypatch, capsys):
-    """--model hands the dataset to glus_ros.inference.predict_dataset, then scores its folder.
-
-    The real predictor needs model weights; this stand-in writes the ground truth, so J&F is 1.
-    """
+def test_cli_eval_model_runs_the_real_model_first(mevis, tmp_path, capsys):
+    """--model runs the (random tiny) model on every expression, then scores what it wrote."""
     root, _ = mevis
-    calls = []
-
-    def predict_dataset(model, dataset, out_dir, device, key_frame):
-        calls.append((model, out_dir, device, key_frame))
-        for e in dataset.expressions():
-            write_predictions(out_dir, e.video, e.exp_id, dataset.frames(e.video), list(dataset.gt_masks(e)))
-        return out_dir
-
-    monkeypatch.setitem(
-        sys.modules, "glus_ros.inference", types.SimpleNamespace(predict_dataset=predict_dataset)
-    )
-    monkeypatch.chdir(tmp_path)
-    argv = [
-        "eval",
-        "--model",
-        "glus-s",
-        "--data",
-        str(root),
-        "--split",
-        "valid_u",
-        "--device",
-        "cuda:1",
-        "--key-frame",
-    ]
+    out = tmp_path / "pred"
+    argv = ["eval", "--model", "tiny", "--data", str(root), "--split", "valid_u", "--out", str(out)]
     assert main(argv) == 0
-    assert calls == [("glus-s", tmp_path / "eval_pred_valid_u", "cuda:1", True)]
-    assert "J&F: 1.000" in capsys.readouterr().out
-    assert (tmp_path / "eval_pred_valid_u" / "eval_valid_u.csv").is_file()
+    text = capsys.readouterr().out
+    dataset = MevisDataset(root, "valid_u")
+    for e in dataset.expressions():
+        for frame in dataset.frames(e.video):
+            assert (out / e.video / str(e.exp_id) / f"{frame}.png").is_file()
+    rows = (out / "eval_valid_u.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + len(dataset.expressions())
+    jf = float(text.split("J&F:")[1].split()[0])
+    assert 0.0 <= jf <= 1.0
+
+
+def test_cli_eval_key_frame_without_selector_is_clear(mevis, tmp_path, capsys):
+    root, _ = mevis
+    argv = ["eval", "--model", "tiny", "--data", str(root), "--split", "valid_u", "--out", str(tmp_path / "p"),
+            "--key-frame"]
+    assert main(argv) == 2
+    assert "key-frame selector" in capsys.readouterr().err
 
 
 def test_cli_eval_missing_data_folder(tmp_path, capsys):
