@@ -110,3 +110,28 @@ def test_config_errors_name_the_problem(tmp_path):
     bad.write_text("name: x\nvlm: {bogus: 1}\nsam2: {}\n")
     with pytest.raises(ValueError, match="bogus"):
         load_config(bad)
+
+
+def test_paper_trainable_split_freezes_encoders_and_trains_memory():
+    torch.manual_seed(2)
+    model = GLUSModel.from_config("tiny").train()
+    groups = model.parameter_groups()
+    # every parameter belongs to exactly one group
+    ids = [id(p) for params in groups.values() for p in params]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    # the paper's split: LLM via LoRA (added by the trainer), decoder, projections, memory
+    n = model.apply_trainable(["llm_lora", "projections", "mask_decoder", "memory"])
+    assert n == sum(p.numel() for g in ("projections", "mask_decoder", "memory") for p in groups[g])
+    frames = moving_disk_clip(8)
+    clip_px, sam_px = _clip_tensors(model, frames)
+    embeds = model.encode_clip_frames(clip_px)
+    out = model.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the red circle"])
+    feats = model.encode_sam_frames(sam_px[4:])
+    bank = model.new_memory_bank()
+    preds = [model.track_step(feats.select(slice(i, i + 1)), out.prompts[:, i], bank) for i in range(3)]
+    preds[-1].logits.mean().backward()
+    assert all(p.grad is None for p in model.sam.sam.image_encoder.parameters())
+    assert all(p.grad is None for p in model.vlm.vision_tower.parameters())
+    assert any(p.grad is not None for p in model.sam.sam.memory_attention.parameters())
+    with pytest.raises(ValueError, match="unknown trainable groups"):
+        model.apply_trainable(["everything"])

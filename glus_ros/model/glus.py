@@ -60,6 +60,40 @@ class GLUSModel(nn.Module):
         tokenizer = load_tokenizer(cfg.vlm.tokenizer, tokenizer_dir)
         return cls(cfg, tokenizer)
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by the group names used in ``trainable`` (config) and by the optimiser."""
+        sam = self.sam.sam
+        memory = [sam.memory_attention, sam.memory_encoder]
+        memory_params = [p for m in memory for p in m.parameters()]
+        memory_params += [sam.maskmem_tpos_enc, sam.no_mem_embed, sam.no_mem_pos_enc]
+        if sam.no_obj_embed_spatial is not None:
+            memory_params.append(sam.no_obj_embed_spatial)
+        llm = [*self.vlm.language_model.parameters(), *self.vlm.llava.lm_head.parameters()]
+        return {
+            "vision_tower": list(self.vlm.vision_tower.parameters()),
+            "llm": llm,
+            "llm_lora": [],  # LoRA adapters are added by the trainer (peft); the base LLM stays frozen
+            "projections": [*self.vlm.projector.parameters(), *self.seg_projection.parameters()],
+            "image_encoder": list(sam.image_encoder.parameters()),
+            "prompt_encoder": list(sam.sam_prompt_encoder.parameters()),
+            "mask_decoder": list(sam.sam_mask_decoder.parameters()),
+            "memory": memory_params,
+        }
+
+    def apply_trainable(self, groups: list[str] | None = None) -> int:
+        """Freeze everything, then unfreeze ``groups`` (default: the config's split). Returns #trainable."""
+        groups = self.cfg.trainable if groups is None else groups
+        table = self.parameter_groups()
+        unknown = sorted(set(groups) - set(table))
+        if unknown:
+            raise ValueError(f"unknown trainable groups {unknown}; known: {sorted(table)}")
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for name in groups:
+            for p in table[name]:
+                p.requires_grad_(True)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
