@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from helpers_model import moving_disk_clip
 from safetensors.torch import save_file
 
 from glus_ros.inference import VideoSegmenter, load_model
@@ -22,6 +21,8 @@ from glus_ros.model.checkpoints import (
 from glus_ros.model.config import load_config
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.tokenizer import build_builtin_tokenizer
+
+from helpers_model import moving_disk_clip
 
 # our module prefix -> the official GLUSForCausalLM prefix (the inverse of the loader's map)
 OFFICIAL = [

@@ -15,18 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_datasets import (
-    write_mevis,
-    write_palette_png,
-    write_predictions,
-    write_refytvos,
-)
 from PIL import Image
 
 from glus_ros.cli import main
 from glus_ros.datasets.mevis import Expression, MevisDataset
 from glus_ros.datasets.refytvos import RefYoutubeVosDataset
 from glus_ros.evaluation import evaluate_predictions, read_prediction, write_csv
+
+from helpers_datasets import (
+    write_mevis,
+    write_palette_png,
+    write_predictions,
+    write_refytvos,
+)
 
 S = (10, 10)
 

@@ -1,10 +1,11 @@
 """The bounded memory bank: which past steps are read, and that memory stays constant on long streams."""
 
 import torch
-from helpers_model import moving_disk_clip, tiny_model
 
 from glus_ros.model.memory_bank import MemoryBank, selected_steps
 from glus_ros.model.transforms import sam_input, to_tensor
+
+from helpers_model import moving_disk_clip, tiny_model
 
 
 def test_selected_steps_previous_plus_strided():

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from helpers_model import moving_disk_clip, tiny_model
 
 from glus_ros.inference import VideoSegmenter
 from glus_ros.model.config import load_config
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.transforms import clip_input, sam_input, to_tensor
+
+from helpers_model import moving_disk_clip, tiny_model
 
 
 def _clip_tensors(model, frames):

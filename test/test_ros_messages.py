@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_ros import RosTestEnv, rclpy_context, ros_session, spdp_multicast_port, spin_until, udp_ports
 
 from glus_ros.ros_env import (
     apply_ros_environment,
@@ -19,6 +18,8 @@ from glus_ros.ros_env import (
     shm_profile_path,
     user_has_dds_settings,
 )
+
+from helpers_ros import RosTestEnv, rclpy_context, ros_session, spdp_multicast_port, spin_until, udp_ports
 
 REPO = Path(__file__).resolve().parent.parent
 NS = {"f": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}

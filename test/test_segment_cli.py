@@ -6,10 +6,11 @@ import re
 import cv2
 import numpy as np
 import pytest
-from helpers_model import moving_disk_clip
 
 from glus_ros.cli import main
 from glus_ros.video_io import read_video, write_video
+
+from helpers_model import moving_disk_clip
 
 
 @pytest.fixture(scope="module")
