@@ -136,3 +136,16 @@ def test_paper_trainable_split_freezes_encoders_and_trains_memory():
     assert any(p.grad is not None for p in model.sam.sam.memory_attention.parameters())
     with pytest.raises(ValueError, match="unknown trainable groups"):
         model.apply_trainable(["everything"])
+
+
+def test_glus_s_config_matches_the_paper():
+    cfg = load_config("glus-s")
+    assert cfg.vlm.patches_per_side == 16 and cfg.vlm.tokens_per_frame == 64  # 256 -> 64 tokens per frame
+    assert cfg.sampling.num_context == 4 and cfg.sampling.num_query == 4
+    assert (cfg.memory.slots, cfg.memory.stride, cfg.memory.train_stride) == (7, 3, 1)
+    assert cfg.sam_image_size == 1024 and cfg.sam_hidden_dim == 256
+    assert cfg.vlm.projector == "linear" and cfg.sam2["use_obj_ptrs_in_encoder"] is False
+    assert set(cfg.trainable) == {"llm_lora", "projections", "mask_decoder", "memory"}
+    # its tokenizer comes with the official checkpoint: without one, a clear error, not a download
+    with pytest.raises(ValueError, match="pass the checkpoint directory"):
+        GLUSModel.from_config("glus-s")

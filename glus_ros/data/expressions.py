@@ -1,0 +1,373 @@
+"""Referring expressions for a synthetic scene, built from what the generator knows and checked to be exact.
+
+An expression is a :class:`Description` (a noun phrase plus at most one qualifier: a motion, a position or
+a relation to another object) rendered through one of a few templates. :func:`resolve` says which
+objects a description picks out under fixed semantics; an expression is kept only when that set is
+exactly the set it is written for (one object for singular wording, two or more for plural), so every
+expression is unambiguous by construction. The same machinery answers counting questions later:
+``len(resolve(Description(NounPhrase("red", "circle")), facts))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from glus_ros.data.motion import motion_tags
+from glus_ros.data.scene import Scene, SceneObject
+
+KINDS: tuple[str, ...] = ("attribute", "motion", "position", "relation", "multi")
+# "left": clearly leftmost of its kind in every frame; "end:left": where it ends up, in the last frame
+POSITIONS: tuple[str, ...] = (
+    "left", "right", "top", "bottom", "end:left", "end:right", "end:top", "end:bottom",
+)
+RELATIONS: tuple[str, ...] = ("near", "far")
+SIZE_RATIO = 1.3  # "big" / "small" only when the radius differs this much from every alternative
+RELATION_RATIO = 1.5  # "near" / "far" only when the mean distance differs this much
+_COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+
+# (singular templates, plural templates); {np} / {nps} is the noun phrase
+_MOTION_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "dir": (
+        ("the {np} that moves {d}", "the {np} moving {d}", "the {np} going {d}"),
+        ("the {nps} that move {d}", "the {nps} moving {d}", "the {nps} going {d}"),
+    ),
+    "still": (
+        ("the {np} that does not move", "the {np} staying still"),
+        ("the {nps} that do not move", "the {nps} staying still"),
+    ),
+    "start": (
+        ("the {np} that starts moving", "the {np} that begins to move"),
+        ("the {nps} that start moving", "the {nps} that begin to move"),
+    ),
+    "stop": (
+        ("the {np} that stops", "the {np} that stops moving", "the {np} moving then stopping"),
+        ("the {nps} that stop", "the {nps} that stop moving"),
+    ),
+    "turn": (
+        ("the {np} moving {a} then {b}", "the {np} that goes {a} and then {b}"),
+        ("the {nps} moving {a} then {b}", "the {nps} that go {a} and then {b}"),
+    ),
+    "enter": (
+        ("the {np} that comes in", "the {np} entering the scene", "the {np} that enters"),
+        ("the {nps} that come in", "the {nps} entering the scene"),
+    ),
+    "leave": (
+        ("the {np} that leaves", "the {np} leaving the scene", "the {np} that goes out"),
+        ("the {nps} that leave", "the {nps} leaving the scene"),
+    ),
+}
+_POSITION_WORDS = {
+    "left": ("on the left", "leftmost"),
+    "right": ("on the right", "rightmost"),
+    "top": ("at the top", "topmost"),
+    "bottom": ("at the bottom", "lowest"),
+}
+_RELATION_TEMPLATES = {
+    "near": ("the {np} next to the {ref}", "the {np} near the {ref}", "the {np} closest to the {ref}"),
+    "far": ("the {np} far from the {ref}", "the {np} farthest from the {ref}"),
+}
+
+
+@dataclass(frozen=True)
+class NounPhrase:
+    """Colour and/or shape; ``size`` ("big"/"small") picks the biggest/smallest of those that match."""
+
+    colour: str | None = None
+    shape: str | None = None
+    size: str | None = None
+
+    def text(self, plural: bool = False, variant: int = 0) -> str:
+        """Words of the phrase; ``variant`` chooses among synonyms ("red one" / "red object")."""
+        words = [w for w in (self.size, self.colour) if w]
+        if self.shape:
+            return " ".join([*words, self.shape + ("s" if plural else "")])
+        noun = ("objects", "ones")[variant % 2] if plural else ("one", "object")[variant % 2]
+        return " ".join([*words, noun])
+
+
+@dataclass(frozen=True)
+class Description:
+    """A noun phrase plus at most one qualifier (motion tag, position, or relation to ``ref``)."""
+
+    noun: NounPhrase
+    motion: str | None = None
+    position: str | None = None
+    relation: str | None = None
+    ref: NounPhrase | None = None
+
+    def kind(self, plural: bool) -> str:
+        if plural:
+            return "multi"
+        if self.relation:
+            return "relation"
+        if self.position:
+            return "position"
+        if self.motion:
+            return "motion"
+        return "attribute"
+
+    def superlative(self) -> bool:
+        """Whether it singles out one object by comparison (so it has no plural reading)."""
+        return bool(self.noun.size or self.position or self.relation)
+
+
+@dataclass(frozen=True)
+class SynthExpression:
+    """One generated expression: its words, its objects, and what it hinges on."""
+
+    text: str
+    obj_ids: tuple[int, ...]
+    kind: str  # one of KINDS
+    motion: str | None  # the motion tag it relies on, if any
+    tags: tuple[str, ...]  # facts it states: colour:, shape:, size:, motion:, position:, relation:, ref:
+    event: tuple[int, int]  # half-open frame range where the telling event happens
+
+
+@dataclass(frozen=True, eq=False)
+class SceneFacts:
+    """Per-object facts that descriptions are checked against, computed once per scene."""
+
+    scene: Scene
+    inside: dict[int, list[bool]]
+    motions: dict[int, dict[str, tuple[int, int]]]
+
+    @classmethod
+    def of(cls, scene: Scene) -> SceneFacts:
+        inside = {o.obj_id: o.inside(scene.width, scene.height) for o in scene.objects}
+        motions = {o.obj_id: motion_tags(o.steps, inside[o.obj_id]) for o in scene.objects}
+        return cls(scene=scene, inside=inside, motions=motions)
+
+
+def _noun_matches(noun: NounPhrase, facts: SceneFacts) -> list[SceneObject]:
+    base = [
+        o for o in facts.scene.objects
+        if (noun.colour is None or o.colour == noun.colour) and (noun.shape is None or o.shape == noun.shape)
+    ]
+    if noun.size is None:
+        return base
+    if len(base) < 2:
+        return []
+    ordered = sorted(base, key=lambda o: o.radius, reverse=noun.size == "big")
+    best, runner_up = ordered[0], ordered[1]
+    ratio = best.radius / runner_up.radius if noun.size == "big" else runner_up.radius / best.radius
+    return [best] if ratio >= SIZE_RATIO else []
+
+
+def _extreme_frames(cands: list[SceneObject], where: str, facts: SceneFacts) -> list[int | None]:
+    """Per frame, the obj_id that is clearly the most ``where`` of ``cands`` (None when no clear one)."""
+    axis, sign = {"left": (0, 1.0), "right": (0, -1.0), "top": (1, 1.0), "bottom": (1, -1.0)}[where]
+    out: list[int | None] = []
+    for t in range(facts.scene.frames):
+        if not all(facts.inside[o.obj_id][t] for o in cands):
+            out.append(None)
+            continue
+        ordered = sorted(cands, key=lambda o: sign * o.centres[t, axis])
+        best, runner_up = ordered[0], ordered[1]
+        gap = sign * (runner_up.centres[t, axis] - best.centres[t, axis])
+        out.append(best.obj_id if gap >= max(best.reach, runner_up.reach) else None)
+    return out
+
+
+def _by_position(cands: list[SceneObject], position: str, facts: SceneFacts) -> list[SceneObject]:
+    if len(cands) < 2:
+        return []
+    at_end = position.startswith("end:")
+    winners = _extreme_frames(cands, position.removeprefix("end:"), facts)
+    winner = winners[-1]
+    if winner is None or (not at_end and any(w != winner for w in winners)):
+        return []
+    return [o for o in cands if o.obj_id == winner]
+
+
+def _mean_distance(a: SceneObject, b: SceneObject, facts: SceneFacts) -> float | None:
+    both = np.array(facts.inside[a.obj_id]) & np.array(facts.inside[b.obj_id])
+    if not both.any():
+        return None
+    return float(np.linalg.norm(a.centres[both] - b.centres[both], axis=1).mean())
+
+
+def _by_relation(cands: list[SceneObject], desc: Description, facts: SceneFacts) -> list[SceneObject]:
+    refs = _noun_matches(desc.ref, facts) if desc.ref is not None else []
+    if len(refs) != 1:
+        return []
+    ref = refs[0]
+    cands = [o for o in cands if o.obj_id != ref.obj_id]
+    if len(cands) < 2:
+        return []
+    dists = [_mean_distance(o, ref, facts) for o in cands]
+    if any(d is None for d in dists):
+        return []
+    order = sorted(range(len(cands)), key=lambda i: dists[i], reverse=desc.relation == "far")
+    best, runner_up = dists[order[0]], dists[order[1]]
+    ok = best * RELATION_RATIO <= runner_up if desc.relation == "near" else best >= RELATION_RATIO * runner_up
+    return [cands[order[0]]] if ok else []
+
+
+def resolve(desc: Description, facts: SceneFacts) -> frozenset[int]:
+    """The obj_ids the description picks out (empty when it picks none or no clear one)."""
+    cands = _noun_matches(desc.noun, facts)
+    if desc.motion is not None:
+        cands = [o for o in cands if desc.motion in facts.motions[o.obj_id]]
+    if desc.position is not None:
+        cands = _by_position(cands, desc.position, facts)
+    if desc.relation is not None:
+        cands = _by_relation(cands, desc, facts)
+    return frozenset(o.obj_id for o in cands)
+
+
+def event_range(desc: Description, obj_ids: tuple[int, ...], facts: SceneFacts) -> tuple[int, int]:
+    """Half-open frame range where what tells the objects apart happens (whole clip when static)."""
+    frames = facts.scene.frames
+    if desc.motion is not None:
+        spans = [facts.motions[i][desc.motion] for i in obj_ids]
+        return min(s for s, _ in spans), max(e for _, e in spans)
+    if desc.position is not None and desc.position.startswith("end:"):
+        cands = _noun_matches(desc.noun, facts)
+        winners = _extreme_frames(cands, desc.position.removeprefix("end:"), facts)
+        start = frames
+        while start > 0 and winners[start - 1] == obj_ids[0]:
+            start -= 1
+        return start, frames
+    return 0, frames
+
+
+def _noun_variants(obj: SceneObject) -> list[NounPhrase]:
+    return [
+        NounPhrase(obj.colour, obj.shape), NounPhrase(None, obj.shape), NounPhrase(obj.colour, None),
+        NounPhrase(obj.colour, obj.shape, "big"), NounPhrase(obj.colour, obj.shape, "small"),
+        NounPhrase(None, obj.shape, "big"), NounPhrase(None, obj.shape, "small"),
+    ]
+
+
+def candidate_descriptions(facts: SceneFacts) -> list[Description]:
+    """Every description worth checking for this scene, in a fixed order (no set iteration)."""
+    objects = facts.scene.objects
+    nouns = list(dict.fromkeys(n for o in objects for n in _noun_variants(o)))
+    plain = [n for n in nouns if n.size is None]
+    tags = list(dict.fromkeys(tag for o in objects for tag in facts.motions[o.obj_id]))
+    refs = [n for n in plain if n.colour or n.shape]
+    out = [Description(n) for n in nouns]
+    for noun in [*plain, NounPhrase()]:
+        out += [Description(noun, motion=tag) for tag in tags]
+        out += [Description(noun, position=p) for p in POSITIONS]
+        out += [Description(noun, relation=r, ref=ref) for r in RELATIONS for ref in refs if ref != noun]
+    return out
+
+
+def _valid(desc: Description, objs: frozenset[int]) -> bool:
+    """Picks someone; several only through plain wording ("the objects" alone would say nothing)."""
+    if len(objs) <= 1:
+        return len(objs) == 1
+    return not desc.superlative() and (desc.noun != NounPhrase() or desc.motion is not None)
+
+
+def _priority(desc: Description, objs: frozenset[int], facts: SceneFacts) -> float:
+    """Higher first: what tells look-alikes apart (motion most of all), then plain attributes."""
+    if len(objs) > 1:
+        return 2.0
+    if desc.motion is None and desc.position is None and desc.relation is None:
+        return 3.5 if desc.noun.size else 2.5  # a size word is what tells same-colour twins apart
+    if len(_noun_matches(desc.noun, facts)) <= 1:
+        return 1.0  # qualifier is redundant: the noun alone picks the object
+    (obj_id,) = objs
+    target = next(o for o in facts.scene.objects if o.obj_id == obj_id)
+    twins = [o for o in facts.scene.objects if (o.colour, o.shape) == (target.colour, target.shape)]
+    if len(twins) > 1:  # a look-alike: only the qualifier can tell it apart
+        return 4.0 if desc.motion is not None else 3.0
+    return 2.0
+
+
+def render_text(desc: Description, count: int, rng: np.random.Generator) -> str:
+    """Words for a description that picks out ``count`` objects, through a randomly chosen template."""
+    plural = count > 1
+    variant = int(rng.integers(0, 2))
+    np_text = desc.noun.text(plural=False, variant=variant)
+    nps = desc.noun.text(plural=True, variant=variant)
+    if desc.motion is not None:
+        tag = desc.motion
+        family = tag.split(":")[0] if tag.split(":")[0] in _MOTION_TEMPLATES else "dir"
+        templates = _MOTION_TEMPLATES[family][int(plural)]
+        first, _, second = tag.removeprefix("turn:").partition("-")
+        text = str(rng.choice(templates))
+        return text.format(np=np_text, nps=nps, d=tag, a=first, b=second)
+    if desc.position is not None:
+        where = desc.position.removeprefix("end:")
+        phrase, superlative = _POSITION_WORDS[where]
+        if desc.position.startswith("end:"):
+            options = [f"the {np_text} that ends up {phrase}", f"the {np_text} ending up {phrase}"]
+            return str(rng.choice(options))
+        return str(rng.choice([f"the {np_text} {phrase}", f"the {superlative} {np_text}"]))
+    if desc.relation is not None and desc.ref is not None:
+        template = str(rng.choice(_RELATION_TEMPLATES[desc.relation]))
+        return template.format(np=np_text, ref=desc.ref.text(variant=variant))
+    if plural:
+        options = [f"the {nps}", f"all the {nps}"]
+        if count in _COUNT_WORDS:
+            options.append(f"the {_COUNT_WORDS[count]} {nps}")
+        return str(rng.choice(options))
+    return str(rng.choice([f"the {np_text}", np_text]))
+
+
+def _tags(desc: Description, obj_ids: tuple[int, ...], facts: SceneFacts) -> tuple[str, ...]:
+    tags = [f"{key}:{value}" for key, value in
+            (("colour", desc.noun.colour), ("shape", desc.noun.shape), ("size", desc.noun.size),
+             ("motion", desc.motion), ("position", desc.position), ("relation", desc.relation)) if value]
+    if desc.ref is not None:
+        (ref,) = _noun_matches(desc.ref, facts)
+        tags.append(f"ref:{ref.obj_id}")
+    return tuple(tags)
+
+
+def _diverse_order(items: list[tuple[float, Description]], rng: np.random.Generator) -> list[Description]:
+    """Best priority first, random among equals, one of each qualifier kind before any repeats."""
+    noise = rng.random(len(items))
+    ranked = [items[i][1] for i in sorted(range(len(items)), key=lambda i: (-items[i][0], noise[i]))]
+    seen: set[tuple[str, bool]] = set()
+    first, rest = [], []
+    for desc in ranked:
+        key = (desc.kind(False), desc.noun.size is None)
+        (rest if key in seen else first).append(desc)
+        seen.add(key)
+    return first + rest
+
+
+def describe_scene(
+    scene: Scene, rng: np.random.Generator, max_expressions: int = 12, per_object: int = 3
+) -> list[SynthExpression]:
+    """Unambiguous expressions for ``scene``: several per object where possible, some about several objects.
+
+    Objects take turns, so every describable object gets one expression before any gets a second;
+    expressions about several objects get about a quarter of the budget.
+    """
+    facts = SceneFacts.of(scene)
+    groups: dict[tuple[int, ...], list[tuple[float, Description]]] = {}
+    for desc in candidate_descriptions(facts):
+        objs = resolve(desc, facts)
+        if _valid(desc, objs):
+            groups.setdefault(tuple(sorted(objs)), []).append((_priority(desc, objs, facts), desc))
+    keys = list(groups)
+    singles = [keys[i] for i in rng.permutation(len(keys)) if len(keys[i]) == 1]
+    multis = [keys[i] for i in rng.permutation(len(keys)) if len(keys[i]) > 1]
+    queues = {k: _diverse_order(groups[k], rng)[:per_object] for k in keys}
+    # plural expressions get about a quarter of the budget, singular ones take turns for the rest
+    multi_budget = min(len(multis), max(1, max_expressions // 4))
+    order = [(r, k) for r in range(per_object) for k in singles if r < len(queues[k])]
+    picks = order[: max_expressions - multi_budget]
+    picks += [(0, k) for k in multis[: max_expressions - len(picks)]]
+    out: list[SynthExpression] = []
+    texts: set[str] = set()
+    for round_, key in picks:
+        desc = queues[key][round_]
+        text = render_text(desc, len(key), rng)
+        if text in texts:
+            continue
+        texts.add(text)
+        out.append(
+            SynthExpression(
+                text=text, obj_ids=key, kind=desc.kind(len(key) > 1), motion=desc.motion,
+                tags=_tags(desc, key, facts), event=event_range(desc, key, facts),
+            )
+        )
+    return out
