@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from glus_ros.datasets.mevis import Expression, open_image, parse_meta_expressions, read_json, read_rgb
+from glus_ros.datasets.base import Expression, FrameFolderDataset, open_image, parse_meta_expressions, read_json
 
 
-class RefYoutubeVosDataset:
+class RefYoutubeVosDataset(FrameFolderDataset):
     """Frames, expressions and per-object ground truth of one Ref-YouTube-VOS split."""
 
     name = "refytvos"
@@ -35,34 +35,8 @@ class RefYoutubeVosDataset:
         self._labels_video: str | None = None
         self._labels: np.ndarray | None = None
 
-    def videos(self) -> list[str]:
-        return list(self._frames)
-
-    def frames(self, video: str) -> list[str]:
-        if video not in self._frames:
-            raise ValueError(f"video {video!r} is not in {self.meta_path}")
-        return list(self._frames[video])
-
-    def frame_path(self, video: str, frame: str) -> Path:
-        return self.split_dir / "JPEGImages" / video / f"{frame}.jpg"
-
     def annotation_path(self, video: str, frame: str) -> Path:
         return self.split_dir / "Annotations" / video / f"{frame}.png"
-
-    def load_frame(self, video: str, frame: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB frame."""
-        return read_rgb(self.frame_path(video, frame))
-
-    def frame_size(self, video: str) -> tuple[int, int]:
-        """(H, W) of a video, read from its first frame's header once."""
-        if video not in self._sizes:
-            path = self.frame_path(video, self.frames(video)[0])
-            with open_image(path) as image:
-                self._sizes[video] = (image.height, image.width)
-        return self._sizes[video]
-
-    def expressions(self) -> list[Expression]:
-        return list(self._expressions)
 
     def has_ground_truth(self) -> bool:
         return (self.split_dir / "Annotations").is_dir()
