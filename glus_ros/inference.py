@@ -154,7 +154,9 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     ckpt_dir = Path(checkpoint) if checkpoint is not None else None
     if ckpt_dir is not None and not ckpt_dir.exists():
         raise FileNotFoundError(f"checkpoint {ckpt_dir} does not exist")
-    model = GLUSModel.from_config(spec, ckpt_dir if ckpt_dir is not None and ckpt_dir.is_dir() else None)
+    with torch.random.fork_rng():  # weights not loaded below are initialised the same way on every run
+        torch.manual_seed(0)
+        model = GLUSModel.from_config(spec, ckpt_dir if ckpt_dir is not None and ckpt_dir.is_dir() else None)
     if Path(spec).is_dir():
         load_model_dir_weights(model, Path(spec))
     if sam2_checkpoint is not None:

@@ -154,3 +154,7 @@ def test_own_model_dir_round_trip(tmp_path):
 def test_missing_checkpoint_path_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_model("tiny", checkpoint=tmp_path / "nowhere")
+
+
+def test_untrained_config_initialises_identically_every_time():
+    assert same_weights(load_model("tiny"), load_model("tiny"))
