@@ -58,7 +58,7 @@ def query_windows(order: list[int], size: int = 4, stride: int = 1) -> list[Quer
 
     The first window decodes all its frames; each later window ends at the next ``stride`` new
     frames and decodes only those, so every frame gets exactly one mask and the window's earlier
-    frames are the local context whose masks are already in the memory bank (GLUS Sec. B.3).
+    frames are the local context whose masks are already in the memory bank (GLUS supp. Sec. B).
     """
     if size < 1 or stride < 1:
         raise ValueError(f"window size and stride must be >= 1, got {size}, {stride}")
