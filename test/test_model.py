@@ -17,6 +17,16 @@ def _clip_tensors(model, frames):
     return clip_input(pixels, model.cfg.vlm.image_size), sam_input(pixels, model.sam.image_size)
 
 
+def _decode_query_window(model, num_decoded):
+    """4 context + 4 query frames of the disk clip; decode the first ``num_decoded`` query frames with memory."""
+    clip_px, sam_px = _clip_tensors(model, moving_disk_clip(8))
+    embeds = model.encode_clip_frames(clip_px)
+    out = model.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the red circle"])
+    feats = model.encode_sam_frames(sam_px[4:])
+    bank = model.new_memory_bank()
+    return [model.track_step(feats.select(slice(i, i + 1)), out.prompts[:, i], bank) for i in range(num_decoded)]
+
+
 def test_one_prompt_per_query_frame_and_they_differ():
     model = tiny_model()
     frames = moving_disk_clip(8)
@@ -43,14 +53,8 @@ def test_expression_changes_the_prompt():
 def test_gradient_reaches_memory_attention_and_encoder_in_training():
     torch.manual_seed(1)
     model = GLUSModel.from_config("tiny").train()
-    frames = moving_disk_clip(8)
-    clip_px, sam_px = _clip_tensors(model, frames)
-    embeds = model.encode_clip_frames(clip_px)
-    out = model.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the red circle"])
-    feats = model.encode_sam_frames(sam_px[4:])
-    bank = model.new_memory_bank()
-    assert bank.stride == model.cfg.memory.train_stride
-    preds = [model.track_step(feats.select(slice(i, i + 1)), out.prompts[:, i], bank) for i in range(4)]
+    assert model.new_memory_bank().stride == model.cfg.memory.train_stride
+    preds = _decode_query_window(model, 4)
     # loss on the LAST frame only: it reaches the memory modules solely through the bank
     preds[-1].logits.sigmoid().mean().backward()
     sam = model.sam.sam
@@ -123,13 +127,7 @@ def test_paper_trainable_split_freezes_encoders_and_trains_memory():
     # the paper's split: LLM via LoRA (added by the trainer), decoder, projections, memory
     n = model.apply_trainable(["llm_lora", "projections", "mask_decoder", "memory"])
     assert n == sum(p.numel() for g in ("projections", "mask_decoder", "memory") for p in groups[g])
-    frames = moving_disk_clip(8)
-    clip_px, sam_px = _clip_tensors(model, frames)
-    embeds = model.encode_clip_frames(clip_px)
-    out = model.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the red circle"])
-    feats = model.encode_sam_frames(sam_px[4:])
-    bank = model.new_memory_bank()
-    preds = [model.track_step(feats.select(slice(i, i + 1)), out.prompts[:, i], bank) for i in range(3)]
+    preds = _decode_query_window(model, 3)
     preds[-1].logits.mean().backward()
     assert all(p.grad is None for p in model.sam.sam.image_encoder.parameters())
     assert all(p.grad is None for p in model.vlm.vision_tower.parameters())
