@@ -12,6 +12,12 @@ COMMANDS = {
     "segment": "segment",
     "eval": "eval",
     "synth": "synth",
+    "train": "train",
+    "camera": "camera",
+    "record": "record",
+    "convert-bag": "convert_bag",
+    "track": "track",
+    "demo": "demo",
 }
 
 

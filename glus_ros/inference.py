@@ -34,6 +34,7 @@ class VideoSegmentation:
     scores: np.ndarray                # (T,) probability that the object is visible
     start_frame: int
     timings: dict[str, float] = field(default_factory=dict)
+    key_frame_scores: np.ndarray | None = None  # (T,) selector's predicted IoU, when it chose start_frame
 
 
 def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -94,11 +95,29 @@ class VideoSegmenter:
         self.dtype = dtype
 
     @torch.inference_mode()
+    def key_frame_scores(self, frames: Sequence[np.ndarray], expression: str, chunk: int = 32) -> np.ndarray:
+        """Predicted IoU of every frame (the key-frame selector); the best one starts the segmentation."""
+        expression = clean_expression(expression)
+        size = self.model.cfg.vlm.image_size
+        embeds = []
+        with autocast_context(self.model.device, self.dtype):
+            for i in range(0, len(frames), chunk):
+                pixels = to_tensor(list(frames[i:i + chunk])).to(self.model.device)
+                embeds.append(self.model.encode_clip_frames(clip_input(pixels, size)))
+            logits = self.model.key_frame_logits(torch.cat(embeds), expression)
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    @torch.inference_mode()
     def segment(self, frames: Sequence[np.ndarray], expression: str, start_frame: int = 0,
-                progress: Callable[[int], None] | None = None) -> VideoSegmentation:
+                progress: Callable[[int], None] | None = None, key_frame: bool = False) -> VideoSegmentation:
+        """Masks for every frame; ``key_frame`` lets the selector choose ``start_frame``."""
         if len(frames) == 0:
             raise ValueError("the video has no frames")
         expression = clean_expression(expression)
+        key_scores = None
+        if key_frame:
+            key_scores = self.key_frame_scores(frames, expression)
+            start_frame = int(np.argmax(key_scores))
         height, width = frames[0].shape[:2]
         for i, f in enumerate(frames):
             if f.shape[:2] != (height, width):
@@ -143,7 +162,7 @@ class VideoSegmenter:
                     cache.keep_only(set(context) | set(window.frames))
         elapsed = time.perf_counter() - t0
         return VideoSegmentation(masks, scores, start_frame,
-                                 {"total_s": elapsed, "per_frame_s": elapsed / num_frames})
+                                 {"total_s": elapsed, "per_frame_s": elapsed / num_frames}, key_scores)
 
 
 def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_checkpoint: str | Path | None = None,
@@ -167,25 +186,25 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
 
 
 def predict_dataset(model: str | Path | GLUSModel, dataset, out_dir: Path, device: str = "cpu",
-                    key_frame: bool = False, dtype: str = "fp32") -> Path:
+                    key_frame: bool = False, dtype: str = "fp32", progress: bool = True) -> Path:
     """Masks for every expression of a MeViS-layout dataset: ``<out>/<video>/<exp_id>/<frame>.png``."""
     from tqdm import tqdm
 
     from glus_ros.video_io import write_mask_png
 
-    if key_frame:
-        raise ValueError("--key-frame needs a trained key-frame selector, which this model does not have")
     net = model if isinstance(model, GLUSModel) else load_model(model, device=device)
+    if key_frame and net.key_frame is None:
+        raise ValueError("--key-frame needs a trained key-frame selector, which this model does not have")
     segmenter = VideoSegmenter(net, dtype=dtype)
     out_dir = Path(out_dir)
     expressions = dataset.expressions()
     frames_cache: dict[str, list[np.ndarray]] = {}
-    for expr in tqdm(expressions, desc="predict", unit="expr"):
+    for expr in tqdm(expressions, desc="predict", unit="expr", disable=not progress):
         if expr.video not in frames_cache:
             frames_cache.clear()
             frames_cache[expr.video] = [dataset.load_frame(expr.video, f) for f in dataset.frames(expr.video)]
         frames = frames_cache[expr.video]
-        result = segmenter.segment(frames, expr.text)
+        result = segmenter.segment(frames, expr.text, key_frame=key_frame)
         for name, mask in zip(dataset.frames(expr.video), result.masks, strict=True):
             write_mask_png(out_dir / expr.video / str(expr.exp_id) / f"{name}.png", mask)
     return out_dir

@@ -57,6 +57,7 @@ class ClipSample:
     video: str
     context_idx: list[int] = field(default_factory=list)
     query_idx: list[int] = field(default_factory=list)
+    attributes: tuple[int, int] = (-100, -100)  # colour, shape class of the target (auxiliary; -100 unknown)
 
 
 class ObjectKeyRegistry:
@@ -96,6 +97,7 @@ class ReferringClipDataset(Dataset[ClipSample]):
         on_error: Literal["skip", "raise"] = "skip",
         registry: ObjectKeyRegistry | None = None,
         mask_cache_size: int = 4,
+        attribute_labels: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -116,6 +118,9 @@ class ReferringClipDataset(Dataset[ClipSample]):
         self._expressions = reader.expressions()
         if not self._expressions:
             raise ValueError(f"dataset {name!r} has no expressions to train on")
+        if attribute_labels is not None and len(attribute_labels) != len(self._expressions):
+            raise ValueError(f"{len(attribute_labels)} attribute labels for {len(self._expressions)} expressions")
+        self._attributes = list(attribute_labels) if attribute_labels is not None else None
         # keys are registered up front so they do not depend on which samples a worker happens to load
         self._keys = [self.registry.key(name, e.video, e.obj_ids) for e in self._expressions]
         # samples skipped in this process (DataLoader workers each count their own)
@@ -206,7 +211,29 @@ class ReferringClipDataset(Dataset[ClipSample]):
             video=exp.video,
             context_idx=context_idx,
             query_idx=query_idx,
+            attributes=self._attributes[index] if self._attributes is not None else (-100, -100),
         )
+
+
+class VideoSubset:
+    """The first ``max_videos`` videos of a reader (quick evaluation subsets); everything else passes through."""
+
+    def __init__(self, reader: Any, max_videos: int) -> None:
+        if max_videos < 1:
+            raise ValueError(f"max_videos must be >= 1, got {max_videos}")
+        self.reader = reader
+        self._videos = list(reader.videos())[:max_videos]
+        keep = set(self._videos)
+        self._expressions = [e for e in reader.expressions() if e.video in keep]
+
+    def videos(self) -> list[str]:
+        return list(self._videos)
+
+    def expressions(self) -> list[Expression]:
+        return list(self._expressions)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)
 
 
 class MixedClipDataset(Dataset[ClipSample]):
@@ -292,6 +319,7 @@ def collate_clips(samples: Sequence[ClipSample], clip_size: int, sam_size: int) 
         "query_masks": torch.stack(masks),
         "expressions": [s.expression for s in samples],
         "object_keys": torch.tensor([s.object_key for s in samples], dtype=torch.long),
+        "attributes": torch.tensor([s.attributes for s in samples], dtype=torch.long),
         "meta": [(s.dataset, s.video, list(s.query_idx)) for s in samples],
     }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -261,6 +261,18 @@ class SegTokenBank:
                 continue
             self._emb.append(row.clone())  # clone: a view would pin the whole batch tensor in memory
             self._ids.append(key)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue a run with the same negatives (saved in training checkpoints)."""
+        return {"capacity": self.capacity, "emb": [e.clone() for e in self._emb], "ids": list(self._ids),
+                "kind": self._kind, "dim": self._dim}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(f"bank capacity {state['capacity']} in the checkpoint, {self.capacity} configured")
+        self._emb = deque(state["emb"], maxlen=self.capacity)
+        self._ids = deque(state["ids"], maxlen=self.capacity)
+        self._kind, self._dim = state["kind"], state["dim"]
 
     def tensors(self) -> tuple[torch.Tensor | None, ObjectIds | None]:
         """(bank (M, D), ids) in the form they were added: a long tensor or a list of frozensets; empty -> None."""

@@ -14,15 +14,19 @@ import torch
 import torch.nn.functional as F
 
 from glus_ros.model.glus import GLUSModel
+from glus_ros.training.aux_heads import AuxHeads, aux_losses
 from glus_ros.training.losses import LossWeights, SegTokenBank, glus_loss
 
 
 def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights | None = None,
-                  seg_bank: SegTokenBank | None = None, visibility_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                  seg_bank: SegTokenBank | None = None, visibility_weight: float = 1.0,
+                  aux_heads: AuxHeads | None = None, aux_weights: tuple[float, float] = (0.0, 0.0),
+                  ) -> dict[str, torch.Tensor]:
     """Losses for a collated batch (see ``glus_ros.training.data.collate_clips`` for its keys).
 
     Besides the paper's terms, the SAM 2 object-score head is supervised with whether the object is
     visible in the frame (as SAM 2 trains it): inference hides the mask when that score says absent.
+    ``aux_heads`` with ``aux_weights`` (point, attributes) add the auxiliary [SEG] terms (aux_heads.py).
     """
     context, query = batch["context_clip"], batch["query_clip"]
     batch_size, num_context = context.shape[:2]
@@ -50,6 +54,10 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
     visible = (targets.flatten(2).amax(dim=2) > 0).float()
     losses["visibility"] = F.binary_cross_entropy_with_logits(torch.stack(object_scores, dim=1), visible)
     losses["total"] = losses["total"] + visibility_weight * losses["visibility"]
+    if aux_heads is not None:
+        aux = aux_losses(aux_heads(out.seg_hidden.float()), targets, batch["attributes"])
+        losses.update(aux)
+        losses["total"] = losses["total"] + aux_weights[0] * aux["aux_point"] + aux_weights[1] * aux["aux_attributes"]
     if seg_bank is not None:
         seg_bank.add(anchors.detach(), batch["object_keys"])
     losses["mask_logits"] = logits.detach()

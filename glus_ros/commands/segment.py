@@ -32,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     add_model_arguments(parser)
     parser.add_argument("--start-frame", type=int, default=0,
                         help="frame to start from; the model propagates forward, then backward from it")
+    parser.add_argument("--key-frame", action="store_true",
+                        help="let the model's key-frame selector choose the start frame (overrides --start-frame)")
     parser.add_argument("--max-frames", type=int, help="only the first N frames")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
     parser.set_defaults(func=run)
@@ -50,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.start_frame < len(frames):
         raise ValueError(f"--start-frame {args.start_frame} outside the video's {len(frames)} frames")
     model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device)
+    if args.key_frame and model.key_frame is None:
+        raise ValueError(f"--key-frame: model {args.model} has no trained key-frame selector")
     segmenter = VideoSegmenter(model, dtype=args.dtype)
     with tqdm(total=len(frames), desc="segment", unit="frame") as bar:
-        result = segmenter.segment(frames, expression, start_frame=args.start_frame, progress=bar.update)
+        result = segmenter.segment(frames, expression, start_frame=args.start_frame, progress=bar.update,
+                                    key_frame=args.key_frame)
     out.mkdir(parents=True, exist_ok=True)
     for name, mask in zip(names, result.masks, strict=True):
         write_mask_png(out / f"{name}.png", mask)
@@ -65,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         "frames": len(frames), "start_frame": result.start_frame,
         "size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
         "scores": [round(float(s), 4) for s in result.scores],
+        "key_frame_scores": None if result.key_frame_scores is None
+        else [round(float(s), 4) for s in result.key_frame_scores],
         "timings": result.timings, "overlay": str(video_path) if video_path else None,
     }
     (out / "result.json").write_text(json.dumps(summary, indent=1))

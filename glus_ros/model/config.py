@@ -22,7 +22,7 @@ DEFAULT_QUERY_FRAME = "<image>"
 
 TRAINABLE_GROUPS = (
     "vision_tower", "llm", "llm_lora", "projections", "image_encoder", "prompt_encoder",
-    "mask_decoder", "memory",
+    "mask_decoder", "memory", "key_frame",
 )
 
 
@@ -68,6 +68,14 @@ class MemoryConfig:
 
 
 @dataclass
+class KeyFrameConfig:
+    """The key-frame selector head (glus_ros.model.key_frame); absent until one is trained."""
+
+    hidden: int = 128
+    kernel: int = 5   # frames seen by its temporal convolution (odd)
+
+
+@dataclass
 class GLUSConfig:
     name: str
     vlm: VLMConfig
@@ -75,6 +83,7 @@ class GLUSConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     trainable: list[str] = field(default_factory=lambda: list(TRAINABLE_GROUPS))
+    key_frame: KeyFrameConfig | None = None
 
     @property
     def sam_image_size(self) -> int:
@@ -108,6 +117,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
         vlm = VLMConfig(**raw["vlm"])
         sampling = SamplingConfig(**raw.get("sampling", {}))
         memory = MemoryConfig(**raw.get("memory", {}))
+        key_frame = KeyFrameConfig(**raw["key_frame"]) if raw.get("key_frame") else None
     except TypeError as exc:
         raise ValueError(f"{source}: {exc}") from exc
     trainable = list(raw.get("trainable", TRAINABLE_GROUPS))
@@ -116,7 +126,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
         raise ValueError(f"{source}: unknown trainable groups {unknown}; known: {list(TRAINABLE_GROUPS)}")
     cfg = GLUSConfig(
         name=str(raw.get("name", Path(source).stem)), vlm=vlm, sam2=raw["sam2"],
-        sampling=sampling, memory=memory, trainable=trainable,
+        sampling=sampling, memory=memory, trainable=trainable, key_frame=key_frame,
     )
     _pool_side(cfg.vlm.visual_token_pool)
     if cfg.vlm.patches_per_side % _pool_side(cfg.vlm.visual_token_pool):

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from glus_ros.model.config import GLUSConfig, load_config
+from glus_ros.model.config import GLUSConfig, KeyFrameConfig, load_config
+from glus_ros.model.key_frame import KeyFrameSelector
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.prompting import PromptBuilder
 from glus_ros.model.sam2_head import FrameFeatures, MaskPrediction, SAM2Head
@@ -49,6 +50,15 @@ class GLUSModel(nn.Module):
         self.vlm = VisionLanguageModel(cfg.vlm, len(tokenizer), tokenizer.pad_token_id, self.prompts.image_id)
         self.sam = SAM2Head(cfg.sam2)
         self.seg_projection = SegProjection(self.vlm.hidden_size, self.sam.prompt_dim)
+        self.key_frame: KeyFrameSelector | None = None
+        if cfg.key_frame is not None:
+            self.key_frame = KeyFrameSelector(self.vlm.hidden_size, cfg.key_frame)
+
+    def add_key_frame_selector(self, cfg: KeyFrameConfig | None = None) -> KeyFrameSelector:
+        """Attach a new (untrained) selector; the config then saves it with the model."""
+        self.cfg.key_frame = cfg or KeyFrameConfig()
+        self.key_frame = KeyFrameSelector(self.vlm.hidden_size, self.cfg.key_frame).to(self.device)
+        return self.key_frame
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -78,6 +88,7 @@ class GLUSModel(nn.Module):
             "prompt_encoder": list(sam.sam_prompt_encoder.parameters()),
             "mask_decoder": list(sam.sam_mask_decoder.parameters()),
             "memory": memory_params,
+            "key_frame": list(self.key_frame.parameters()) if self.key_frame is not None else [],
         }
 
     def apply_trainable(self, groups: list[str] | None = None) -> int:
@@ -139,6 +150,15 @@ class GLUSModel(nn.Module):
     def labels_for(self, expressions: list[str], num_context: int, num_query: int) -> torch.Tensor:
         encoded = [self.prompts.encode(e, num_context, num_query) for e in expressions]
         return self.prompts.batch(encoded)[2]
+
+    def key_frame_logits(self, frame_embeds: torch.Tensor, expression: str) -> torch.Tensor:
+        """(T, tokens, hidden) visual tokens of every frame -> (T,) selector logits (predicted IoU)."""
+        if self.key_frame is None:
+            raise ValueError("this model has no trained key-frame selector (train one: glus-ros train "
+                             "--config <recipe> --key-frame-only)")
+        ids = self.tokenizer(expression, add_special_tokens=False, return_tensors="pt").input_ids[0]
+        text = self.vlm.language_model.embed_tokens(ids.to(frame_embeds.device))
+        return self.key_frame(frame_embeds, text)
 
     # --- the SAM 2 step ---------------------------------------------------------------------
     def track_step(self, frame: FrameFeatures, prompt: torch.Tensor, bank: MemoryBank | None) -> MaskPrediction:

@@ -1,0 +1,191 @@
+"""The training loop on real tiny models and real generated data: recipes, resume, LoRA, learning."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from glus_ros.cli import main as cli_main
+from glus_ros.data.synth import write_split
+from glus_ros.model.checkpoints import WEIGHTS_FILE
+from glus_ros.training.config import config_from_dict, load_train_config, parse_override
+from glus_ros.training.trainer import Trainer, lr_factor
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    write_split(root, "train", 3, seed=11)
+    write_split(root, "valid", 1, seed=12)
+    return root
+
+
+def recipe(data_root: Path, **changes: object) -> dict:
+    raw = {
+        "name": "test",
+        "model": "tiny",
+        "datasets": [{"kind": "synth", "root": str(data_root), "split": "train"}],
+        "samples_per_epoch": 6,
+        "aux": {"point": 1.0, "attributes": 1.0},
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "batch_size": 1, "grad_accum": 2, "max_steps": 4},
+        "save_every": 2,
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return raw
+
+
+def trainable(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer._trainable_state().items()}
+
+
+def test_shipped_recipes_parse_and_name_existing_models():
+    for name in ("synth_tiny", "glus_s", "glus_a"):
+        cfg = load_train_config(REPO / "training" / f"{name}.yaml")
+        assert cfg.datasets, name
+        assert cfg.model in ("tiny", "glus-s"), name
+    s = load_train_config(REPO / "training" / "glus_s.yaml")
+    # paper hyper-parameters: LoRA rank 8, lr 3e-4, batch 2 x accumulation 10, MeViS:Ref-YouTube-VOS 1:1
+    assert (s.lora.rank, s.optim.lr, s.optim.batch_size, s.optim.grad_accum) == (8, 3e-4, 2, 10)
+    assert {d.kind: d.ratio for d in s.datasets} == {"mevis": 1.0, "refytvos": 1.0}
+    assert "llm_lora" in s.trainable and "llm" not in s.trainable
+
+
+def test_recipe_errors_name_the_problem(tmp_path: Path, data_root: Path):
+    with pytest.raises(ValueError, match="unknown keys \\['optimiser'\\]"):
+        config_from_dict({**recipe(data_root), "optimiser": {}}, "r.yaml")
+    with pytest.raises(ValueError, match="datasets\\[0\\]: kind must be one of"):
+        config_from_dict(recipe(data_root, datasets=[{"kind": "coco", "root": "x"}]), "r.yaml")
+    with pytest.raises(ValueError, match="needs at least one entry under 'datasets'"):
+        config_from_dict(recipe(data_root, datasets=[]), "r.yaml")
+    with pytest.raises(ValueError, match=r"optim\.lr must be > 0"):
+        config_from_dict(recipe(data_root, optim={"lr": 0}), "r.yaml")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_train_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_override("optim.lr")
+    assert parse_override("optim.max_steps=7") == {"optim": {"max_steps": 7}}
+    missing = config_from_dict(recipe(data_root, datasets=[{"kind": "mevis", "root": str(tmp_path)}]), "r.yaml")
+    with pytest.raises(FileNotFoundError):
+        Trainer(missing, output_dir=tmp_path / "run", progress=False)
+
+
+def test_learning_rate_warms_up_then_decays(data_root: Path):
+    cfg = config_from_dict(recipe(data_root, optim={"warmup_steps": 4, "max_steps": 12, "min_lr_ratio": 0.1}))
+    factors = [lr_factor(s, cfg) for s in range(13)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
+    assert factors[12] == pytest.approx(0.1)
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path: Path, data_root: Path):
+    cfg = config_from_dict(recipe(data_root))
+    whole = Trainer(cfg, output_dir=tmp_path / "whole", progress=False)
+    whole.train()
+    expected = trainable(whole)
+
+    first = Trainer(cfg, output_dir=tmp_path / "split", progress=False)
+    first.train(until_step=2)
+    assert first.latest_checkpoint() is not None and first.latest_checkpoint().name == "step_0000002"
+    assert not (tmp_path / "split" / "model").exists()  # unfinished runs export nothing
+    del first
+    second = Trainer(cfg, output_dir=tmp_path / "split", progress=False)
+    assert second.step == 0
+    second.train(resume=True)
+    assert second.step == 4
+    got = trainable(second)
+    assert got.keys() == expected.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
+    rows = list(csv.DictReader((tmp_path / "split" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    # the exported model directory loads by path and carries the trained weights
+    from glus_ros.inference import load_model
+
+    exported = load_model(tmp_path / "split" / "model")
+    ref = second.accelerator.unwrap_model(second.module).model.state_dict()
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, ref[key]), key
+
+
+def test_resume_without_checkpoint_or_with_other_recipe_is_an_error(tmp_path: Path, data_root: Path):
+    cfg = config_from_dict(recipe(data_root))
+    trainer = Trainer(cfg, output_dir=tmp_path / "run", progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        trainer.train(resume=True)
+    trainer.train(until_step=2)
+    other = config_from_dict(recipe(data_root, aux={"point": 0.0, "attributes": 0.0}))
+    with pytest.raises(ValueError, match="does not match this recipe's trainable parameters"):
+        Trainer(other, output_dir=tmp_path / "run", progress=False).train(resume=True)
+
+
+def test_lora_trains_adapters_only_and_export_merges_them(tmp_path: Path, data_root: Path):
+    cfg = config_from_dict(recipe(data_root, trainable=["llm_lora", "projections", "mask_decoder", "memory"],
+                                  optim={"max_steps": 2, "lr": 1e-2}, aux={"point": 0.0, "attributes": 0.0}))
+    trainer = Trainer(cfg, output_dir=tmp_path / "lora", progress=False)
+    model = trainer.accelerator.unwrap_model(trainer.module).model
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    assert not any(n.startswith("vlm.vision_tower") or n.startswith("sam.sam.image_encoder") for n in names)
+    base_before = {n: p.clone() for n, p in model.vlm.language_model.named_parameters() if "base_layer" in n}
+    trainer.train()
+    for n, p in model.vlm.language_model.named_parameters():
+        if n in base_before:
+            assert torch.equal(p, base_before[n]), f"frozen base weight {n} changed"
+    # the exported model has plain (merged) layers and reproduces the adapted model's [SEG] prompts
+    from glus_ros.inference import load_model
+
+    exported = load_model(tmp_path / "lora" / "model").eval()
+    assert not any("lora_" in k for k in exported.state_dict())
+    model.eval()
+    torch.manual_seed(0)
+    ctx, qry = torch.randn(1, 4, 16, 192), torch.randn(1, 4, 16, 192)
+    with torch.no_grad():
+        want = model.seg_prompts(ctx, qry, ["the red circle"]).prompts
+        got = exported.seg_prompts(ctx, qry, ["the red circle"]).prompts
+    assert torch.allclose(want, got, atol=1e-4)
+
+
+def test_short_training_improves_loss_and_j_and_f_over_the_untrained_model(tmp_path: Path):
+    """One video, one expression, 20 steps: the model must learn that object (measured J&F goes up)."""
+    root = tmp_path / "data"
+    write_split(root, "train", 1, seed=3)
+    meta_path = root / "train" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    video = next(iter(meta["videos"].values()))
+    video["expressions"] = dict(list(video["expressions"].items())[:1])
+    meta_path.write_text(json.dumps(meta))
+    spec = {"kind": "synth", "root": str(root), "split": "train"}
+    cfg = config_from_dict(recipe(root, datasets=[spec], samples_per_epoch=8, aux={"point": 0.0, "attributes": 0.0},
+                                  optim={"max_steps": 20, "batch_size": 2, "grad_accum": 1, "warmup_steps": 3,
+                                         "lr": 2e-3},
+                                  save_every=100, eval={"dataset": spec}))
+    trainer = Trainer(cfg, output_dir=tmp_path / "run", progress=False)
+    before = trainer.evaluate()
+    result = trainer.train()
+    after = result.evals[-1]
+    losses = [row["total"] for row in result.history]
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+    assert after["j_and_f"] > before["j_and_f"] + 0.15, (before, after)
+    assert (tmp_path / "run" / "eval.csv").is_file()
+
+
+def test_train_command_runs_a_recipe_and_reports_errors(tmp_path: Path, data_root: Path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe(data_root, optim={"max_steps": 1, "grad_accum": 1})))
+    assert cli_main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert (tmp_path / "run" / "model" / WEIGHTS_FILE).is_file()
+    assert "stopped at step 1" in capsys.readouterr().out
+    assert cli_main(["train", "--config", str(path), "-o", "optim.lr=-1", "--no-progress"]) == 2
+    assert "optim.lr must be > 0" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""Auxiliary supervision of the [SEG] state, for training a tiny model from scratch.
+
+A randomly initialised tiny LLM learns to segment *objects* quickly but not *which* object: the
+expression does not reach the [SEG] state through the mask loss alone within a CPU budget (measured;
+see docs/training.md). Small heads on each [SEG] hidden state give the state a direct target:
+
+- point: the target's centre in its query frame (normalised x, y) and whether it is visible, derived
+  from the ground-truth masks, so it works for every dataset;
+- attributes: the colour and shape of the referred object(s), known for free on synthetic data.
+
+The heads are training-only (not saved with the model); their weights are configured in the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glus_ros.data.scene import COLOURS
+from glus_ros.data.shapes import SHAPES
+from glus_ros.datasets.base import Expression
+
+IGNORE = -100
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+
+
+class AuxHeads(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.point = nn.Linear(hidden, 3)                 # x, y (normalised, sigmoid), visibility logit
+        self.colour = nn.Linear(hidden, len(COLOUR_NAMES))
+        self.shape = nn.Linear(hidden, len(SHAPES))
+
+    def forward(self, seg_hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """seg_hidden (B, Nq, D) -> point (B, Nq, 3), colour (B, C), shape (B, S) from the mean [SEG]."""
+        pooled = seg_hidden.mean(dim=1)
+        return {"point": self.point(seg_hidden), "colour": self.colour(pooled), "shape": self.shape(pooled)}
+
+
+def mask_centres(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., H, W) {0,1} -> normalised centres (..., 2) as (x, y) in [0, 1] and visibility (...) in {0, 1}."""
+    h, w = masks.shape[-2:]
+    ys = (torch.arange(h, dtype=torch.float32, device=masks.device) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32, device=masks.device) + 0.5) / w
+    area = masks.float().sum(dim=(-2, -1))
+    safe = area.clamp(min=1.0)
+    cx = (masks.float().sum(dim=-2) * xs).sum(dim=-1) / safe
+    cy = (masks.float().sum(dim=-1) * ys).sum(dim=-1) / safe
+    return torch.stack([cx, cy], dim=-1), (area > 0).float()
+
+
+def aux_losses(out: dict[str, torch.Tensor], masks: torch.Tensor, attributes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Point L1 (visible frames) + visibility BCE; colour and shape CE where the label is known.
+
+    masks (B, Nq, H, W); attributes (B, 2) colour and shape indices, ``IGNORE`` where not defined.
+    """
+    centres, visible = mask_centres(masks)
+    pred = out["point"].float()
+    l1 = (torch.sigmoid(pred[..., :2]) - centres).abs().sum(dim=-1)
+    point = (l1 * visible).sum() / visible.sum().clamp(min=1.0)
+    point = point + F.binary_cross_entropy_with_logits(pred[..., 2], visible)
+    attrs = attributes.to(pred.device)
+    zero = pred.sum() * 0.0
+    colour = F.cross_entropy(out["colour"].float(), attrs[:, 0], ignore_index=IGNORE) if (attrs[:, 0] != IGNORE).any() \
+        else zero
+    shape = F.cross_entropy(out["shape"].float(), attrs[:, 1], ignore_index=IGNORE) if (attrs[:, 1] != IGNORE).any() \
+        else zero
+    return {"aux_point": point, "aux_attributes": colour + shape}
+
+
+def synth_attribute_labels(split_dir: Path, expressions: Sequence[Expression]) -> list[tuple[int, int]]:
+    """(colour, shape) index per expression from ``synth_meta.json``; ``IGNORE`` where the objects differ."""
+    meta_path = Path(split_dir) / "synth_meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: attribute supervision needs a synthetic split")
+    videos = json.loads(meta_path.read_text())["videos"]
+    labels = []
+    for e in expressions:
+        objects = videos[e.video]["objects"]
+        colours = {objects[str(o)]["colour"] for o in e.obj_ids}
+        shapes = {objects[str(o)]["shape"] for o in e.obj_ids}
+        colour = COLOUR_NAMES.index(colours.pop()) if len(colours) == 1 else IGNORE
+        shape = SHAPES.index(shapes.pop()) if len(shapes) == 1 else IGNORE
+        labels.append((colour, shape))
+    return labels

@@ -1,0 +1,210 @@
+"""Training recipes: dataclasses filled from ``training/<recipe>.yaml``.
+
+A recipe names the model to start from, the datasets and their mixing ratios, the optimiser and its
+schedule, LoRA, the loss weights, evaluation and checkpointing. Every field has the paper's default
+(GLUS Sec. 4 / Table A) unless the recipe says otherwise, and unknown keys are errors, so a typo in a
+recipe never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glus_ros.model.config import deep_update
+
+DATASET_KINDS = ("mevis", "refytvos", "synth")
+
+
+@dataclass
+class DatasetSpec:
+    """One training (or evaluation) source in MeViS / Ref-YouTube-VOS / synthetic layout."""
+
+    kind: str                  # "mevis" | "refytvos" | "synth" (the synthetic set is MeViS layout + synth_meta.json)
+    root: str                  # folder holding <split>/ (relative paths are relative to the recipe's --data-root)
+    split: str = "train"
+    ratio: float = 1.0         # mixing weight (GLUS mixes MeViS and Ref-YouTube-VOS 1:1)
+    videos: int | None = None  # synth only: generate this many videos if the split is missing
+    seed: int | None = None    # synth only: generator seed of the split
+    max_videos: int | None = None  # use only the first N videos (evaluation subsets)
+
+
+@dataclass
+class LoraSpec:
+    """LoRA on the LLM's attention projections (peft); used when ``llm_lora`` is a trainable group."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class OptimSpec:
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: str = "linear"        # decay after warm-up: "linear" (to min_lr_ratio), "cosine" or "constant"
+    min_lr_ratio: float = 0.0
+    batch_size: int = 2             # clips per micro-batch (per process)
+    grad_accum: int = 10            # micro-batches per optimiser step
+    max_steps: int = 1000           # optimiser steps
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class AuxSpec:
+    """Auxiliary supervision of the [SEG] state (not in the paper; needed to train a tiny LLM from scratch).
+
+    ``point``: each [SEG] predicts its frame's target centre and visibility (from the masks, any dataset).
+    ``attributes``: each [SEG] classifies the colour and shape of the target (synthetic data only).
+    """
+
+    point: float = 0.0
+    attributes: float = 0.0
+
+
+@dataclass
+class KeyFrameSpec:
+    """The key-frame selector stage, run after the main training on the first dataset's expressions."""
+
+    enabled: bool = False
+    expressions: int | None = 400   # pseudo-labelled expressions (None: all)
+    epochs: int = 5
+    lr: float = 1.0e-3
+    hidden: int = 128
+    kernel: int = 5
+
+
+@dataclass
+class EvalSpec:
+    dataset: DatasetSpec | None = None
+    every_steps: int = 0            # 0: only at the end
+    dtype: str = "fp32"
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    model: str = "tiny"                 # model config name / YAML / trained model directory to start from
+    checkpoint: str | None = None       # official GLUS/LISA weights to start from
+    sam2_checkpoint: str | None = None  # official SAM 2 .pt to start from
+    trainable: list[str] | None = None  # parameter groups (default: the model config's split)
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    samples_per_epoch: int = 1000
+    loss: dict[str, float] = field(default_factory=dict)  # LossWeights fields (ce, bce, dice, contrastive, temperature)
+    visibility_weight: float = 1.0
+    contrastive_bank: int = 256
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    aux: AuxSpec = field(default_factory=AuxSpec)
+    key_frame: KeyFrameSpec = field(default_factory=KeyFrameSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    output_dir: str = "runs/{name}"
+    seed: int = 0
+    device: str = "cpu"                 # "cpu", "cuda", "auto" (with accelerate launch: each process its own GPU)
+    mixed_precision: str = "no"         # "no" | "bf16" (accelerate)
+    save_every: int = 100               # optimiser steps between resumable checkpoints
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    num_workers: int = 0
+    on_data_error: str = "skip"         # "skip" (warn + count) | "raise"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def output_path(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+    return cls(**raw)
+
+
+def _dataset(raw: Any, where: str) -> DatasetSpec:
+    spec = _build(DatasetSpec, raw, where)
+    if spec.kind not in DATASET_KINDS:
+        raise ValueError(f"{where}: kind must be one of {list(DATASET_KINDS)}, got {spec.kind!r}")
+    if not (isinstance(spec.ratio, (int, float)) and spec.ratio > 0):
+        raise ValueError(f"{where}: ratio must be > 0, got {spec.ratio!r}")
+    return spec
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+    raw = copy.deepcopy(raw)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping at the top level")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {unknown}; known: {sorted(names)}")
+    raw.setdefault("name", Path(source).stem)
+    raw["datasets"] = [_dataset(d, f"{source}: datasets[{i}]") for i, d in enumerate(raw.get("datasets", []))]
+    if not raw["datasets"]:
+        raise ValueError(f"{source}: a recipe needs at least one entry under 'datasets'")
+    for key, cls in (("lora", LoraSpec), ("optim", OptimSpec), ("aux", AuxSpec), ("key_frame", KeyFrameSpec)):
+        raw[key] = _build(cls, raw.get(key, {}), f"{source}: {key}")
+    ev = dict(raw.get("eval", {}) or {})
+    if ev.get("dataset") is not None:
+        ev["dataset"] = _dataset(ev["dataset"], f"{source}: eval.dataset")
+    raw["eval"] = _build(EvalSpec, ev, f"{source}: eval")
+    cfg = TrainConfig(**raw)
+    o = cfg.optim
+    o.betas = (float(o.betas[0]), float(o.betas[1]))
+    checks = [
+        (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
+        (o.batch_size >= 1 and o.grad_accum >= 1, "optim.batch_size and optim.grad_accum must be >= 1"),
+        (o.max_steps >= 1, f"optim.max_steps must be >= 1, got {o.max_steps}"),
+        (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (o.schedule in ("linear", "cosine", "constant"), f"optim.schedule {o.schedule!r} not linear|cosine|constant"),
+        (cfg.samples_per_epoch >= 1, "samples_per_epoch must be >= 1"),
+        (cfg.save_every >= 1, "save_every must be >= 1"),
+        (cfg.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {cfg.mixed_precision!r}"),
+        (cfg.on_data_error in ("skip", "raise"), "on_data_error must be 'skip' or 'raise'"),
+        (cfg.lora.rank >= 1, "lora.rank must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"{source}: {message}")
+    return cfg
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``optim.lr=1e-4`` -> ``{"optim": {"lr": 1e-4}}`` (the value is read as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not key=value (e.g. optim.max_steps=10)")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"override {text!r} has an empty key part")
+    out: dict[str, Any] = {parts[-1]: yaml.safe_load(value)}
+    for part in reversed(parts[:-1]):
+        out = {part: out}
+    return out
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training recipe {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    for text in overrides or []:
+        raw = deep_update(raw, parse_override(text))
+    return config_from_dict(raw, str(path))

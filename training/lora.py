@@ -1,0 +1,43 @@
+"""LoRA adapters on the LLM (peft) and merging them back for export.
+
+Adapters are injected in place (``peft.inject_adapter_in_model``), so the GLUS module tree and its
+methods stay as they are; export folds each adapter into its base weight and puts the plain layer
+back, so a saved model has the original key layout and loads without peft.
+"""
+
+from __future__ import annotations
+
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from glus_ros.training.config import LoraSpec
+
+
+def add_lora(llm: nn.Module, spec: LoraSpec) -> list[nn.Parameter]:
+    """Inject LoRA into ``llm``'s target projections; returns the adapter parameters (trainable)."""
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=list(spec.target_modules), bias="none")
+    inject_adapter_in_model(config, llm)
+    params = [p for name, p in llm.named_parameters() if "lora_" in name]
+    if not params:
+        raise ValueError(f"LoRA found none of the target modules {spec.target_modules} in the LLM")
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def has_lora(module: nn.Module) -> bool:
+    return any(isinstance(m, LoraLayer) for m in module.modules())
+
+
+def merge_lora(module: nn.Module) -> int:
+    """Fold every LoRA adapter into its base layer and restore the plain layer; returns how many."""
+    merged = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer):
+                child.merge()
+                setattr(parent, name, child.get_base_layer())
+                merged += 1
+    return merged

@@ -1,0 +1,413 @@
+"""The GLUS training loop: recipe -> datasets -> optimiser steps, checkpoints, metrics, evaluation.
+
+Scale-out goes through accelerate (``accelerate launch -m glus_ros.cli train ...`` runs the same loop
+on several GPUs with DDP, or DeepSpeed/FSDP from an accelerate config); on one CPU process it is a
+plain loop. Runs are exactly resumable: a checkpoint holds the trainable weights, the optimiser, the
+schedule, the contrastive bank, the RNG state and the data position (epoch, micro-batch), and every
+sample is a pure function of (seed, epoch, index), so an interrupted run continued from its last
+checkpoint ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from glus_ros.datasets.mevis import MevisDataset
+from glus_ros.datasets.refytvos import RefYoutubeVosDataset
+from glus_ros.model.checkpoints import save_model_dir
+from glus_ros.model.glus import GLUSModel
+from glus_ros.training.aux_heads import AuxHeads, synth_attribute_labels
+from glus_ros.training.config import DatasetSpec, TrainConfig
+from glus_ros.training.data import (
+    MixedClipDataset,
+    ObjectKeyRegistry,
+    ReferringClipDataset,
+    VideoSubset,
+    make_collate,
+)
+from glus_ros.training.lora import add_lora, merge_lora
+from glus_ros.training.losses import LossWeights, SegTokenBank
+from glus_ros.training.step import forward_clips
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+WEIGHTS_FILE = "trainable.safetensors"
+LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes")
+
+
+class TrainingModule(nn.Module):
+    """What accelerate wraps (DDP needs one ``forward``): the model plus training-only heads -> losses."""
+
+    def __init__(self, model: GLUSModel, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        use_aux = cfg.aux.point > 0 or cfg.aux.attributes > 0
+        self.aux_heads = AuxHeads(model.vlm.hidden_size) if use_aux else None
+        self.weights = LossWeights(**cfg.loss)
+        self.visibility_weight = cfg.visibility_weight
+        self.aux_weights = (cfg.aux.point, cfg.aux.attributes)
+
+    def forward(self, batch: dict[str, Any], seg_bank: SegTokenBank | None = None) -> dict[str, torch.Tensor]:
+        return forward_clips(self.model, batch, self.weights, seg_bank, self.visibility_weight,
+                             self.aux_heads, self.aux_weights)
+
+
+def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:
+    """The dataset reader of a recipe entry; a missing synthetic split is generated first."""
+    root = Path(spec.root)
+    if not root.is_absolute():
+        root = data_root / root
+    split_dir = root / spec.split
+    if spec.kind == "synth" and not (split_dir / "meta_expressions.json").is_file():
+        if spec.videos is None or spec.seed is None:
+            raise FileNotFoundError(f"synthetic split {split_dir} is missing and the recipe gives no videos/seed "
+                                    "to generate it")
+        from glus_ros.data.synth import SynthConfig, write_split
+
+        log.info("generating synthetic split %s (%d videos, seed %d)", split_dir, spec.videos, spec.seed)
+        write_split(root, spec.split, spec.videos, spec.seed, SynthConfig())
+    reader: Any = RefYoutubeVosDataset(root, spec.split) if spec.kind == "refytvos" else MevisDataset(root, spec.split)
+    if spec.max_videos is not None:
+        reader = VideoSubset(reader, spec.max_videos)
+    return reader, split_dir
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then linear / cosine decay to ``min_lr_ratio`` at ``max_steps`` (or constant)."""
+    o = cfg.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    span = max(1, o.max_steps - o.warmup_steps)
+    progress = min(1.0, (step - o.warmup_steps) / span)
+    shape = 1.0 - progress if o.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
+
+
+@dataclass
+class DataPosition:
+    epoch: int = 0
+    batch: int = 0   # micro-batches of this epoch already consumed
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path | None
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    key_frame: dict[str, float] | None = None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data_root: Path | None = None, output_dir: Path | None = None,
+                 progress: bool = True) -> None:
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.data_root = Path(data_root) if data_root is not None else Path.cwd()
+        self.out = Path(output_dir) if output_dir is not None else cfg.output_path()
+        self.progress = progress
+        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("recipe asks for device 'cuda' but CUDA is not available on this machine")
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
+        self.step = 0
+        self.position = DataPosition()
+        self._seed_everything(cfg.seed)
+        self.model = self._build_model()
+        self.module = TrainingModule(self.model, cfg)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.num_trainable = sum(p.numel() for p in params)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                          weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
+        self.seg_bank = SegTokenBank(cfg.contrastive_bank) if LossWeights(**cfg.loss).contrastive > 0 else None
+        self.dataset = self._build_data()
+
+    # --- construction -----------------------------------------------------------------------
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _build_model(self) -> GLUSModel:
+        from glus_ros.inference import load_model
+
+        cfg = self.cfg
+        model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu")
+        groups = list(cfg.trainable if cfg.trainable is not None else model.cfg.trainable)
+        model.apply_trainable([g for g in groups if g != "llm_lora"])
+        if "llm_lora" in groups:
+            if "llm" in groups:
+                raise ValueError("trainable groups 'llm' and 'llm_lora' exclude each other (full LLM or LoRA)")
+            add_lora(model.vlm.language_model, cfg.lora)
+        return model.to(self.accelerator.device).train()
+
+    def _build_data(self) -> MixedClipDataset:
+        cfg, mcfg = self.cfg, self.model.cfg
+        registry = ObjectKeyRegistry()
+        parts = []
+        for spec in cfg.datasets:
+            reader, split_dir = open_reader(spec, self.data_root)
+            labels = None
+            if spec.kind == "synth" and cfg.aux.attributes > 0:
+                labels = synth_attribute_labels(split_dir, reader.expressions())
+            ds = ReferringClipDataset(reader, f"{spec.kind}:{spec.root}:{spec.split}", mcfg.sampling.num_context,
+                                      mcfg.sampling.num_query, seed=cfg.seed, on_error=cfg.on_data_error,  # type: ignore[arg-type]
+                                      registry=registry, attribute_labels=labels)
+            parts.append((ds, spec.ratio))
+        return MixedClipDataset(parts, cfg.samples_per_epoch, seed=cfg.seed)
+
+    # --- data order -------------------------------------------------------------------------
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This process's micro-batches of an epoch: a seeded permutation, sharded by process rank."""
+        order = list(range(len(self.dataset)))
+        random.Random(f"order:{self.cfg.seed}:{epoch}").shuffle(order)
+        mine = order[self.accelerator.process_index::self.accelerator.num_processes]
+        bs = self.cfg.optim.batch_size
+        return [mine[i:i + bs] for i in range(0, len(mine) - bs + 1, bs)]
+
+    def _micro_batches(self) -> Iterator[dict[str, Any]]:
+        """Endless micro-batches from the saved position on; ``self.position`` tracks what was consumed."""
+        mcfg = self.model.cfg
+        collate = make_collate(mcfg.vlm.image_size, mcfg.sam_image_size)
+        while True:
+            batches = self._epoch_batches(self.position.epoch)
+            if not batches:
+                raise ValueError(f"samples_per_epoch {len(self.dataset)} is smaller than one batch "
+                                 f"({self.cfg.optim.batch_size} x {self.accelerator.num_processes} processes)")
+            self.dataset.set_epoch(self.position.epoch)
+            loader = DataLoader(self.dataset, batch_sampler=batches[self.position.batch:], collate_fn=collate,
+                                num_workers=self.cfg.num_workers)
+            for batch in loader:
+                self.position.batch += 1
+                yield batch
+            self.position = DataPosition(self.position.epoch + 1, 0)
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        module = self.accelerator.unwrap_model(self.module)
+        return {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self) -> Path:
+        """``<out>/checkpoints/step_<n>/``: written to a temp folder and renamed, so a kill never leaves half."""
+        if not self.accelerator.is_main_process:
+            return self.out
+        folder = self.out / "checkpoints" / f"step_{self.step:07d}"
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self._trainable_state(), str(tmp / WEIGHTS_FILE))
+        torch.save({
+            "step": self.step, "epoch": self.position.epoch, "batch": self.position.batch,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "seg_bank": self.seg_bank.state_dict() if self.seg_bank is not None else None,
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+            "recipe": self.cfg.to_dict(),
+        }, tmp / STATE_FILE)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        kept = sorted(p for p in folder.parent.glob("step_*") if not p.name.endswith(".tmp"))
+        for old in kept[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def load_checkpoint(self, folder: Path) -> None:
+        folder = Path(folder)
+        for name in (WEIGHTS_FILE, STATE_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"checkpoint {folder} has no {name}")
+        weights = load_file(str(folder / WEIGHTS_FILE))
+        module = self.accelerator.unwrap_model(self.module)
+        params = dict(module.named_parameters())
+        expected = {n for n, p in params.items() if p.requires_grad}
+        if set(weights) != expected:
+            missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
+            raise ValueError(f"checkpoint {folder} does not match this recipe's trainable parameters: "
+                             f"missing {missing[:5]}, unexpected {extra[:5]}")
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.seg_bank is not None and state["seg_bank"] is not None:
+            self.seg_bank.load_state_dict(state["seg_bank"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        self.step = int(state["step"])
+        self.position = DataPosition(int(state["epoch"]), int(state["batch"]))
+        for name in ("metrics.csv", "eval.csv"):  # rows the interrupted run wrote after this checkpoint
+            _truncate_csv(self.out / name, self.step)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.step, *vars(self.position).values())
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(p for p in (self.out / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
+        return found[-1] if found else None
+
+    # --- evaluation and export --------------------------------------------------------------
+    def evaluate(self) -> dict[str, float] | None:
+        """J&F of the current weights on the recipe's held-out split (main process only)."""
+        spec = self.cfg.eval.dataset
+        if spec is None or not self.accelerator.is_main_process:
+            return None
+        from glus_ros.evaluation import evaluate_predictions
+        from glus_ros.inference import predict_dataset
+
+        reader, _ = open_reader(spec, self.data_root)
+        model = self.accelerator.unwrap_model(self.module).model
+        with tempfile.TemporaryDirectory(prefix="glus_eval_") as tmp:
+            predict_dataset(model, reader, Path(tmp), dtype=self.cfg.eval.dtype, progress=False)
+            result = evaluate_predictions(tmp, reader)
+        model.train()
+        return {"step": self.step, "j": result.j, "f": result.f, "j_and_f": result.j_and_f,
+                "expressions": result.num_expressions}
+
+    def train_key_frame_selector(self, model_dir: Path | None = None) -> dict[str, float]:
+        """The selector stage on an exported model: pseudo-labels, fit, save back into the model folder."""
+        from glus_ros.inference import load_model
+        from glus_ros.model.config import KeyFrameConfig
+        from glus_ros.training.key_frame import pseudo_labels, selection_quality, train_selector
+
+        spec = self.cfg.key_frame
+        model_dir = Path(model_dir) if model_dir is not None else self.out / "model"
+        if not (model_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"no trained model in {model_dir}: run the main training first")
+        model = load_model(model_dir, device=str(self.accelerator.device))
+        reader, _ = open_reader(self.cfg.datasets[0], self.data_root)
+        examples = pseudo_labels(model, reader, spec.expressions, self.cfg.seed, self.progress)
+        history = train_selector(model, reader, examples, spec.epochs, spec.lr,
+                                 KeyFrameConfig(spec.hidden, spec.kernel), self.cfg.seed, self.progress)
+        held_out = examples[: max(1, len(examples) // 10)]
+        quality = selection_quality(model, reader, held_out)
+        save_model_dir(model.cpu(), model_dir)
+        (model_dir / "train_recipe.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        stats = {"examples": len(examples), "first_loss": history[0], "last_loss": history[-1], **quality}
+        _append_csv(self.out / "key_frame.csv", stats)
+        return stats
+
+    def export(self, folder: Path | None = None) -> Path:
+        """The trained model as a model directory (LoRA merged into a copy; training continues unchanged)."""
+        import copy
+
+        folder = Path(folder) if folder is not None else self.out / "model"
+        model = copy.deepcopy(self.accelerator.unwrap_model(self.module).model).cpu().eval()
+        merge_lora(model)
+        save_model_dir(model, folder)
+        (folder / "train_recipe.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        return folder
+
+    # --- the loop ---------------------------------------------------------------------------
+    def train(self, resume: bool | Path = False, until_step: int | None = None) -> TrainResult:
+        """Run to ``optim.max_steps`` (or stop at ``until_step``, with a checkpoint, as a time-limited job would)."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            folder = self.latest_checkpoint() if resume is True else Path(resume)
+            if folder is None:
+                raise FileNotFoundError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
+            self.load_checkpoint(folder)
+        stop = cfg.optim.max_steps if until_step is None else min(until_step, cfg.optim.max_steps)
+        metrics_path, eval_path = self.out / "metrics.csv", self.out / "eval.csv"
+        result = TrainResult(self.out, None, self.step)
+        batches = self._micro_batches()
+        bar = tqdm(total=cfg.optim.max_steps, initial=self.step, desc="train", unit="step",
+                   disable=not (self.progress and self.accelerator.is_main_process))
+        module = self.module
+        t_start = time.perf_counter()
+        while self.step < stop:
+            t0 = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            for micro in range(cfg.optim.grad_accum):
+                batch = next(batches)
+                last = micro == cfg.optim.grad_accum - 1
+                with self.accelerator.no_sync(module) if not last else contextlib.nullcontext():
+                    losses = module(batch, self.seg_bank)
+                    self.accelerator.backward(losses["total"] / cfg.optim.grad_accum)
+                for k in LOG_TERMS:
+                    if k in losses:
+                        sums[k] = sums.get(k, 0.0) + float(losses[k].detach()) / cfg.optim.grad_accum
+            if not math.isfinite(sums["total"]):
+                raise FloatingPointError(f"loss became {sums['total']} at step {self.step}; lower optim.lr")
+            if cfg.optim.grad_clip:
+                self.accelerator.clip_grad_norm_([p for p in module.parameters() if p.requires_grad],
+                                                 cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            row = {"step": self.step, "epoch": self.position.epoch, "lr": self.scheduler.get_last_lr()[0],
+                   **sums, "step_s": time.perf_counter() - t0}
+            result.history.append(row)
+            if self.accelerator.is_main_process and (self.step % cfg.log_every == 0 or self.step == stop):
+                _append_csv(metrics_path, row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['total']:.3f}", lr=f"{row['lr']:.2e}")
+            if self.step % cfg.save_every == 0 or self.step == stop:
+                self.save_checkpoint()
+            due = cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0
+            if due or self.step == cfg.optim.max_steps:
+                scores = self.evaluate()
+                if scores is not None:
+                    scores["elapsed_min"] = (time.perf_counter() - t_start) / 60
+                    result.evals.append(scores)
+                    _append_csv(eval_path, scores)
+                    bar.write(f"step {self.step}: J&F {scores['j_and_f']:.3f} (J {scores['j']:.3f}, "
+                              f"F {scores['f']:.3f}) on {scores['expressions']} expressions")
+        bar.close()
+        result.steps = self.step
+        if self.step >= cfg.optim.max_steps and self.accelerator.is_main_process:
+            result.model_dir = self.export()
+            if cfg.key_frame.enabled:
+                result.key_frame = self.train_key_frame_selector(result.model_dir)
+        return result
+
+
+def _append_csv(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    if not path.is_file():
+        return
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    kept = [r for r in rows if int(float(r["step"])) <= last_step]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
