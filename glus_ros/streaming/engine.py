@@ -1,0 +1,390 @@
+"""Live GLUS on a camera stream (ROS-free): many language-referred targets, bounded memory, latest-frame-wins.
+
+Every frame enters a bounded history; the MLLM sees context frames spread over that history plus the
+newest ``num_query`` frames (the online query window) and its [SEG] prompt for the newest slot is decoded
+by SAM 2 with the target's own memory bank. The "fast" schedule re-grounds with the MLLM only every
+``reground_every`` frames (or for new / replaced / low-score targets) and otherwise reuses the target's
+last prompt, so in between only SAM 2 memory propagation runs. Encoder outputs are cached per frame and
+dropped with the frame, so memory stays bounded however long the stream runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from glus_ros.inference import autocast_context
+from glus_ros.model.glus import GLUSModel
+from glus_ros.model.memory_bank import MemoryBank
+from glus_ros.model.prompting import clean_expression
+from glus_ros.model.transforms import check_frame, clip_input, logits_to_frame, sam_input, to_tensor
+from glus_ros.sampling import StreamingSampler
+from glus_ros.streaming.geometry import lift_point, mask_bbox, mask_point
+from glus_ros.streaming.types import MODES, CameraIntrinsics, FrameResult, StreamFrame, TargetOutput, TargetSpec
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("full", "fast")
+VISIBLE_ABOVE = 0.5  # sigmoid(object_score) above this shows the mask (SAM 2's own rule)
+
+
+@dataclass
+class EngineConfig:
+    schedule: str = "fast"        # "full": MLLM every frame (paper); "fast": MLLM every `reground_every` frames
+    reground_every: int = 8       # fast: frames between MLLM re-groundings of a target
+    reground_below: float = 0.5   # fast: re-ground a target whose last visibility score fell below this
+    history: int = 64             # frames kept for context sampling (bounded)
+    max_targets: int = 8
+    dtype: str = "fp32"           # "fp32" or "bf16" (autocast)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule '{self.schedule}' (one of {', '.join(SCHEDULES)})")
+        if self.reground_every < 1:
+            raise ValueError(f"reground_every must be >= 1, got {self.reground_every}")
+        if not 0.0 <= self.reground_below <= 1.0:
+            raise ValueError(f"reground_below must be in [0, 1], got {self.reground_below}")
+        if self.max_targets < 1:
+            raise ValueError(f"max_targets must be >= 1, got {self.max_targets}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"unknown dtype '{self.dtype}' (fp32 or bf16)")
+
+
+class UnknownTargetError(KeyError):
+    """A target id the engine does not track (a KeyError whose message reads well)."""
+
+    def __init__(self, target_id: str, known: Sequence[str]) -> None:
+        self.target_id = target_id
+        self.known = list(known)
+        super().__init__(f"unknown target '{target_id}' (known: {', '.join(self.known) or 'none'})")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(eq=False)
+class _Target:
+    """A target's tracking state; mutated only by the thread that holds the model lock."""
+
+    spec: TargetSpec
+    bank: MemoryBank | None
+    prompt: torch.Tensor | None = None   # (1, prompt_dim) [SEG] projection from the last grounding
+    state: str = "grounding"
+    score: float = 1.0
+    since_ground: int = 0                # frames decoded since the last grounding
+    needs_ground: bool = True
+
+
+class StreamingEngine:
+    """Segments and tracks language-referred targets in a live stream; see the module docstring."""
+
+    def __init__(self, model: GLUSModel, config: EngineConfig | None = None,
+                 on_result: Callable[[FrameResult], None] | None = None) -> None:
+        self.model = model.eval()
+        self.config = config or EngineConfig()
+        sampling = model.cfg.sampling
+        if self.config.history < sampling.num_query:
+            raise ValueError(f"history {self.config.history} must hold at least the {sampling.num_query} query frames")
+        self._on_result = on_result
+        self._model_lock = threading.Lock()      # one frame through the model at a time; guards history and banks
+        self._targets_lock = threading.Lock()    # short: the target table
+        self._cond = threading.Condition()       # pending slot, stats, worker life
+        self._tokenizer_lock = threading.Lock()  # the tokenizer is shared by target validation and the MLLM pass
+        self._targets: dict[str, _Target] = {}
+        self._assigned = 0
+        self._sampler = StreamingSampler(self.config.history, sampling.num_context, sampling.num_query)
+        self._clip_inputs: dict[int, torch.Tensor] = {}   # frame step -> CLIP-sized pixels (cheap to keep)
+        self._clip_embeds: dict[int, torch.Tensor] = {}   # frame step -> vision tower output, computed on demand
+        self._size: tuple[int, int] | None = None
+        self._step = 0
+        self._pending: tuple[StreamFrame, float] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event = threading.Event()     # one per worker, so a late old worker never outlives stop()
+        self._seq = 0
+        self._dropped_since_result = 0
+        self._stats = {"frames_in": 0, "frames_processed": 0, "frames_dropped": 0, "errors": 0}
+
+    # --- targets --------------------------------------------------------------------------------
+    def _checked_spec(self, spec: TargetSpec) -> TargetSpec:
+        if not isinstance(spec.target_id, str):
+            raise ValueError(f"target_id must be a string, got {type(spec.target_id).__name__}")
+        if spec.mode not in MODES:
+            raise ValueError(f"unknown mode '{spec.mode}' (one of {', '.join(MODES)})")
+        text = clean_expression(spec.expression)
+        sampling = self.model.cfg.sampling
+        with self._tokenizer_lock:  # token-length limit: fail now, not in the worker
+            self.model.prompts.encode(text, sampling.num_context, sampling.num_query)
+        return dataclasses.replace(spec, target_id=spec.target_id.strip(), expression=text)
+
+    def _new_target(self, spec: TargetSpec) -> _Target:
+        return _Target(spec, self.model.new_memory_bank())
+
+    def add_target(self, spec: TargetSpec) -> str:
+        """Track a new target; an empty id gets ``target_<n>``. Returns the id."""
+        spec = self._checked_spec(spec)
+        with self._targets_lock:
+            if len(self._targets) >= self.config.max_targets:
+                raise ValueError(f"already tracking {len(self._targets)} targets (max_targets "
+                                 f"{self.config.max_targets}): remove one first")
+            if not spec.target_id:
+                while f"target_{self._assigned}" in self._targets:
+                    self._assigned += 1
+                spec = dataclasses.replace(spec, target_id=f"target_{self._assigned}")
+                self._assigned += 1
+            elif spec.target_id in self._targets:
+                raise ValueError(f"target '{spec.target_id}' already exists: use replace to change its expression")
+            self._targets[spec.target_id] = self._new_target(spec)
+        return spec.target_id
+
+    def replace_target(self, spec: TargetSpec) -> None:
+        """New expression and/or mode for an existing target: it is re-grounded with a fresh memory."""
+        spec = self._checked_spec(spec)
+        with self._targets_lock:
+            if spec.target_id not in self._targets:
+                raise UnknownTargetError(spec.target_id, list(self._targets))
+            self._targets[spec.target_id] = self._new_target(spec)
+
+    def remove_target(self, target_id: str) -> None:
+        with self._targets_lock:
+            if target_id not in self._targets:
+                raise UnknownTargetError(target_id, list(self._targets))
+            del self._targets[target_id]
+
+    def clear_targets(self) -> None:
+        with self._targets_lock:
+            self._targets.clear()
+
+    def targets(self) -> list[tuple[TargetSpec, str]]:
+        """(spec, state of its last frame) in the order they were added; a target not yet seen reads "grounding"."""
+        with self._targets_lock:
+            return [(t.spec, t.state) for t in self._targets.values()]
+
+    # --- frames ---------------------------------------------------------------------------------
+    @staticmethod
+    def validate_frame(frame: StreamFrame) -> None:
+        """Reject a frame the model cannot read, naming what is wrong (ValueError)."""
+        if not isinstance(frame, StreamFrame):
+            raise ValueError(f"expected a StreamFrame, got {type(frame).__name__}")
+        check_frame(frame.image, "image")
+        height, width = frame.image.shape[:2]
+        if frame.depth is not None:
+            depth = frame.depth
+            if not isinstance(depth, np.ndarray) or depth.ndim != 2:
+                raise ValueError(f"depth: expected an (H, W) array, got shape {getattr(depth, 'shape', None)}")
+            if depth.shape != (height, width):
+                raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]} but the image is {width}x{height}: "
+                                 "register depth to the colour image first")
+            if not np.issubdtype(depth.dtype, np.floating):
+                raise ValueError(f"depth: expected float metres, got {depth.dtype} "
+                                 "(convert 16UC1 millimetres with depth_from_16uc1)")
+        if frame.intrinsics is not None and not isinstance(frame.intrinsics, CameraIntrinsics):
+            raise ValueError(f"intrinsics: expected CameraIntrinsics, got {type(frame.intrinsics).__name__}")
+
+    def process(self, frame: StreamFrame) -> FrameResult:
+        """One frame through the model, synchronously (tests, offline use); its seq is kept as given."""
+        start = time.perf_counter()
+        self.validate_frame(frame)
+        with self._cond:
+            self._stats["frames_in"] += 1
+        return self._run(frame, start)
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop_event = threading.Event()
+            self._thread = threading.Thread(target=self._worker, args=(self._stop_event,),
+                                            name="glus-streaming-engine", daemon=True)
+            self._thread.start()
+
+    def submit(self, frame: StreamFrame) -> None:
+        """Queue a frame for the worker without waiting; an older frame still pending is dropped and counted.
+
+        Bad frames raise ValueError here, in the caller. Before start() the frame just waits in the slot.
+        """
+        self.validate_frame(frame)
+        now = time.perf_counter()
+        with self._cond:
+            self._seq += 1
+            frame.seq = self._seq
+            self._stats["frames_in"] += 1
+            if self._pending is not None:
+                self._stats["frames_dropped"] += 1
+                self._dropped_since_result += 1
+            self._pending = (frame, now)
+            self._cond.notify()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker after its current frame and join it; a frame still pending is dropped (and counted)."""
+        with self._cond:
+            self._stop_event.set()
+            thread, self._thread = self._thread, None
+            if self._pending is not None:
+                self._pending = None
+                self._stats["frames_dropped"] += 1
+                self._dropped_since_result += 1
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("streaming worker still busy %.1f s after stop(); it exits after its frame", timeout_s)
+
+    @property
+    def running(self) -> bool:
+        with self._cond:
+            return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """frames_in, frames_processed, frames_dropped and errors (worker exceptions, on_result's included)."""
+        with self._cond:
+            return dict(self._stats)
+
+    def cache_sizes(self) -> dict[str, int]:
+        """How much per-frame and per-target state is held (all bounded; for monitoring and tests)."""
+        with self._model_lock, self._targets_lock:
+            banks = [len(t.bank) for t in self._targets.values() if t.bank is not None]
+            return {"history": len(self._sampler), "clip_inputs": len(self._clip_inputs),
+                    "clip_embeds": len(self._clip_embeds), "max_memory_entries": max(banks, default=0)}
+
+    def reset(self) -> None:
+        """Forget history and every target's memory (targets stay and are re-grounded on the next frame)."""
+        with self._model_lock:
+            self._reset_locked()
+
+    # --- internals ------------------------------------------------------------------------------
+    def _reset_locked(self) -> None:
+        sampling = self.model.cfg.sampling
+        self._sampler = StreamingSampler(self.config.history, sampling.num_context, sampling.num_query)
+        self._clip_inputs.clear()
+        self._clip_embeds.clear()
+        self._size = None
+        self._step = 0
+        with self._targets_lock:
+            for target in self._targets.values():
+                target.bank = self.model.new_memory_bank()
+                target.prompt = None
+                target.needs_ground = True
+                target.since_ground = 0
+                target.score = 1.0
+
+    def _worker(self, stop: threading.Event) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not stop.is_set():
+                    self._cond.wait()
+                if stop.is_set():
+                    return
+                frame, submitted = self._pending
+                self._pending = None
+            try:
+                result = self._run(frame, submitted)
+                if self._on_result is not None:
+                    self._on_result(result)
+            except Exception:
+                log.exception("streaming engine failed on frame seq %d (stamp %.3f); continuing", frame.seq,
+                              frame.stamp)
+                with self._cond:
+                    self._stats["errors"] += 1
+
+    def _run(self, frame: StreamFrame, submitted: float) -> FrameResult:
+        height, width = frame.image.shape[:2]
+        with self._model_lock:
+            if self._size is not None and self._size != (height, width):
+                log.warning("frame size changed from %dx%d to %dx%d: resetting history and target memories",
+                            self._size[1], self._size[0], width, height)
+                self._reset_locked()
+            self._size = (height, width)
+            with self._targets_lock:
+                active = list(self._targets.values())
+            with torch.inference_mode(), autocast_context(self.model.device, self.config.dtype):
+                outputs = self._infer(frame, active)
+        with self._cond:
+            self._stats["frames_processed"] += 1
+            dropped, self._dropped_since_result = self._dropped_since_result, 0
+        return FrameResult(stamp=frame.stamp, frame_id=frame.frame_id, seq=frame.seq, width=width, height=height,
+                           targets=outputs, latency_ms=(time.perf_counter() - submitted) * 1000.0,
+                           frames_dropped=dropped, image=frame.image)
+
+    def _due(self, target: _Target) -> bool:
+        if self.config.schedule == "full" or target.needs_ground or target.prompt is None:
+            return True
+        return target.since_ground >= self.config.reground_every or target.score < self.config.reground_below
+
+    def _infer(self, frame: StreamFrame, active: list[_Target]) -> list[TargetOutput]:
+        model = self.model
+        pixels = to_tensor([frame.image]).to(model.device)
+        step = self._step
+        self._clip_inputs[step] = clip_input(pixels, model.cfg.vlm.image_size)[0]
+        self._step += 1
+        self._sampler.push(step)
+        kept = set(self._sampler.buffered())
+        for store in (self._clip_inputs, self._clip_embeds):
+            for old in [s for s in store if s not in kept]:
+                del store[old]
+        if not active:
+            return []
+        features = model.encode_sam_frames(sam_input(pixels, model.sam.image_size))  # this frame only
+        grounding = [t for t in active if self._due(t)]
+        if grounding:
+            prompts = self._ground([t.spec.expression for t in grounding])
+            for i, target in enumerate(grounding):
+                target.prompt = prompts[i:i + 1]
+                target.needs_ground = False
+                target.since_ground = 0
+        height, width = frame.image.shape[:2]
+        outputs = []
+        for target in active:
+            pred = model.track_step(features, target.prompt, target.bank)
+            score = float(torch.sigmoid(pred.object_score.float())[0, 0])
+            target.score = score
+            target.since_ground += 1
+            if score > VISIBLE_ABOVE:
+                mask = (logits_to_frame(pred.logits, height, width)[0] > 0).cpu().numpy()
+                state = "grounding" if any(t is target for t in grounding) else "tracking"
+            else:
+                mask = np.zeros((height, width), dtype=bool)
+                state = "lost"
+            target.state = state
+            outputs.append(self._output(target.spec, mask, score, state, frame))
+        return outputs
+
+    def _ground(self, expressions: list[str]) -> torch.Tensor:
+        """One batched MLLM pass over (context, query window) -> (B, prompt_dim) prompts for the newest frame."""
+        context = self._sampler.context_frames()
+        query = self._sampler.query_frames()
+        num_query = self.model.cfg.sampling.num_query
+        query = query + [query[-1]] * (num_query - len(query))  # stream start: repeat the newest frame
+        embeds = self._embeds(context + query)
+        batch = len(expressions)
+        context_embeds = embeds[None, : len(context)].expand(batch, -1, -1, -1)
+        query_embeds = embeds[None, len(context):].expand(batch, -1, -1, -1)
+        with self._tokenizer_lock:
+            out = self.model.seg_prompts(context_embeds, query_embeds, expressions)
+        newest = len(self._sampler.query_frames()) - 1  # padding repeats the newest frame, so any slot >= it works
+        return out.prompts[:, newest]
+
+    def _embeds(self, steps: list[int]) -> torch.Tensor:
+        missing = [s for s in dict.fromkeys(steps) if s not in self._clip_embeds]
+        if missing:
+            encoded = self.model.encode_clip_frames(torch.stack([self._clip_inputs[s] for s in missing]))
+            for s, e in zip(missing, encoded, strict=True):
+                self._clip_embeds[s] = e
+        return torch.stack([self._clip_embeds[s] for s in steps])
+
+    @staticmethod
+    def _output(spec: TargetSpec, mask: np.ndarray, score: float, state: str, frame: StreamFrame) -> TargetOutput:
+        point = mask_point(mask)
+        point_3d = None
+        if point is not None and frame.depth is not None and frame.intrinsics is not None:
+            point_3d = lift_point(point[0], point[1], frame.depth, frame.intrinsics)
+        return TargetOutput(target_id=spec.target_id, expression=spec.expression, mask=mask, bbox=mask_bbox(mask),
+                            point_2d=point, point_3d=point_3d, score=score, state=state, mode=spec.mode)

@@ -1,0 +1,77 @@
+"""Where a mask is: box, an interior point, and that point in 3D from a depth image (pinhole model)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from glus_ros.streaming.types import CameraIntrinsics
+
+
+def _check_mask(mask: np.ndarray) -> np.ndarray:
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        raise ValueError(f"mask: expected an (H, W) array, got shape {getattr(mask, 'shape', None)}")
+    return mask.astype(bool, copy=False)
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight box (x_min, y_min, x_max, y_max), inclusive pixels; None for an empty mask."""
+    mask = _check_mask(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+
+
+def mask_point(mask: np.ndarray) -> tuple[float, float] | None:
+    """The mask pixel farthest from the background (x, y); None for an empty mask.
+
+    Unlike the centroid it always lies on the object, also for rings and C-shapes, which is what a
+    robot reaching for the target needs. The image border counts as background; among equally deep
+    pixels the one nearest the centroid wins.
+    """
+    box = mask_bbox(mask)
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    crop = mask[y0:y1 + 1, x0:x1 + 1]  # everything outside the box is background anyway: same result, less work
+    dist = cv2.distanceTransform(np.pad(crop.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    # elongated shapes have a ridge of equally deep pixels: take the one nearest the centroid
+    ys, xs = np.nonzero(dist >= dist.max() - 1e-3)
+    all_ys, all_xs = np.nonzero(crop)
+    best = int(np.argmin((xs - all_xs.mean()) ** 2 + (ys - all_ys.mean()) ** 2))
+    return float(xs[best] + x0), float(ys[best] + y0)
+
+
+def lift_point(x: float, y: float, depth: np.ndarray, intrinsics: CameraIntrinsics,
+               window: int = 2) -> tuple[float, float, float] | None:
+    """Back-project pixel (x, y) to the camera optical frame (metres) using the median valid depth nearby.
+
+    The median over a (2*window+1)^2 patch tolerates holes and flying pixels at object edges. Depth
+    values <= 0 or non-finite are invalid; None when the patch holds no valid depth.
+    """
+    if not isinstance(depth, np.ndarray) or depth.ndim != 2:
+        raise ValueError(f"depth: expected an (H, W) array, got shape {getattr(depth, 'shape', None)}")
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    if intrinsics.fx == 0 or intrinsics.fy == 0:
+        raise ValueError(f"intrinsics have a zero focal length: fx={intrinsics.fx}, fy={intrinsics.fy}")
+    height, width = depth.shape
+    col, row = round(x), round(y)
+    if not (0 <= col < width and 0 <= row < height):
+        raise ValueError(f"point ({x}, {y}) lies outside the {width}x{height} depth image")
+    patch = depth[max(row - window, 0):row + window + 1, max(col - window, 0):col + window + 1].astype(np.float64)
+    valid = patch[np.isfinite(patch) & (patch > 0)]
+    if valid.size == 0:
+        return None
+    z = float(np.median(valid))
+    return (x - intrinsics.cx) * z / intrinsics.fx, (y - intrinsics.cy) * z / intrinsics.fy, z
+
+
+def depth_from_16uc1(array: np.ndarray) -> np.ndarray:
+    """ROS 16UC1 depth (millimetres, 0 = no reading) -> float32 metres (0 stays invalid)."""
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or array.dtype != np.uint16:
+        raise ValueError(f"16UC1 depth: expected an (H, W) uint16 array, got shape {getattr(array, 'shape', None)} "
+                         f"dtype {getattr(array, 'dtype', None)}")
+    return array.astype(np.float32) / np.float32(1000.0)

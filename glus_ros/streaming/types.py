@@ -1,0 +1,63 @@
+"""Plain data passed in and out of the streaming engine, so the ROS layer and tests share one vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MODES = ("mask", "point", "both")
+STATES = ("grounding", "tracking", "lost")
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics in pixels of the image they come with (ROS CameraInfo K)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+
+@dataclass
+class StreamFrame:
+    image: np.ndarray                          # (H, W, 3) uint8 RGB
+    stamp: float                               # seconds; the ROS node maps header.stamp <-> float
+    frame_id: str = ""
+    depth: np.ndarray | None = None            # (H, W) float metres, 0 or nan = invalid; same size as image
+    intrinsics: CameraIntrinsics | None = None
+    seq: int = 0                               # set by the engine on submit (monotonic)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    target_id: str
+    expression: str
+    mode: str = "mask"                         # one of MODES: what the caller wants published
+
+
+@dataclass
+class TargetOutput:
+    target_id: str
+    expression: str
+    mask: np.ndarray                           # (H, W) bool at input size (all False when lost)
+    bbox: tuple[int, int, int, int] | None     # x_min, y_min, x_max, y_max inclusive pixels; None when lost
+    point_2d: tuple[float, float] | None       # interior point (x, y) in pixels; None when lost
+    point_3d: tuple[float, float, float] | None  # camera optical frame, metres (needs depth + intrinsics)
+    score: float                               # [0, 1] probability that the target is visible
+    state: str                                 # "grounding" | "tracking" | "lost"
+    mode: str
+
+
+@dataclass
+class FrameResult:
+    stamp: float
+    frame_id: str
+    seq: int
+    width: int
+    height: int
+    targets: list[TargetOutput]
+    latency_ms: float                          # wall time from submit() (or process()) of this frame to the result
+    frames_dropped: int                        # frames dropped since the previous result
+    image: np.ndarray                          # the input image (for overlays)
