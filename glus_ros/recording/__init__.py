@@ -1,0 +1,1 @@
+"""Bags: recording ROS topics (recorder, needs rclpy) and turning bags into training data (ROS-free)."""
