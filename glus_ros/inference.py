@@ -166,8 +166,12 @@ class VideoSegmenter:
 
 
 def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_checkpoint: str | Path | None = None,
-               device: str = "cpu") -> GLUSModel:
-    """A model from a config name / YAML / trained directory, with optional official checkpoints."""
+               device: str = "cpu", overrides: dict | None = None) -> GLUSModel:
+    """A model from a config name / YAML / trained directory, with optional official checkpoints.
+
+    ``overrides`` change config values that do not change the weights' shapes (e.g. ablations:
+    ``{"sampling": {"num_context": 0}}`` or ``{"memory": {"enabled": False}}``).
+    """
     from glus_ros.model.checkpoints import load_glus_checkpoint, load_model_dir_weights, load_sam2_checkpoint
 
     ckpt_dir = Path(checkpoint) if checkpoint is not None else None
@@ -175,7 +179,8 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
         raise FileNotFoundError(f"checkpoint {ckpt_dir} does not exist")
     with torch.random.fork_rng():  # weights not loaded below are initialised the same way on every run
         torch.manual_seed(0)
-        model = GLUSModel.from_config(spec, ckpt_dir if ckpt_dir is not None and ckpt_dir.is_dir() else None)
+        model = GLUSModel.from_config(spec, ckpt_dir if ckpt_dir is not None and ckpt_dir.is_dir() else None,
+                                      overrides)
     if Path(spec).is_dir():
         load_model_dir_weights(model, Path(spec))
     if sam2_checkpoint is not None:

@@ -189,3 +189,29 @@ def test_train_command_runs_a_recipe_and_reports_errors(tmp_path: Path, data_roo
     assert "stopped at step 1" in capsys.readouterr().out
     assert cli_main(["train", "--config", str(path), "-o", "optim.lr=-1", "--no-progress"]) == 2
     assert "optim.lr must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides", [
+    {"memory": {"enabled": False}, "sampling": {"query_in_prompt": False}},   # global-only
+    {"memory": {"enabled": False}, "sampling": {"num_context": 0}},           # local-only
+])
+def test_ablation_variants_train(tmp_path: Path, data_root: Path, overrides: dict):
+    cfg = config_from_dict(recipe(data_root, model_overrides=overrides, optim={"max_steps": 1, "grad_accum": 1}))
+    result = Trainer(cfg, output_dir=tmp_path / "run", progress=False).train()
+    assert torch.isfinite(torch.tensor(result.history[0]["total"]))
+    assert "query_in_prompt" in (tmp_path / "run" / "model" / "config.yaml").read_text()
+
+
+def test_global_only_model_ignores_query_frames_and_local_only_sees_them():
+    from glus_ros.inference import load_model
+
+    torch.manual_seed(0)
+    ctx, q1, q2 = torch.randn(1, 4, 16, 192), torch.randn(1, 4, 16, 192), torch.randn(1, 4, 16, 192)
+    with torch.no_grad():
+        global_only = load_model("tiny", overrides={"sampling": {"query_in_prompt": False}})
+        a = global_only.seg_prompts(ctx, q1, ["the red circle"]).prompts
+        b = global_only.seg_prompts(ctx, q2, ["the red circle"]).prompts
+        assert torch.equal(a, b)
+        assert not torch.allclose(a[:, 0], a[:, 1])  # still one distinct [SEG] per query frame
+        full = load_model("tiny")
+        assert not torch.allclose(full.seg_prompts(ctx, q1, ["x"]).prompts, full.seg_prompts(ctx, q2, ["x"]).prompts)

@@ -93,6 +93,7 @@ class EvalSpec:
 class TrainConfig:
     name: str
     model: str = "tiny"                 # model config name / YAML / trained model directory to start from
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {sampling: {num_context: 0}} (ablations)
     checkpoint: str | None = None       # official GLUS/LISA weights to start from
     sam2_checkpoint: str | None = None  # official SAM 2 .pt to start from
     trainable: list[str] | None = None  # parameter groups (default: the model config's split)

@@ -158,7 +158,8 @@ class Trainer:
         from glus_ros.inference import load_model
 
         cfg = self.cfg
-        model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu")
+        model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu",
+                           overrides=cfg.model_overrides or None)
         groups = list(cfg.trainable if cfg.trainable is not None else model.cfg.trainable)
         model.apply_trainable([g for g in groups if g != "llm_lora"])
         if "llm_lora" in groups:

@@ -57,6 +57,7 @@ class VLMConfig:
 class SamplingConfig:
     num_context: int = 4   # sparse frames over the whole video (global reasoning)
     num_query: int = 4     # consecutive frames decoded with one [SEG] each (local reasoning)
+    query_in_prompt: bool = True  # false: global-only ablation (the MLLM sees the context frames only)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,8 +63,9 @@ class GLUSModel(nn.Module):
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
-    def from_config(cls, spec: str | Path | GLUSConfig, checkpoint_dir: Path | None = None) -> GLUSModel:
-        cfg = spec if isinstance(spec, GLUSConfig) else load_config(spec)
+    def from_config(cls, spec: str | Path | GLUSConfig, checkpoint_dir: Path | None = None,
+                    overrides: dict[str, Any] | None = None) -> GLUSModel:
+        cfg = spec if isinstance(spec, GLUSConfig) else load_config(spec, overrides)
         tokenizer_dir = checkpoint_dir
         if isinstance(spec, (str, Path)) and Path(spec).is_dir():
             tokenizer_dir = Path(spec)
@@ -132,11 +134,12 @@ class GLUSModel(nn.Module):
         """
         batch, num_query = query_embeds.shape[0], query_embeds.shape[1]
         num_context = context_embeds.shape[1]
-        encoded = [self.prompts.encode(e, num_context, num_query, None if answers is None else answers[i])
+        shown = num_query if self.cfg.sampling.query_in_prompt else 0
+        encoded = [self.prompts.encode(e, num_context, num_query, None if answers is None else answers[i], shown)
                    for i, e in enumerate(expressions)]
         ids, mask, _labels = self.prompts.batch(encoded)
         ids, mask = ids.to(query_embeds.device), mask.to(query_embeds.device)
-        frames = torch.cat([context_embeds, query_embeds], dim=1)
+        frames = torch.cat([context_embeds, query_embeds], dim=1) if shown else context_embeds
         logits, hidden_states = self.vlm(ids, mask, frames)
         hidden = hidden_states[self.cfg.vlm.seg_hidden_layer]
         seg_positions = ids == self.prompts.seg_id
@@ -148,7 +151,8 @@ class GLUSModel(nn.Module):
         return SegOutput(prompts=prompts, seg_hidden=seg_hidden, logits=logits)
 
     def labels_for(self, expressions: list[str], num_context: int, num_query: int) -> torch.Tensor:
-        encoded = [self.prompts.encode(e, num_context, num_query) for e in expressions]
+        shown = num_query if self.cfg.sampling.query_in_prompt else 0
+        encoded = [self.prompts.encode(e, num_context, num_query, query_frames_shown=shown) for e in expressions]
         return self.prompts.batch(encoded)[2]
 
     def key_frame_logits(self, frame_embeds: torch.Tensor, expression: str) -> torch.Tensor:

@@ -57,15 +57,21 @@ class PromptBuilder:
     def answer_text(self, num_query: int) -> str:
         return self.cfg.answer_template.format(seg=" ".join([SEG_TOKEN] * num_query))
 
-    def encode(self, expression: str, num_context: int, num_query: int, answer: str | None = None) -> EncodedPrompt:
-        """Token ids for one sample; ``answer`` defaults to one [SEG] per query frame."""
+    def encode(self, expression: str, num_context: int, num_query: int, answer: str | None = None,
+               query_frames_shown: int | None = None) -> EncodedPrompt:
+        """Token ids for one sample; ``answer`` defaults to one [SEG] per query frame.
+
+        ``query_frames_shown`` (default ``num_query``) placeholders for query frames; 0 is the
+        global-only ablation, where the MLLM sees context frames only but still answers per query frame.
+        """
+        shown = num_query if query_frames_shown is None else query_frames_shown
         text = clean_expression(expression)
         n_expr = len(self.tokenizer(text, add_special_tokens=False).input_ids)
         if n_expr > self.max_expression_tokens:
             raise ValueError(f"expression too long ({n_expr} tokens, at most {self.max_expression_tokens})")
         prefix = self.cfg.prompt_template.split("{answer}")[0].format(
             context="".join([self.cfg.context_frame_template] * num_context),
-            query="".join([self.cfg.query_frame_template] * num_query),
+            query="".join([self.cfg.query_frame_template] * shown),
             expression=text,
         )
         answer = self.answer_text(num_query) if answer is None else answer
@@ -79,9 +85,9 @@ class PromptBuilder:
         labels = [IGNORE_INDEX] * len(ids) + answer_ids
         ids = ids + answer_ids
         frames = prefix_ids.count(self.image_id)
-        if frames != num_context + num_query:
+        if frames != num_context + shown:
             raise ValueError(f"prompt template produced {frames} frame placeholders, expected "
-                             f"{num_context + num_query}: check prompt_template / frame templates")
+                             f"{num_context + shown}: check prompt_template / frame templates")
         return EncodedPrompt(torch.tensor(ids), torch.tensor(labels), frames)
 
     def batch(self, prompts: list[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
