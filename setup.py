@@ -34,6 +34,8 @@ setup(
     entry_points={
         "console_scripts": [
             "glus-ros = glus_ros.cli:main",
+            "tracker_node = glus_ros.ros.tracker_node:main",
+            "camera_source = glus_ros.ros.camera_source:main",
         ],
     },
 )

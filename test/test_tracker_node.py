@@ -1,0 +1,525 @@
+"""The tracker lifecycle node with real rclpy: a camera_source child process streams a synthetic RGB-D scene at
+30 Hz, the tracker (tiny model) runs in this process, and a probe node talks to it over topics and services.
+
+Also unit tests of the ROS conversions (messages.py) and QoS parsing (qos.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from glus_ros.streaming.types import FrameResult, TargetOutput
+
+from helpers_model import tiny_model
+from helpers_ros import RosChild, RosTestEnv, rclpy_context, ros_session, spin_until
+
+WAIT_S = 30.0
+WIDTH, HEIGHT = 128, 96
+CAMERA_PARAMS = (f"synth_width={WIDTH}", f"synth_height={HEIGHT}", "synth_frames=32", "rate_hz=30.0")
+FRAME_ID = "camera_color_optical_frame"
+
+
+@pytest.fixture(scope="session")
+def ros_test_env(tmp_path_factory: pytest.TempPathFactory) -> RosTestEnv:
+    return ros_session(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def camera(ros_test_env: RosTestEnv) -> Iterator[RosChild]:
+    """One synthetic RGB-D camera (reliable publishers) for the whole module, in its own process."""
+    with ros_test_env.child("camera_source_child.py", "180", *CAMERA_PARAMS) as child:
+        yield child
+
+
+@pytest.fixture(scope="module")
+def expression() -> str:
+    """An expression of the scene the camera shows (same seed, index and frame count as the child)."""
+    from glus_ros.ros.camera_source import SyntheticCamera
+
+    return SyntheticCamera(0, 0, 32, WIDTH, HEIGHT).expressions[0]
+
+
+@dataclass
+class Harness:
+    """One rclpy context with a probe node; trackers made here are spun by the same executor."""
+
+    context: Any
+    executor: Any
+    probe: Any
+    camera: RosChild
+    trackers: list = field(default_factory=list)
+
+    def tracker(self, **params: Any) -> Any:
+        from rclpy.parameter import Parameter
+
+        from glus_ros.ros.tracker_node import TrackerNode
+
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        node = TrackerNode(context=self.context, parameter_overrides=overrides)
+        self.executor.add_node(node)
+        self.trackers.append(node)
+        return node
+
+    def record(self, msg_type: Any, topic: str, convert: Callable[[Any], Any] | None = None) -> list:
+        from glus_ros.ros.qos import sensor_qos
+
+        received: list = []
+        self.probe.create_subscription(msg_type, topic, lambda m: received.append(convert(m) if convert else m),
+                                       sensor_qos("best_effort", 50))
+        return received
+
+    def spin_until(self, done: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
+        return spin_until(self.executor, done, timeout_s, self.camera)
+
+    def spin_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def call(self, srv_type: Any, name: str, request: Any) -> Any:
+        client = self.probe.create_client(srv_type, name)
+        assert self.spin_until(client.service_is_ready), f"service {name} never became ready"
+        future = client.call_async(request)
+        assert self.spin_until(future.done), f"service {name} did not answer"
+        self.probe.destroy_client(client)
+        return future.result()
+
+    def command_publisher(self) -> Any:
+        from std_msgs.msg import String
+
+        from glus_ros.ros.qos import qos_profile
+
+        pub = self.probe.create_publisher(String, "/glus/command", qos_profile("reliable", 10))
+        assert self.spin_until(lambda: pub.get_subscription_count() > 0), "tracker never subscribed /glus/command"
+        return pub
+
+
+@pytest.fixture
+def ros(ros_test_env: RosTestEnv, camera: RosChild) -> Iterator[Harness]:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    with rclpy_context() as context:
+        executor = SingleThreadedExecutor(context=context)
+        probe = rclpy.create_node("glus_test_probe", context=context)
+        executor.add_node(probe)
+        harness = Harness(context, executor, probe, camera)
+        try:
+            yield harness
+        finally:
+            for node in harness.trackers:
+                if node.engine is not None:
+                    node.engine.stop()
+                node.destroy_node()
+            executor.shutdown(timeout_sec=1.0)
+
+
+def _stamp(header: Any) -> tuple[int, int]:
+    return header.stamp.sec, header.stamp.nanosec
+
+
+def _state(node: Any) -> str:
+    return node.lifecycle_state
+
+
+def test_lifecycle_results_and_outputs(ros: Harness, expression: str) -> None:
+    """configure -> (command while inactive, nothing published) -> activate -> results -> deactivate -> cleanup."""
+    from geometry_msgs.msg import PointStamped
+    from glus_ros_msgs.msg import TargetResult, TargetResultArray
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    tracker = ros.tracker()
+    image_stamps_seen = ros.record(Image, "/camera/image_raw", lambda m: _stamp(m.header))
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    masks = ros.record(Image, "/glus/mask")
+    points = ros.record(PointStamped, "/glus/target_point")
+    overlays = ros.record(Image, "/glus/debug_image")
+    assert _state(tracker) == "unconfigured" and tracker.engine is None
+
+    # configure through the lifecycle service, as launch and `ros2 lifecycle set` do
+    reply = ros.call(ChangeState, "/tracker/change_state",
+                     ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+    assert reply.success and _state(tracker) == "inactive"
+    assert tracker.engine is not None and tracker.model is not None
+
+    ros.command_publisher().publish(String(data=expression))
+    assert ros.spin_until(lambda: [s.target_id for s, _ in tracker.engine.targets()] == ["target_0"])
+    ros.spin_for(1.0)  # the camera streams, but an inactive tracker neither subscribes nor publishes
+    assert results == [] and tracker.results_published == 0
+
+    assert tracker.trigger_activate() == TransitionCallbackReturn.SUCCESS and _state(tracker) == "active"
+    assert ros.spin_until(lambda: len(results) >= 6 and masks and points and overlays), (
+        f"{len(results)} results, {len(masks)} masks, {len(points)} points; {ros.camera.describe()}")
+    image_stamps = set(image_stamps_seen)
+    for msg in results:
+        assert _stamp(msg.header) in image_stamps, "a result's stamp must be the stamp of a published image"
+        assert msg.header.frame_id == FRAME_ID
+        assert 0.0 < msg.latency_ms < 10_000.0
+        (result,) = msg.results
+        assert result.target_id == "target_0" and result.expression == expression
+        assert _stamp(result.header) == _stamp(msg.header)
+        # the text command asks for mask, box and point
+        assert (result.mask.width, result.mask.height, result.mask.encoding) == (WIDTH, HEIGHT, "mono8")
+        assert len(result.mask.data) == WIDTH * HEIGHT
+        assert result.state in (TargetResult.GROUNDING, TargetResult.TRACKING, TargetResult.LOST)
+        assert 0.0 <= result.score <= 1.0
+        mask = np.frombuffer(result.mask.data, np.uint8).reshape(HEIGHT, WIDTH)
+        assert set(np.unique(mask)) <= {0, 255}
+        if mask.any():
+            ys, xs = np.nonzero(mask)
+            assert (result.bbox.x_min, result.bbox.y_min, result.bbox.x_max, result.bbox.y_max) == (
+                xs.min(), ys.min(), xs.max(), ys.max())
+            assert len(result.points_2d) == 1 and mask[int(result.points_2d[0].y), int(result.points_2d[0].x)]
+        else:
+            assert result.state == TargetResult.LOST and result.bbox.x_max < result.bbox.x_min
+    assert (masks[0].width, masks[0].height, masks[0].encoding) == (WIDTH, HEIGHT, "mono8")
+    assert {_stamp(m.header) for m in masks} <= image_stamps
+    assert {_stamp(m.header) for m in overlays} <= image_stamps
+    assert (overlays[0].width, overlays[0].height, overlays[0].encoding) == (WIDTH, HEIGHT, "rgb8")
+    assert all(p.point.z == 0.0 for p in points)  # no depth: 2D pixel points
+    assert all(0 <= p.point.x < WIDTH and 0 <= p.point.y < HEIGHT for p in points)
+    # results are published as frames come, not queued: the engine drops what it cannot process
+    stats = tracker.engine.stats
+    done = stats["frames_processed"] + stats["frames_dropped"]
+    assert stats["errors"] == 0 and done <= stats["frames_in"] <= done + 1  # at most one frame pending
+
+    assert tracker.trigger_deactivate() == TransitionCallbackReturn.SUCCESS and _state(tracker) == "inactive"
+    assert not tracker.engine.running
+    ros.spin_for(0.3)
+    published = tracker.results_published
+    count = len(results)
+    ros.spin_for(1.0)
+    assert tracker.results_published == published and len(results) == count, "published while inactive"
+
+    assert tracker.trigger_cleanup() == TransitionCallbackReturn.SUCCESS and _state(tracker) == "unconfigured"
+    assert tracker.engine is None and tracker.model is None
+    assert not any(s.srv_name.startswith("/tracker/") and "targets" in s.srv_name for s in tracker.services)
+    # configure again after cleanup, then shut down from inactive
+    assert tracker.trigger_configure() == TransitionCallbackReturn.SUCCESS and tracker.engine is not None
+    assert tracker.trigger_shutdown() == TransitionCallbackReturn.SUCCESS and _state(tracker) == "finalized"
+    assert tracker.engine is None
+
+
+def test_services_bad_commands_and_bad_images(ros: Harness, expression: str) -> None:
+    from glus_ros_msgs.msg import ReferringCommand, ReferringCommandArray, RegionPrompt, TargetResultArray
+    from glus_ros_msgs.srv import ClearTargets, ListTargets, SetTargets
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from glus_ros.ros.qos import qos_profile
+
+    tracker = ros.tracker(schedule="full")
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    assert tracker.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert tracker.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    add = ReferringCommand(action=ReferringCommand.ADD, expression=expression, mode=ReferringCommand.MODE_MASK)
+    empty = ReferringCommand(action=ReferringCommand.ADD, target_id="cup", expression="   ")
+    ghost = ReferringCommand(action=ReferringCommand.REMOVE, target_id="ghost")
+    reply = ros.call(SetTargets, "/tracker/set_targets", SetTargets.Request(commands=[add, empty, ghost]))
+    assert not reply.success
+    assert list(reply.target_ids) == ["target_0", "cup", "ghost"]
+    assert "command 1 (ADD 'cup'): empty expression" in reply.message
+    assert "command 2 (REMOVE 'ghost'): unknown target 'ghost' (known: target_0)" in reply.message
+    listed = ros.call(ListTargets, "/tracker/list_targets", ListTargets.Request())
+    assert list(listed.target_ids) == ["target_0"] and list(listed.expressions) == [expression]
+
+    # REPLACE with a region hint: accepted (the hint is ignored with a warning)
+    replace = ReferringCommand(action=ReferringCommand.REPLACE, target_id="target_0", expression="the left one",
+                               mode=ReferringCommand.MODE_BOTH,
+                               region=RegionPrompt(type=RegionPrompt.BOX, x0=1.0, y0=2.0, x1=30.0, y1=40.0))
+    reply = ros.call(SetTargets, "/tracker/set_targets", SetTargets.Request(commands=[replace]))
+    assert reply.success and reply.message == "" and list(reply.target_ids) == ["target_0"]
+
+    # the same commands as a topic: the good one applies, the bad one is logged
+    array_pub = ros.probe.create_publisher(ReferringCommandArray, "/glus/commands", qos_profile("reliable", 10))
+    assert ros.spin_until(lambda: array_pub.get_subscription_count() > 0)
+    before = tracker.input_errors["command"]
+    cup = ReferringCommand(action=ReferringCommand.ADD, target_id="cup", expression="the cup")
+    array_pub.publish(ReferringCommandArray(commands=[cup, ghost]))
+    assert ros.spin_until(lambda: tracker.input_errors["command"] > before)
+    assert "unknown target 'ghost'" in tracker.last_input_error
+    assert [s.target_id for s, _ in tracker.engine.targets()] == ["target_0", "cup"]
+    array_pub.publish(ReferringCommandArray(commands=[ReferringCommand(action=ReferringCommand.REMOVE,
+                                                                       target_id="cup")]))
+    assert ros.spin_until(lambda: [s.target_id for s, _ in tracker.engine.targets()] == ["target_0"])
+
+    # bad text commands are logged and change nothing
+    pub = ros.command_publisher()
+    for bad in ("", "x " * 400, "see <image> here"):
+        before = tracker.input_errors["command"]
+        pub.publish(String(data=bad))
+        assert ros.spin_until(lambda b=before: tracker.input_errors["command"] > b)
+    assert "reserved token" in tracker.last_input_error
+    assert [(s.target_id, s.expression, s.mode) for s, _ in tracker.engine.targets()] == [
+        ("target_0", "the left one", "both")]
+
+    # an image in an encoding nobody can decode: logged, dropped, the node keeps publishing
+    bad_pub = ros.probe.create_publisher(Image, "/camera/image_raw", qos_profile("reliable", 5))
+    bad = Image(height=2, width=2, encoding="yuv_weird", step=8, data=bytes(16))
+    assert ros.spin_until(lambda: bad_pub.get_subscription_count() > 0)
+    for _ in range(50):
+        bad_pub.publish(bad)
+        ros.spin_for(0.1)
+        if tracker.input_errors["image"]:
+            break
+    assert tracker.input_errors["image"] >= 1
+    assert "unsupported image encoding 'yuv_weird'" in tracker.last_input_error
+    count = len(results)
+    assert ros.spin_until(lambda: len(results) >= count + 3), "the tracker stopped publishing after bad input"
+    assert results[-1].results[0].target_id == "target_0"
+
+    cleared = ros.call(ClearTargets, "/tracker/clear_targets", ClearTargets.Request())
+    assert cleared.success
+    assert list(ros.call(ListTargets, "/tracker/list_targets", ListTargets.Request()).target_ids) == []
+    count = len(results)
+    assert ros.spin_until(lambda: len(results) > count + 1 and results[-1].results == [])
+
+
+def test_depth_gives_3d_points_consistent_with_depth(ros: Harness, expression: str) -> None:
+    """point_3d = lift_point(published 2D point, published depth, CameraInfo); /glus/target_point carries it."""
+    from geometry_msgs.msg import PointStamped
+    from glus_ros_msgs.msg import TargetResultArray
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import String
+
+    from glus_ros.ros.image_conversion import depth_to_metres, intrinsics_from_camera_info
+    from glus_ros.streaming.geometry import lift_point
+    from glus_ros.streaming.types import CameraIntrinsics
+
+    depths: dict[tuple[int, int], np.ndarray] = {}
+    ros.record(Image, "/camera/depth/image_raw", lambda m: depths.__setitem__(_stamp(m.header), depth_to_metres(m)))
+    infos = ros.record(CameraInfo, "/camera/camera_info")
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    points = ros.record(PointStamped, "/glus/target_point")
+    tracker = ros.tracker(use_depth=True)
+    tracker.trigger_configure()
+    ros.command_publisher().publish(String(data=expression))
+    assert ros.spin_until(lambda: bool(tracker.engine.targets()))
+    tracker.trigger_activate()
+
+    def with_3d() -> list:
+        return [m for m in results if m.results and m.results[0].has_point_3d]
+
+    assert ros.spin_until(lambda: len(with_3d()) >= 3 and infos), (
+        f"{len(results)} results, none with 3D; errors {dict(tracker.input_errors)}")
+    intrinsics = CameraIntrinsics(*intrinsics_from_camera_info(infos[-1]))
+    point_by_stamp = {_stamp(p.header): p.point for p in points}
+    checked = 0
+    for msg in with_3d():
+        result = msg.results[0]
+        depth = depths.get(_stamp(msg.header))
+        if depth is None:
+            continue  # the probe missed that depth frame (best effort)
+        x, y = result.points_2d[0].x, result.points_2d[0].y
+        expected = lift_point(x, y, depth, intrinsics)
+        got = (result.point_3d.x, result.point_3d.y, result.point_3d.z)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        assert 0.1 < got[2] < 100.0
+        if _stamp(msg.header) in point_by_stamp:
+            p = point_by_stamp[_stamp(msg.header)]
+            np.testing.assert_allclose((p.x, p.y, p.z), got, rtol=1e-6)
+        checked += 1
+    assert checked >= 1
+
+    # CameraInfo missing: still results, without 3D, and /glus/target_point falls back to 2D (z = 0)
+    tracker.trigger_deactivate()
+    tracker.set_parameters([Parameter("camera_info_topic", value="/glus_test/no_camera_info")])
+    tracker.trigger_activate()
+    count, n_points = len(results), len(points)
+    assert ros.spin_until(lambda: len(results) >= count + 3 and len(points) > n_points)
+    assert all(not r.has_point_3d for m in results[count + 1:] for r in m.results)
+    assert points[-1].point.z == 0.0
+
+
+def test_depth_of_another_size_is_reported_and_tracking_goes_on(ros: Harness) -> None:
+    """Depth 32x24 with a 64x48 image: a clear error, and results without 3D points."""
+    from glus_ros_msgs.msg import ReferringCommand, TargetResultArray
+    from glus_ros_msgs.srv import SetTargets
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
+
+    from glus_ros.ros.image_conversion import camera_info, depth_to_image, rgb_to_image
+    from glus_ros.ros.qos import qos_profile
+
+    tracker = ros.tracker(use_depth=True, image_topic="/glus_test/image", depth_topic="/glus_test/depth",
+                          camera_info_topic="/glus_test/info")
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    tracker.trigger_configure()
+    tracker.trigger_activate()
+    add = ReferringCommand(action=ReferringCommand.ADD, expression="the red disk", mode=ReferringCommand.MODE_BOTH)
+    assert ros.call(SetTargets, "/tracker/set_targets", SetTargets.Request(commands=[add])).success
+    qos = qos_profile("reliable", 5)
+    pubs = [ros.probe.create_publisher(Image, "/glus_test/image", qos),
+            ros.probe.create_publisher(Image, "/glus_test/depth", qos)]
+    info_pub = ros.probe.create_publisher(CameraInfo, "/glus_test/info", qos)
+    assert ros.spin_until(lambda: all(p.get_subscription_count() > 0 for p in [*pubs, info_pub]))
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[10:30, 20:40] = (230, 30, 30)
+    for _ in range(8):
+        h = Header(stamp=ros.probe.get_clock().now().to_msg(), frame_id="cam")
+        info_pub.publish(camera_info(64, 48, 50.0, 50.0, 32.0, 24.0, h))
+        pubs[0].publish(rgb_to_image(rgb, "rgb8", h))
+        pubs[1].publish(depth_to_image(np.full((24, 32), 1.5, np.float32), "16UC1", h))
+        ros.spin_for(0.1)
+    assert ros.spin_until(lambda: len(results) >= 2 and tracker.input_errors["depth"] >= 1)
+    assert "depth is 32x24 but the image is 64x48" in tracker.last_input_error
+    assert all(r.results[0].mask.width == 64 and not r.results[0].has_point_3d for r in results)
+
+
+def test_compressed_images(ros: Harness) -> None:
+    """compressed:=true subscribes <image_topic>/compressed; undecodable data is reported, tracking goes on."""
+    from glus_ros_msgs.msg import TargetResultArray
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import Header
+
+    from glus_ros.ros.image_conversion import rgb_to_compressed
+    from glus_ros.ros.qos import qos_profile
+
+    tracker = ros.tracker(compressed=True, image_topic="/glus_test/cam")
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    tracker.trigger_configure()
+    tracker.trigger_activate()
+    pub = ros.probe.create_publisher(CompressedImage, "/glus_test/cam/compressed", qos_profile("reliable", 5))
+    assert ros.spin_until(lambda: pub.get_subscription_count() > 0)
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[10:30, 20:40] = (230, 30, 30)
+    stamps = []
+    for i in range(6):
+        header = Header(stamp=ros.probe.get_clock().now().to_msg(), frame_id="cam")
+        stamps.append(_stamp(header))
+        msg = rgb_to_compressed(rgb, "png" if i % 2 else "jpeg", header)
+        if i == 3:
+            msg.data = b"not an image"
+        pub.publish(msg)
+        ros.spin_for(0.15)
+    assert ros.spin_until(lambda: len(results) >= 2 and tracker.input_errors["image"] == 1)
+    assert "cannot decode compressed image" in tracker.last_input_error
+    assert all(_stamp(m.header) in stamps and _stamp(m.header) != stamps[3] for m in results)
+
+
+def test_bad_parameters_are_refused_clearly(ros: Harness) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    tracker = ros.tracker(model="/no/such/model.yaml")
+    result = tracker.set_parameters([Parameter("schedule", value="slow")])[0]
+    assert not result.successful and "schedule must be one of fast, full, got 'slow'" in result.reason
+    assert not tracker.set_parameters([Parameter("qos_depth", value=0)])[0].successful
+    assert tracker.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert _state(tracker) == "unconfigured" and tracker.engine is None
+    tracker.set_parameters([Parameter("model", value="tiny")])
+    assert tracker.trigger_configure() == TransitionCallbackReturn.SUCCESS
+
+
+# --- conversions without spinning ----------------------------------------------------------------------
+
+
+def _target(mode: str, lost: bool = False, point_3d: tuple | None = None) -> TargetOutput:
+    mask = np.zeros((6, 8), bool)
+    if not lost:
+        mask[1:4, 2:6] = True
+    return TargetOutput(target_id="t", expression="the cup", mask=mask, bbox=None if lost else (2, 1, 5, 3),
+                        point_2d=None if lost else (3.0, 2.0), point_3d=None if lost else point_3d,
+                        score=0.1 if lost else 0.9, state="lost" if lost else "tracking", mode=mode)
+
+
+def test_target_messages_follow_the_mode() -> None:
+    from glus_ros_msgs.msg import TargetResult
+    from std_msgs.msg import Header
+
+    from glus_ros.ros.messages import frame_result_to_msg, target_point_msg, target_to_msg
+
+    header = Header(frame_id="cam")
+    header.stamp.sec, header.stamp.nanosec = 12, 345
+    both = target_to_msg(_target("both", point_3d=(0.1, -0.2, 1.5)), header)
+    assert (both.mask.width, both.mask.height) == (8, 6)
+    assert np.frombuffer(both.mask.data, np.uint8).reshape(6, 8)[1, 2] == 255
+    assert (both.bbox.x_min, both.bbox.y_min, both.bbox.x_max, both.bbox.y_max) == (2, 1, 5, 3)
+    assert [(p.x, p.y, p.z) for p in both.points_2d] == [(3.0, 2.0, 0.0)]
+    assert both.has_point_3d and (both.point_3d.x, both.point_3d.y, both.point_3d.z) == pytest.approx((0.1, -0.2, 1.5))
+    assert both.state == TargetResult.TRACKING and both.score == pytest.approx(0.9)
+    mask_only = target_to_msg(_target("mask", point_3d=(0.1, -0.2, 1.5)), header)
+    assert mask_only.mask.width == 8 and not mask_only.points_2d and not mask_only.has_point_3d
+    point_only = target_to_msg(_target("point"), header)
+    assert point_only.mask.width == 0 and point_only.mask.encoding == "mono8" and point_only.mask.data.tolist() == []
+    assert point_only.bbox.x_max < point_only.bbox.x_min and len(point_only.points_2d) == 1
+    lost = target_to_msg(_target("both", lost=True), header)
+    assert lost.state == TargetResult.LOST and lost.bbox.x_max < lost.bbox.x_min and not lost.points_2d
+
+    p3 = target_point_msg(_target("mask", point_3d=(0.1, -0.2, 1.5)), header)
+    assert (p3.point.x, p3.point.y, p3.point.z) == pytest.approx((0.1, -0.2, 1.5)) and p3.header.frame_id == "cam"
+    p2 = target_point_msg(_target("mask"), header)
+    assert (p2.point.x, p2.point.y, p2.point.z) == (3.0, 2.0, 0.0)
+    assert target_point_msg(_target("mask", lost=True), header) is None
+
+    result = FrameResult(stamp=12.0, frame_id="cam", seq=4, width=8, height=6, targets=[_target("both")],
+                         latency_ms=5.0, frames_dropped=2, image=np.zeros((6, 8, 3), np.uint8))
+    msg = frame_result_to_msg(result, header, latency_ms=42.5)
+    assert msg.header.stamp.nanosec == 345 and msg.latency_ms == pytest.approx(42.5) and msg.frames_dropped == 2
+    assert msg.results[0].header.stamp.nanosec == 345
+
+
+def test_commands_against_a_real_engine() -> None:
+    from glus_ros_msgs.msg import ReferringCommand, RegionPrompt
+
+    from glus_ros.ros.messages import apply_commands, apply_text_command
+    from glus_ros.streaming.engine import EngineConfig, StreamingEngine
+
+    engine = StreamingEngine(tiny_model(), EngineConfig(max_targets=2))
+    rc = ReferringCommand
+    outcome = apply_commands(engine, [
+        rc(action=rc.ADD, target_id="mug", expression="the red mug", mode=rc.MODE_POINT),
+        rc(action=rc.ADD, expression="the blue ball", region=RegionPrompt(type=RegionPrompt.POINT, x0=3.0, y0=4.0)),
+        rc(action=rc.ADD, expression="a third one"),
+        rc(action=rc.REPLACE, target_id="nobody", expression="x"),
+        rc(action=rc.REMOVE, target_id=""),
+        rc(action=9),
+        rc(action=rc.ADD, target_id="m2", expression="ok", mode=7),
+    ])
+    assert not outcome.success
+    assert outcome.target_ids == ["mug", "target_0", "", "nobody", "", "", "m2"]
+    assert len(outcome.errors) == 5
+    assert "max_targets 2" in outcome.errors[0]
+    assert outcome.errors[1] == "command 3 (REPLACE 'nobody'): unknown target 'nobody' (known: mug, target_0)"
+    assert "REMOVE needs a target_id" in outcome.errors[2]
+    assert "unknown action 9" in outcome.errors[3] and "unknown mode 7" in outcome.errors[4]
+    assert outcome.warnings == ["command 1 (ADD): region hints are not used by this model; ignored"]
+    assert [(s.target_id, s.mode) for s, _ in engine.targets()] == [("mug", "point"), ("target_0", "mask")]
+    # the text topic replaces target_0 (and adds it when absent)
+    assert apply_text_command(engine, "  the green cube ") == "target_0"
+    assert [(s.target_id, s.expression) for s, _ in engine.targets()][1] == ("target_0", "the green cube")
+    with pytest.raises(ValueError, match="empty expression"):
+        apply_text_command(engine, " ")
+    assert apply_commands(engine, [rc(action=rc.CLEAR)]).success and engine.targets() == []
+    assert apply_text_command(engine, "the cup") == "target_0" and len(engine.targets()) == 1
+
+
+def test_qos_profiles_from_parameters() -> None:
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    from glus_ros.ros.qos import qos_profile, results_qos, sensor_qos
+
+    assert sensor_qos().reliability == ReliabilityPolicy.BEST_EFFORT and sensor_qos().depth == 5
+    profile = qos_profile("Reliable", 10, "transient_local")
+    assert profile.reliability == ReliabilityPolicy.RELIABLE and profile.depth == 10
+    assert profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert results_qos().reliability == ReliabilityPolicy.RELIABLE
+    with pytest.raises(ValueError, match="unknown QoS reliability 'fast'; choose one of best_effort, reliable"):
+        qos_profile("fast")
+    with pytest.raises(ValueError, match="depth must be an integer >= 1"):
+        qos_profile("reliable", 0)
+    with pytest.raises(ValueError, match="durability"):
+        qos_profile("reliable", 1, "forever")
