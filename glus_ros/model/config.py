@@ -22,7 +22,7 @@ DEFAULT_QUERY_FRAME = "<image>"
 
 TRAINABLE_GROUPS = (
     "vision_tower", "llm", "llm_lora", "projections", "image_encoder", "prompt_encoder",
-    "mask_decoder", "memory", "key_frame",
+    "mask_decoder", "memory", "key_frame", "points", "temporal",
 )
 
 
@@ -42,6 +42,7 @@ class VLMConfig:
     answer_template: str = DEFAULT_ANSWER
     context_frame_template: str = DEFAULT_CONTEXT_FRAME
     query_frame_template: str = DEFAULT_QUERY_FRAME
+    temporal_module: bool = False       # VideoMolmo: each frame's tokens attend to the preceding frames'
 
     @property
     def patches_per_side(self) -> int:
@@ -77,6 +78,14 @@ class KeyFrameConfig:
 
 
 @dataclass
+class PointsConfig:
+    """The point head (glus_ros.model.point_head): a set of points per [SEG]; absent unless configured."""
+
+    max_points: int = 8        # slots per query frame: the most objects one answer can point at
+    threshold: float = 0.5     # presence probability above which a slot is a point
+
+
+@dataclass
 class GLUSConfig:
     name: str
     vlm: VLMConfig
@@ -85,6 +94,7 @@ class GLUSConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     trainable: list[str] = field(default_factory=lambda: list(TRAINABLE_GROUPS))
     key_frame: KeyFrameConfig | None = None
+    points: PointsConfig | None = None
 
     @property
     def sam_image_size(self) -> int:
@@ -119,6 +129,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
         sampling = SamplingConfig(**raw.get("sampling", {}))
         memory = MemoryConfig(**raw.get("memory", {}))
         key_frame = KeyFrameConfig(**raw["key_frame"]) if raw.get("key_frame") else None
+        points = PointsConfig(**raw["points"]) if raw.get("points") is not None else None  # {}: defaults
     except TypeError as exc:
         raise ValueError(f"{source}: {exc}") from exc
     trainable = list(raw.get("trainable", TRAINABLE_GROUPS))
@@ -127,8 +138,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
         raise ValueError(f"{source}: unknown trainable groups {unknown}; known: {list(TRAINABLE_GROUPS)}")
     cfg = GLUSConfig(
         name=str(raw.get("name", Path(source).stem)), vlm=vlm, sam2=raw["sam2"],
-        sampling=sampling, memory=memory, trainable=trainable, key_frame=key_frame,
+        sampling=sampling, memory=memory, trainable=trainable, key_frame=key_frame, points=points,
     )
+    if points is not None and (points.max_points < 1 or not 0.0 < points.threshold < 1.0):
+        raise ValueError(f"{source}: points needs max_points >= 1 and 0 < threshold < 1")
     _pool_side(cfg.vlm.visual_token_pool)
     if cfg.vlm.patches_per_side % _pool_side(cfg.vlm.visual_token_pool):
         raise ValueError(f"{source}: {cfg.vlm.patches_per_side} patches per side not divisible by the pool")

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from glus_ros.model.config import GLUSConfig, KeyFrameConfig, load_config
+from glus_ros.model.config import GLUSConfig, KeyFrameConfig, PointsConfig, load_config
 from glus_ros.model.key_frame import KeyFrameSelector
 from glus_ros.model.memory_bank import MemoryBank
+from glus_ros.model.point_head import PointHead
 from glus_ros.model.prompting import PromptBuilder
 from glus_ros.model.sam2_head import FrameFeatures, MaskPrediction, SAM2Head
 from glus_ros.model.tokenizer import load_tokenizer
@@ -54,12 +55,21 @@ class GLUSModel(nn.Module):
         self.key_frame: KeyFrameSelector | None = None
         if cfg.key_frame is not None:
             self.key_frame = KeyFrameSelector(self.vlm.hidden_size, cfg.key_frame)
+        self.point_head: PointHead | None = None
+        if cfg.points is not None:
+            self.point_head = PointHead(self.vlm.hidden_size, cfg.points.max_points)
 
     def add_key_frame_selector(self, cfg: KeyFrameConfig | None = None) -> KeyFrameSelector:
         """Attach a new (untrained) selector; the config then saves it with the model."""
         self.cfg.key_frame = cfg or KeyFrameConfig()
         self.key_frame = KeyFrameSelector(self.vlm.hidden_size, self.cfg.key_frame).to(self.device)
         return self.key_frame
+
+    def add_point_head(self, cfg: PointsConfig | None = None) -> PointHead:
+        """Attach a new (untrained) point head; the config then saves it with the model."""
+        self.cfg.points = cfg or PointsConfig()
+        self.point_head = PointHead(self.vlm.hidden_size, self.cfg.points.max_points).to(self.device)
+        return self.point_head
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -91,6 +101,8 @@ class GLUSModel(nn.Module):
             "mask_decoder": list(sam.sam_mask_decoder.parameters()),
             "memory": memory_params,
             "key_frame": list(self.key_frame.parameters()) if self.key_frame is not None else [],
+            "points": list(self.point_head.parameters()) if self.point_head is not None else [],
+            "temporal": list(self.vlm.temporal.parameters()) if self.vlm.temporal is not None else [],
         }
 
     def apply_trainable(self, groups: list[str] | None = None) -> int:
@@ -140,6 +152,8 @@ class GLUSModel(nn.Module):
         ids, mask, _labels = self.prompts.batch(encoded)
         ids, mask = ids.to(query_embeds.device), mask.to(query_embeds.device)
         frames = torch.cat([context_embeds, query_embeds], dim=1) if shown else context_embeds
+        if self.vlm.temporal is not None:  # VideoMolmo temporal module, frames in the order given
+            frames = self.vlm.temporal(frames)
         logits, hidden_states = self.vlm(ids, mask, frames)
         hidden = hidden_states[self.cfg.vlm.seg_hidden_layer]
         seg_positions = ids == self.prompts.seg_id
@@ -163,6 +177,12 @@ class GLUSModel(nn.Module):
         ids = self.tokenizer(expression, add_special_tokens=False, return_tensors="pt").input_ids[0]
         text = self.vlm.language_model.embed_tokens(ids.to(frame_embeds.device))
         return self.key_frame(frame_embeds, text)
+
+    def points_from_seg(self, seg_hidden: torch.Tensor) -> torch.Tensor:
+        """[SEG] states (B, Nq, hidden) -> raw point slots (B, Nq, K, 3); decode with ``point_head.decode_points``."""
+        if self.point_head is None:
+            raise ValueError("this model has no point head (add 'points: {}' to its config and train it)")
+        return self.point_head(seg_hidden.float())
 
     # --- the SAM 2 step ---------------------------------------------------------------------
     def track_step(self, frame: FrameFeatures, prompt: torch.Tensor, bank: MemoryBank | None) -> MaskPrediction:

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from glus_ros.model.config import VLMConfig, _pool_side
+from glus_ros.model.temporal import TemporalModule
 
 
 class VisionLanguageModel(nn.Module):
@@ -39,6 +40,10 @@ class VisionLanguageModel(nn.Module):
         elif cfg.projector != "mlp2x_gelu":
             raise ValueError(f"unknown projector '{cfg.projector}' (linear or mlp2x_gelu)")
         self.hidden_size = int(text["hidden_size"])
+        self.temporal: TemporalModule | None = None
+        if cfg.temporal_module:
+            with torch.random.fork_rng(devices=[]):  # the other modules initialise as without it
+                self.temporal = TemporalModule(self.hidden_size, int(text.get("num_attention_heads", 1)))
 
     @property
     def vision_tower(self) -> nn.Module:

@@ -1,0 +1,92 @@
+"""The model's points for every frame of a video, and the point-prompted video masks built from them.
+
+Points come from the point head on each query frame's [SEG] state: the video is read in
+consecutive windows of ``num_query`` frames with the fixed context frames (as ``VideoSegmenter``),
+one MLLM pass per window. Anchors for the mask propagation are either the single most confident
+frame ("key") or every ``k``-th frame (VideoMolmo points on sampled frames); an anchor frame
+without points says the object is absent there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from glus_ros.inference import FrameCache, autocast_context
+from glus_ros.model.point_head import decode_points
+from glus_ros.model.prompting import clean_expression
+from glus_ros.points.coords import Point
+from glus_ros.points.propagation import PointPropagator, PointSegmentation, normalised_anchors
+from glus_ros.sampling import context_frame_indices
+
+if TYPE_CHECKING:
+    from glus_ros.model.glus import GLUSModel
+
+
+@dataclass
+class FramePoints:
+    points: list[list[Point]]    # per frame: normalised (x, y) points; the list length is the count
+    confidence: np.ndarray       # (T,) highest slot presence probability of each frame
+
+    @property
+    def counts(self) -> list[int]:
+        return [len(p) for p in self.points]
+
+
+def anchor_frames(confidence: np.ndarray, anchors: str | int) -> list[int]:
+    """``"key"``: the most confident frame; an int ``k``: frames 0, k, 2k, ..."""
+    if anchors == "key":
+        return [int(np.argmax(confidence))]
+    if isinstance(anchors, (int, np.integer)) and not isinstance(anchors, bool) and anchors >= 1:
+        return list(range(0, len(confidence), int(anchors)))
+    raise ValueError(f"anchors must be 'key' or a frame stride >= 1, got {anchors!r}")
+
+
+class PointPredictor:
+    def __init__(self, model: GLUSModel, dtype: str = "fp32") -> None:
+        if model.point_head is None or model.cfg.points is None:
+            raise ValueError("this model has no point head (add 'points: {}' to its config and train it)")
+        self.model = model.eval()
+        self.dtype = dtype
+
+    @torch.inference_mode()
+    def frame_points(self, frames: Sequence[np.ndarray], expression: str) -> FramePoints:
+        """Points of every frame (normalised), from windows of ``num_query`` consecutive frames."""
+        if len(frames) == 0:
+            raise ValueError("the video has no frames")
+        expression = clean_expression(expression)
+        cfg = self.model.cfg
+        assert cfg.points is not None
+        num_frames, num_query = len(frames), cfg.sampling.num_query
+        context = context_frame_indices(num_frames, cfg.sampling.num_context)
+        cache = FrameCache(self.model, frames)
+        points: list[list[Point]] = [[] for _ in range(num_frames)]
+        confidence = np.zeros(num_frames, dtype=np.float32)
+        with autocast_context(self.model.device, self.dtype):
+            for start in range(0, num_frames, num_query):
+                window = list(range(start, min(start + num_query, num_frames)))
+                query = window + [window[-1]] * (num_query - len(window))
+                embeds = cache.clip_embeds(context + query)
+                out = self.model.seg_prompts(embeds[None, : len(context)], embeds[None, len(context):], [expression])
+                raw = self.model.points_from_seg(out.seg_hidden).float()
+                decoded = decode_points(raw, cfg.points.threshold)[0]
+                finite = torch.isfinite(raw[0]).all(dim=-1)
+                presence = torch.where(finite, torch.sigmoid(raw[0, :, :, 2]), 0.0).amax(dim=-1)
+                for slot, t in enumerate(window):
+                    points[t] = decoded[slot]
+                    confidence[t] = float(presence[slot])
+                cache.keep_only(set(context))
+        return FramePoints(points, confidence)
+
+    def segment(self, frames: Sequence[np.ndarray], expression: str, anchors: str | int = "key",
+                ) -> tuple[PointSegmentation, FramePoints]:
+        """Point-prompted masks of every frame: points on the anchor frames, SAM 2 propagation between them."""
+        predicted = self.frame_points(frames, expression)
+        chosen = anchor_frames(predicted.confidence, anchors)
+        height, width = frames[0].shape[:2]
+        pixel_anchors = normalised_anchors({t: predicted.points[t] for t in chosen}, height, width)
+        return PointPropagator(self.model, self.dtype).segment(frames, pixel_anchors), predicted
