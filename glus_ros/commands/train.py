@@ -21,6 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     parser.add_argument("--stop-at-step", type=int, help="stop (with a checkpoint) at this step, e.g. a job time slot")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="change a recipe value, e.g. -o optim.max_steps=10 (repeatable)")
+    parser.add_argument("--export", type=Path, metavar="DIR",
+                        help="also copy the finished model folder here (e.g. models/<name> to ship it by name)")
     parser.add_argument("--key-frame-only", action="store_true",
                         help="only (re)train the key-frame selector of the run's finished model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         stats = trainer.train_key_frame_selector()
         print("key-frame selector: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                  for k, v in stats.items()))
+        _export(trainer.out / "model", args.export)
         return 0
     result = trainer.train(resume=resume, until_step=args.stop_at_step)
     if trainer.accelerator.is_main_process:
@@ -48,4 +51,15 @@ def run(args: argparse.Namespace) -> int:
             last = result.evals[-1]
             print(f"J&F {last['j_and_f']:.3f} (J {last['j']:.3f}, F {last['f']:.3f}) at step {int(last['step'])}")
         print(f"stopped at step {result.steps}; model: {result.model_dir or 'not exported (run not finished)'}")
+        if result.model_dir is not None:
+            _export(result.model_dir, args.export)
     return 0
+
+
+def _export(model_dir: Path, dest: Path | None) -> None:
+    if dest is None:
+        return
+    import shutil
+
+    shutil.copytree(model_dir, dest, dirs_exist_ok=True)
+    print(f"copied the model to {dest}")
