@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glus_ros.data.motion import motion_tags
-from glus_ros.data.scene import Scene, SceneObject
+from glus_ros.data.grounding import SynthCaption, SynthQuestion
+from glus_ros.data.motion import motion_tags, runs
+from glus_ros.data.scene import COLOURS, Scene, SceneObject
+from glus_ros.data.shapes import SHAPES
 
 KINDS: tuple[str, ...] = ("attribute", "motion", "position", "relation", "multi")
 # "left": clearly leftmost of its kind in every frame; "end:left": where it ends up, in the last frame
@@ -370,4 +372,225 @@ def describe_scene(
                 tags=_tags(desc, key, facts), event=event_range(desc, key, facts),
             )
         )
+    return out
+
+
+# ---------------------------------------------------------------- counting questions and grounded captions
+# The generator draws these from an rng stream of their own, after the expressions, so nothing above changed.
+
+_COUNT_NOUN_TEMPLATES = ("how many {nps} are there?", "how many {nps} can you see?", "how many {nps} are in the video?")
+_COUNT_MOTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "dir": ("how many {nps} move {d}?", "how many {nps} go {d}?"),
+    "still": ("how many {nps} stay still?", "how many {nps} do not move?"),
+    "start": ("how many {nps} start moving?",),
+    "stop": ("how many {nps} stop moving?",),
+    "turn": ("how many {nps} move {a} then {b}?",),
+    "enter": ("how many {nps} come into view?",),
+    "leave": ("how many {nps} leave the scene?",),
+}
+_ABSENT_MOTIONS = ("left", "right", "up", "down", "still")  # asked about even when no object does it
+
+
+def _count_text(desc: Description, rng: np.random.Generator) -> str:
+    nps = desc.noun.text(plural=True)
+    if desc.motion is None:
+        return str(rng.choice(_COUNT_NOUN_TEMPLATES)).format(nps=nps)
+    family = desc.motion.split(":")[0]
+    family = family if family in _COUNT_MOTION_TEMPLATES else "dir"
+    first, _, second = desc.motion.removeprefix("turn:").partition("-")
+    return str(rng.choice(_COUNT_MOTION_TEMPLATES[family])).format(nps=nps, d=desc.motion, a=first, b=second)
+
+
+def _count_category(desc: Description) -> str:
+    if desc.motion is not None:
+        return "motion"
+    has = (desc.noun.colour is not None, desc.noun.shape is not None)
+    return {(True, True): "colour+shape", (True, False): "colour", (False, True): "shape"}.get(has, "all")
+
+
+def count_candidates(facts: SceneFacts) -> list[Description]:
+    """Descriptions worth counting, in a fixed order: every colour/shape (present or not), then motions.
+
+    Motions are asked of nouns that occur in the scene, including common motions no object makes, so
+    zero is a frequent answer of both kinds.
+    """
+    objects = facts.scene.objects
+    nouns = [NounPhrase(c, s) for c in COLOURS for s in SHAPES]
+    nouns += [NounPhrase(c) for c in COLOURS] + [NounPhrase(None, s) for s in SHAPES] + [NounPhrase()]
+    present = [NounPhrase()]
+    present += list(dict.fromkeys(NounPhrase(o.colour) for o in objects))
+    present += list(dict.fromkeys(NounPhrase(None, o.shape) for o in objects))
+    present += list(dict.fromkeys(NounPhrase(o.colour, o.shape) for o in objects))
+    tags = list(dict.fromkeys([*(t for o in objects for t in facts.motions[o.obj_id]), *_ABSENT_MOTIONS]))
+    return [Description(n) for n in nouns] + [Description(n, motion=t) for n in present for t in tags]
+
+
+def count_questions(facts: SceneFacts, rng: np.random.Generator, limit: int = 6) -> list[SynthQuestion]:
+    """Up to ``limit`` counting questions with answers 0..N, one or two of them answered zero.
+
+    The non-zero ones rotate over kinds (colour+shape, colour, shape, all, motion) so no kind crowds out
+    the others; every answer is ``resolve`` of the question's description.
+    """
+    if limit < 1:
+        raise ValueError(f"count_questions: limit must be >= 1, got {limit}")
+    answers = [(desc, tuple(sorted(resolve(desc, facts)))) for desc in count_candidates(facts)]
+    zeros = [a for a in answers if not a[1]]
+    by_kind: dict[str, list[tuple[Description, tuple[int, ...]]]] = {}
+    for item in answers:
+        if item[1]:
+            by_kind.setdefault(_count_category(item[0]), []).append(item)
+    n_zero = min(len(zeros), limit, 1 + int(rng.random() < 0.4))
+    picks = [zeros[int(i)] for i in rng.permutation(len(zeros))[:n_zero]]
+    queues = {k: [v[int(i)] for i in rng.permutation(len(v))] for k, v in by_kind.items()}
+    kinds = [list(queues)[int(i)] for i in rng.permutation(len(queues))]
+    while len(picks) < limit and any(queues.values()):
+        for kind in kinds:
+            if queues[kind] and len(picks) < limit:
+                picks.append(queues[kind].pop(0))
+    out: list[SynthQuestion] = []
+    texts: set[str] = set()
+    for i in rng.permutation(len(picks)):
+        desc, obj_ids = picks[int(i)]
+        text = _count_text(desc, rng)
+        if text in texts:
+            continue
+        texts.add(text)
+        out.append(SynthQuestion(text=text, obj_ids=obj_ids, count=len(obj_ids), tags=_tags(desc, obj_ids, facts)))
+    return out
+
+
+def motion_predicate(obj: SceneObject, facts: SceneFacts) -> tuple[str, str]:
+    """What an object does over the clip as a verb phrase, (singular, plural): "moves left and then stops"."""
+    tags = facts.motions[obj.obj_id]
+    if "enter" in tags:
+        return "comes into view", "come into view"
+    if "leave" in tags:
+        return "leaves the scene", "leave the scene"
+    moving: list[str] = []
+    for run in runs(obj.steps):
+        if run.direction is not None and (not moving or moving[-1] != run.direction):
+            moving.append(run.direction)
+    if not moving:
+        return "stays still", "stay still"
+    path = " then ".join(moving)
+    starts, stops = "start" in tags, "stop" in tags
+    if starts and stops:
+        return f"moves {path} for a while", f"move {path} for a while"
+    if starts:
+        return f"starts moving {path}", f"start moving {path}"
+    if stops:
+        return f"moves {path} and then stops", f"move {path} and then stop"
+    return f"moves {path}", f"move {path}"
+
+
+@dataclass(frozen=True)
+class _CaptionUnit:
+    """One grounded phrase of a caption: words, description, objects, and what they do (None: in the words)."""
+
+    phrase: str
+    desc: Description
+    obj_ids: tuple[int, ...]
+    predicate: tuple[str, str] | None
+
+
+def _noun_unit(group: list[SceneObject], facts: SceneFacts, rng: np.random.Generator) -> _CaptionUnit:
+    """Objects of one colour and shape that all do the same: "two red circles", or "a circle" when unique."""
+    first = group[0]
+    ids = frozenset(o.obj_id for o in group)
+    options = [NounPhrase(first.colour, first.shape)]
+    options += [n for n in (NounPhrase(None, first.shape), NounPhrase(first.colour))
+                if resolve(Description(n), facts) == ids]
+    pick = 0 if len(options) == 1 or rng.random() < 0.6 else 1 + int(rng.integers(len(options) - 1))
+    plural = len(group) > 1
+    words = options[pick].text(plural=plural, variant=0 if plural else 1)  # "object" / "objects"
+    phrase = f"{_COUNT_WORDS.get(len(group), str(len(group)))} {words}" if plural else f"a {words}"
+    return _CaptionUnit(phrase, Description(options[pick]), tuple(sorted(ids)), motion_predicate(first, facts))
+
+
+def _static_description(obj: SceneObject, facts: SceneFacts) -> Description | None:
+    """A description without motion (size, position or relation) that picks out ``obj`` alone, if any."""
+    for desc in candidate_descriptions(facts):
+        if desc.motion is None and desc.noun.shape == obj.shape and resolve(desc, facts) == {obj.obj_id}:
+            return desc
+    return None
+
+
+def _qualified_units(
+    group: list[SceneObject], facts: SceneFacts, rng: np.random.Generator, static_first: bool
+) -> list[_CaptionUnit]:
+    """Same-looking objects that do different things: each set named by a qualifier that resolves to it.
+
+    A motion qualifier already says what they do; a static one (size, position, relation) leaves the verb
+    free, which ``static_first`` prefers so the caption can be a sentence of clauses.
+    """
+    parts: dict[tuple[str, str], list[SceneObject]] = {}
+    for obj in group:
+        parts.setdefault(motion_predicate(obj, facts), []).append(obj)
+    noun = NounPhrase(group[0].colour, group[0].shape)
+    units: list[_CaptionUnit] = []
+    for predicate, members in parts.items():
+        ids = frozenset(o.obj_id for o in members)
+        shared = [t for t in facts.motions[members[0].obj_id] if all(t in facts.motions[o.obj_id] for o in members)]
+        by_motion = [Description(noun, motion=t) for t in shared if resolve(Description(noun, motion=t), facts) == ids]
+        static = [(obj, _static_description(obj, facts)) for obj in members]
+        if by_motion and not (static_first and all(desc is not None for _, desc in static)):
+            desc = by_motion[int(rng.integers(len(by_motion)))]
+            units.append(_CaptionUnit(render_text(desc, len(ids), rng), desc, tuple(sorted(ids)), None))
+            continue
+        for obj, found in static:  # an object neither motion nor anything else tells apart is left out
+            if found is not None:
+                text = render_text(found, 1, rng)
+                text = text if text.startswith("the ") else f"the {text}"
+                units.append(_CaptionUnit(text, found, (obj.obj_id,), predicate))
+    return units
+
+
+def _caption(units: list[_CaptionUnit], facts: SceneFacts, rng: np.random.Generator, listing: bool) -> SynthCaption:
+    """Clauses "PHRASE does X" joined into one sentence, or a listing "The video shows PHRASE that does X, ..."."""
+    parts: list[str | tuple[str, tuple[int, ...], tuple[str, ...]]] = []
+    if listing:
+        parts.append(str(rng.choice(["The video shows ", "We see ", "In the video we see "])))
+    for i, unit in enumerate(units):
+        if i:
+            last = i == len(units) - 1
+            after_while = isinstance(parts[-1], str) and parts[-1].endswith(" while")  # no "... a while while"
+            two = len(units) == 2 and not listing and not after_while and rng.random() < 0.5
+            parts.append((" while " if two else " and ") if last else ", ")
+        phrase = unit.phrase[0].upper() + unit.phrase[1:] if i == 0 and not listing else unit.phrase
+        parts.append((phrase, unit.obj_ids, _tags(unit.desc, unit.obj_ids, facts)))
+        if unit.predicate is not None:
+            verb = unit.predicate[int(len(unit.obj_ids) > 1)]
+            parts.append(f" that {verb}" if listing else f" {verb}")
+    parts.append(".")
+    return SynthCaption.from_parts(parts)
+
+
+def grounded_captions(facts: SceneFacts, rng: np.random.Generator, limit: int = 2) -> list[SynthCaption]:
+    """Up to ``limit`` GLaMM-style scene captions whose marked phrases each resolve to exactly their objects.
+
+    Objects of one colour and shape that all do the same share a phrase ("two red circles stay still");
+    look-alikes that differ each get a phrase with the qualifier that tells them apart; an object nothing
+    tells apart is left out rather than named ambiguously. The first caption is a sentence of clauses
+    when every phrase has a verb, the next ones list the objects.
+    """
+    if limit < 1:
+        raise ValueError(f"grounded_captions: limit must be >= 1, got {limit}")
+    groups: dict[tuple[str, str], list[SceneObject]] = {}
+    for obj in facts.scene.objects:
+        groups.setdefault((obj.colour, obj.shape), []).append(obj)
+    out: list[SynthCaption] = []
+    for attempt in range(limit):
+        units: list[_CaptionUnit] = []
+        for group in groups.values():
+            if len({motion_predicate(o, facts) for o in group}) == 1:
+                units.append(_noun_unit(group, facts, rng))
+            else:
+                units += _qualified_units(group, facts, rng, static_first=attempt == 0)
+        if not units:
+            break
+        units = [units[int(i)] for i in rng.permutation(len(units))]
+        listing = attempt > 0 or any(u.predicate is None for u in units)
+        caption = _caption(units, facts, rng, listing)
+        if all(caption.text != c.text for c in out):
+            out.append(caption)
     return out

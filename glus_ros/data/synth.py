@@ -8,7 +8,10 @@ split is written in the MeViS layout, so the ordinary MeViS reader, trainer and 
     <out>/<split>/mask_dict.json          anno_id -> [per-frame COCO RLE, or null where the object is unseen]
     <out>/<split>/synth_meta.json         what the generator knows for free (for auxiliary supervision)
 
-The same ``seed`` always gives byte-identical files; the split name is mixed into the seed.
+The same ``seed`` always gives byte-identical files; the split name is mixed into the seed. Grounding data
+(counting questions, grounded captions, region prompts; see :mod:`glus_ros.data.grounding`) comes from a
+second rng stream drawn after everything else and sits under its own keys of ``synth_meta.json``, so adding
+it left every earlier file byte-identical.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import hashlib
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,19 @@ import numpy as np
 from tqdm import tqdm
 
 from glus_ros.data.config import SynthConfig
-from glus_ros.data.expressions import SceneFacts, SynthExpression, describe_scene
+from glus_ros.data.expressions import (
+    Description,
+    NounPhrase,
+    SceneFacts,
+    SynthExpression,
+    candidate_descriptions,
+    count_questions,
+    describe_scene,
+    grounded_captions,
+    render_text,
+    resolve,
+)
+from glus_ros.data.grounding import SynthCaption, SynthQuestion, SynthRegion, grounding_json
 from glus_ros.data.motion import runs
 from glus_ros.data.render import Intrinsics, render_scene
 from glus_ros.data.scene import Scene, sample_scene
@@ -35,6 +50,11 @@ from glus_ros.datasets.rle import encode_mask
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _MIN_VISIBILITY = 0.3  # every object shows at least this share of itself in some frame
 _ATTEMPTS = 50
+_GROUNDING_STREAM = 7919  # third seed word of the rng for grounding data: the first rng's draws stay as they were
+QUESTIONS_PER_VIDEO = 6
+CAPTIONS_PER_VIDEO = 2
+REGIONS_PER_VIDEO = 3
+_REGION_MIN_VISIBILITY = 0.5  # a region prompt shows at least half of its object where the object allows
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,9 @@ class SyntheticVideo:
     objects: list[ObjectFacts]
     background: str
     scenario: str  # how its look-alikes differ ("move", "start", "stop", "turn", "size") or "none"
+    questions: list[SynthQuestion] = field(default_factory=list)  # counting questions
+    captions: list[SynthCaption] = field(default_factory=list)  # GLaMM-style grounded captions
+    regions: list[SynthRegion] = field(default_factory=list)  # "what is this?" / "track this" prompts
 
     @property
     def size(self) -> tuple[int, int]:
@@ -112,6 +135,55 @@ def _object_facts(scene: Scene, visibility: dict[int, np.ndarray], tags: dict[in
     return out
 
 
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x_min, y_min, x_max, y_max) of a non-empty mask, inclusive pixels."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+
+
+def _mask_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the mask pixel nearest its centroid: on the object even when occlusion bites into it."""
+    ys, xs = np.nonzero(mask)
+    k = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
+    return int(xs[k]), int(ys[k])
+
+
+def _region_text(
+    obj_id: int, expressions: list[SynthExpression], facts: SceneFacts, rng: np.random.Generator
+) -> tuple[str, bool]:
+    """Words that name one object alone: one of its expressions, else any exact description, else colour+shape."""
+    own = [e.text for e in expressions if e.obj_ids == (obj_id,)]
+    if own:
+        return own[int(rng.integers(len(own)))], True
+    for desc in candidate_descriptions(facts):
+        if resolve(desc, facts) == {obj_id}:
+            return render_text(desc, 1, rng), True
+    obj = next(o for o in facts.scene.objects if o.obj_id == obj_id)
+    desc = Description(NounPhrase(obj.colour, obj.shape))
+    return f"the {desc.noun.text()}", False
+
+
+def region_prompts(
+    visible: dict[int, np.ndarray], visibility: dict[int, np.ndarray], expressions: list[SynthExpression],
+    facts: SceneFacts, rng: np.random.Generator, limit: int = REGIONS_PER_VIDEO,
+) -> list[SynthRegion]:
+    """Up to ``limit`` region prompts on distinct objects: box and point of the visible mask at one frame."""
+    ids = [o.obj_id for o in facts.scene.objects]
+    out = []
+    for k in rng.permutation(len(ids))[:limit]:
+        obj_id = ids[int(k)]
+        seen = visibility[obj_id]
+        frames = np.flatnonzero(seen >= min(_REGION_MIN_VISIBILITY, float(seen.max())))
+        frame = int(frames[int(rng.integers(len(frames)))])
+        mask = visible[obj_id][frame]
+        if not mask.any():  # cannot happen for objects the generator keeps; guard against a silent empty box
+            raise ValueError(f"object {obj_id} shows no pixel at frame {frame}")
+        text, unique = _region_text(obj_id, expressions, facts, rng)
+        out.append(SynthRegion(frame=frame, box=_mask_box(mask), point=_mask_point(mask), obj_id=obj_id, text=text,
+                               unique=unique))
+    return out
+
+
 def generate_video(seed: int, index: int = 0, config: SynthConfig | None = None) -> SyntheticVideo:
     """Draw video ``index`` of the stream fixed by ``seed``: frames, depth, masks, expressions, facts."""
     for name, value in (("seed", seed), ("index", index)):
@@ -130,6 +202,10 @@ def generate_video(seed: int, index: int = 0, config: SynthConfig | None = None)
         if not expressions:
             continue
         facts = SceneFacts.of(scene)
+        grounding_rng = np.random.default_rng([int(seed), int(index), _GROUNDING_STREAM])
+        questions = count_questions(facts, grounding_rng, QUESTIONS_PER_VIDEO)
+        captions = grounded_captions(facts, grounding_rng, CAPTIONS_PER_VIDEO)
+        regions = region_prompts(rendered.visible, rendered.visibility, expressions, facts, grounding_rng)
         return SyntheticVideo(
             name=f"synth_{index:05d}",
             frames=rendered.frames,
@@ -140,6 +216,9 @@ def generate_video(seed: int, index: int = 0, config: SynthConfig | None = None)
             objects=_object_facts(scene, rendered.visibility, facts.motions),
             background=rendered.background,
             scenario=scene.scenario,
+            questions=questions,
+            captions=captions,
+            regions=regions,
         )
     raise ValueError(
         f"no usable scene after {_ATTEMPTS} draws (seed={seed}, index={index}): frames of "
@@ -244,6 +323,7 @@ def write_split(
             },
         }
         extra["videos"][video.name] = _video_meta(video, anno_ids)
+        extra["videos"][video.name].update(grounding_json(video.questions, video.captions, video.regions, anno_ids))
     _write_json(split_dir / "meta_expressions.json", meta)
     _write_json(split_dir / "mask_dict.json", masks)
     _write_json(split_dir / "synth_meta.json", extra)
