@@ -215,3 +215,39 @@ def test_global_only_model_ignores_query_frames_and_local_only_sees_them():
         assert not torch.allclose(a[:, 0], a[:, 1])  # still one distinct [SEG] per query frame
         full = load_model("tiny")
         assert not torch.allclose(full.seg_prompts(ctx, q1, ["x"]).prompts, full.seg_prompts(ctx, q2, ["x"]).prompts)
+
+
+def test_key_frame_stage_adds_a_selector_that_eval_can_use(tmp_path: Path, data_root: Path, capsys):
+    cfg = config_from_dict(recipe(data_root, optim={"max_steps": 1, "grad_accum": 1},
+                                  key_frame={"enabled": True, "expressions": 3, "epochs": 2}))
+    result = Trainer(cfg, output_dir=tmp_path / "run", progress=False).train()
+    assert result.key_frame is not None and result.key_frame["examples"] == 3
+    assert 0.0 <= result.key_frame["picked_iou"] <= result.key_frame["oracle_iou"] <= 1.0
+    model_dir = tmp_path / "run" / "model"
+    assert "key_frame:" in (model_dir / "config.yaml").read_text()
+    code = cli_main(["eval", "--model", str(model_dir), "--data", str(data_root), "--split", "valid",
+                     "--key-frame", "--out", str(tmp_path / "pred")])
+    assert code == 0, capsys.readouterr().err
+    assert "J&F:" in capsys.readouterr().out
+
+
+def test_pointing_recipe_trains_point_head_and_point_prompted_masks(tmp_path: Path, data_root: Path):
+    """Per-object point labels reach the batch; the point-head and point-prompted mask losses go down."""
+    cfg = config_from_dict(recipe(
+        data_root, model_overrides={"points": {}}, samples_per_epoch=2, aux={"point": 0.0, "attributes": 0.0},
+        trainable=["points", "mask_decoder", "prompt_encoder"], points={"weight": 1.0, "mask_weight": 1.0},
+        optim={"max_steps": 20, "grad_accum": 1, "batch_size": 2, "lr": 3e-3, "warmup_steps": 0}, save_every=100))
+    trainer = Trainer(cfg, output_dir=tmp_path / "run", progress=False)
+    sample = trainer.dataset[0]
+    masks = sample.query_masks
+    assert sample.query_points is not None and len(sample.query_points) == masks.shape[0]
+    for frame_mask, points in zip(masks, sample.query_points, strict=True):
+        h, w = frame_mask.shape
+        for x, y in points:  # every label lies on the referred objects
+            assert frame_mask[min(int(y * h), h - 1), min(int(x * w), w - 1)]
+        assert bool(points) == bool(frame_mask.any())
+    history = trainer.train().history
+    for term in ("points", "point_masks"):
+        first, last = history[0][term], sum(r[term] for r in history[-3:]) / 3
+        assert last < 0.8 * first, (term, first, last)
+    assert "points:" in (tmp_path / "run" / "model" / "config.yaml").read_text()

@@ -71,6 +71,17 @@ class AuxSpec:
 
 
 @dataclass
+class PointsSpec:
+    """Pointing (VideoMolmo): point-head set loss and SAM 2 masks prompted by the true points.
+
+    Needs a model with a point head (``model_overrides: {points: {}}``) and ``points`` trainable.
+    """
+
+    weight: float = 0.0
+    mask_weight: float = 0.0
+
+
+@dataclass
 class KeyFrameSpec:
     """The key-frame selector stage, run after the main training on the first dataset's expressions."""
 
@@ -106,6 +117,7 @@ class TrainConfig:
     optim: OptimSpec = field(default_factory=OptimSpec)
     aux: AuxSpec = field(default_factory=AuxSpec)
     key_frame: KeyFrameSpec = field(default_factory=KeyFrameSpec)
+    points: PointsSpec = field(default_factory=PointsSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     output_dir: str = "runs/{name}"
     seed: int = 0
@@ -155,7 +167,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
     raw["datasets"] = [_dataset(d, f"{source}: datasets[{i}]") for i, d in enumerate(raw.get("datasets", []))]
     if not raw["datasets"]:
         raise ValueError(f"{source}: a recipe needs at least one entry under 'datasets'")
-    for key, cls in (("lora", LoraSpec), ("optim", OptimSpec), ("aux", AuxSpec), ("key_frame", KeyFrameSpec)):
+    for key, cls in (("lora", LoraSpec), ("optim", OptimSpec), ("aux", AuxSpec), ("key_frame", KeyFrameSpec),
+                     ("points", PointsSpec)):
         raw[key] = _build(cls, raw.get(key, {}), f"{source}: {key}")
     ev = dict(raw.get("eval", {}) or {})
     if ev.get("dataset") is not None:

@@ -58,6 +58,8 @@ class ClipSample:
     context_idx: list[int] = field(default_factory=list)
     query_idx: list[int] = field(default_factory=list)
     attributes: tuple[int, int] = (-100, -100)  # colour, shape class of the target (auxiliary; -100 unknown)
+    # per query frame: one normalised (x, y) point per visible referred object (point supervision), or None
+    query_points: list[list[tuple[float, float]]] | None = None
 
 
 class ObjectKeyRegistry:
@@ -98,6 +100,7 @@ class ReferringClipDataset(Dataset[ClipSample]):
         registry: ObjectKeyRegistry | None = None,
         mask_cache_size: int = 4,
         attribute_labels: Sequence[tuple[int, int]] | None = None,
+        object_points: bool = False,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -121,6 +124,7 @@ class ReferringClipDataset(Dataset[ClipSample]):
         if attribute_labels is not None and len(attribute_labels) != len(self._expressions):
             raise ValueError(f"{len(attribute_labels)} attribute labels for {len(self._expressions)} expressions")
         self._attributes = list(attribute_labels) if attribute_labels is not None else None
+        self.object_points = object_points  # per-object point labels (deepest interior point of each object)
         # keys are registered up front so they do not depend on which samples a worker happens to load
         self._keys = [self.registry.key(name, e.video, e.obj_ids) for e in self._expressions]
         # samples skipped in this process (DataLoader workers each count their own)
@@ -212,7 +216,16 @@ class ReferringClipDataset(Dataset[ClipSample]):
             context_idx=context_idx,
             query_idx=query_idx,
             attributes=self._attributes[index] if self._attributes is not None else (-100, -100),
+            query_points=self._query_points(exp, query_idx) if self.object_points else None,
         )
+
+    def _query_points(self, exp: Expression, query_idx: list[int]) -> list[list[tuple[float, float]]]:
+        """One point per visible referred object in each query frame (VideoMolmo labels without SAM 2)."""
+        from glus_ros.points.evaluation import object_masks
+        from glus_ros.points.labels import object_point_labels
+
+        tracks = object_masks(self.reader, exp)   # (N, T, H, W) one track per referred object
+        return [list(object_point_labels(tracks[:, t], normalised=True)) for t in query_idx]
 
 
 class VideoSubset:
@@ -320,6 +333,8 @@ def collate_clips(samples: Sequence[ClipSample], clip_size: int, sam_size: int) 
         "expressions": [s.expression for s in samples],
         "object_keys": torch.tensor([s.object_key for s in samples], dtype=torch.long),
         "attributes": torch.tensor([s.attributes for s in samples], dtype=torch.long),
+        "query_points": [s.query_points for s in samples] if all(s.query_points is not None for s in samples)
+        else None,
         "meta": [(s.dataset, s.video, list(s.query_idx)) for s in samples],
     }
 

@@ -15,18 +15,21 @@ import torch.nn.functional as F
 
 from glus_ros.model.glus import GLUSModel
 from glus_ros.training.aux_heads import AuxHeads, aux_losses
-from glus_ros.training.losses import LossWeights, SegTokenBank, glus_loss
+from glus_ros.training.losses import LossWeights, SegTokenBank, glus_loss, mask_bce, mask_dice
+from glus_ros.training.point_losses import point_set_loss
 
 
 def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights | None = None,
                   seg_bank: SegTokenBank | None = None, visibility_weight: float = 1.0,
                   aux_heads: AuxHeads | None = None, aux_weights: tuple[float, float] = (0.0, 0.0),
-                  ) -> dict[str, torch.Tensor]:
+                  point_weights: tuple[float, float] = (0.0, 0.0)) -> dict[str, torch.Tensor]:
     """Losses for a collated batch (see ``glus_ros.training.data.collate_clips`` for its keys).
 
     Besides the paper's terms, the SAM 2 object-score head is supervised with whether the object is
     visible in the frame (as SAM 2 trains it): inference hides the mask when that score says absent.
     ``aux_heads`` with ``aux_weights`` (point, attributes) add the auxiliary [SEG] terms (aux_heads.py).
+    ``point_weights`` (point head set loss, point-prompted masks) train pointing (VideoMolmo): the point
+    head predicts one point per referred object, and SAM 2 learns to turn the true points into the mask.
     """
     context, query = batch["context_clip"], batch["query_clip"]
     batch_size, num_context = context.shape[:2]
@@ -58,7 +61,51 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
         aux = aux_losses(aux_heads(out.seg_hidden.float()), targets, batch["attributes"])
         losses.update(aux)
         losses["total"] = losses["total"] + aux_weights[0] * aux["aux_point"] + aux_weights[1] * aux["aux_attributes"]
+    if point_weights[0] > 0 or point_weights[1] > 0:
+        losses.update(_point_losses(model, batch, out.seg_hidden, sam_feats, targets, point_weights))
+        losses["total"] = (losses["total"] + point_weights[0] * losses["points"]
+                           + point_weights[1] * losses["point_masks"])
     if seg_bank is not None:
         seg_bank.add(anchors.detach(), batch["object_keys"])
     losses["mask_logits"] = logits.detach()
     return losses
+
+
+def _point_losses(model: GLUSModel, batch: dict[str, Any], seg_hidden: torch.Tensor, sam_feats,
+                  targets: torch.Tensor, weights: tuple[float, float]) -> dict[str, torch.Tensor]:
+    """Point-head set loss, and BCE + DICE of SAM 2 masks prompted by the true points (no [SEG], no memory)."""
+    if model.point_head is None:
+        raise ValueError("point losses need a model with a point head (model_overrides: {points: {}})")
+    gt = batch.get("query_points")
+    if gt is None:
+        from glus_ros.training.point_losses import point_targets_from_union
+
+        gt = point_targets_from_union(targets)
+    out = point_set_loss(model.points_from_seg(seg_hidden), gt)
+    if weights[1] <= 0:
+        out["point_masks"] = out["points"] * 0.0
+        return out
+    batch_size, num_query = targets.shape[:2]
+    size = model.sam.image_size
+    rows, coords, labels = [], [], []
+    for b in range(batch_size):
+        for q in range(num_query):
+            if gt[b][q]:
+                rows.append(b * num_query + q)
+                coords.append(torch.tensor(gt[b][q], dtype=torch.float32) * size)
+    if not rows:
+        out["point_masks"] = out["points"] * 0.0
+        return out
+    width = max(len(c) for c in coords)
+    device = targets.device
+    point_coords = torch.zeros(len(rows), width, 2, device=device)
+    point_labels = -torch.ones(len(rows), width, dtype=torch.int32, device=device)  # -1: padding
+    for i, c in enumerate(coords):
+        point_coords[i, : len(c)] = c.to(device)
+        point_labels[i, : len(c)] = 1
+        labels.append(targets.flatten(0, 1)[rows[i]])
+    pred = model.sam.step(sam_feats.select(torch.tensor(rows, device=device)), None, None, point_coords, point_labels)
+    mask_targets = torch.stack(labels)
+    logits = pred.logits[:, 0]
+    out["point_masks"] = mask_bce(logits, mask_targets) + mask_dice(logits, mask_targets)
+    return out

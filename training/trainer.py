@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "trainable.safetensors"
-LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes")
+LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes", "points",
+             "point_masks")
 
 
 class TrainingModule(nn.Module):
@@ -65,10 +66,11 @@ class TrainingModule(nn.Module):
         self.weights = LossWeights(**cfg.loss)
         self.visibility_weight = cfg.visibility_weight
         self.aux_weights = (cfg.aux.point, cfg.aux.attributes)
+        self.point_weights = (cfg.points.weight, cfg.points.mask_weight)
 
     def forward(self, batch: dict[str, Any], seg_bank: SegTokenBank | None = None) -> dict[str, torch.Tensor]:
         return forward_clips(self.model, batch, self.weights, seg_bank, self.visibility_weight,
-                             self.aux_heads, self.aux_weights)
+                             self.aux_heads, self.aux_weights, self.point_weights)
 
 
 def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:
@@ -179,7 +181,8 @@ class Trainer:
                 labels = synth_attribute_labels(split_dir, reader.expressions())
             ds = ReferringClipDataset(reader, f"{spec.kind}:{spec.root}:{spec.split}", mcfg.sampling.num_context,
                                       mcfg.sampling.num_query, seed=cfg.seed, on_error=cfg.on_data_error,  # type: ignore[arg-type]
-                                      registry=registry, attribute_labels=labels)
+                                      registry=registry, attribute_labels=labels,
+                                      object_points=cfg.points.weight > 0 or cfg.points.mask_weight > 0)
             parts.append((ds, spec.ratio))
         return MixedClipDataset(parts, cfg.samples_per_epoch, seed=cfg.seed)
 
