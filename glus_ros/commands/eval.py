@@ -33,6 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     parser.add_argument("--device", default="cpu", help="device for --model (default: cpu)")
     parser.add_argument("--key-frame", action="store_true", help="--model: use the key-frame selector")
     parser.add_argument("--out", type=Path, help="--model: prediction folder (default: ./eval_pred_<split>)")
+    parser.add_argument("--points", action="store_true",
+                        help="--model: score pointing instead (point accuracy, count accuracy, J&F of "
+                             "point-prompted masks); needs a model with a point head")
+    parser.add_argument("--anchors", default="key", help="--points: 'key' or a frame stride K")
     parser.set_defaults(func=run)
 
 
@@ -45,6 +49,8 @@ def open_dataset(kind: str, root: Path, split: str) -> ReferringDataset:
 
 def run(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.dataset, args.data, args.split)
+    if args.points:
+        return _run_points(args, dataset)
     if args.model is not None:
         from glus_ros.inference import predict_dataset  # heavy (torch, weights): only when asked
 
@@ -71,4 +77,25 @@ def run(args: argparse.Namespace) -> int:
     if result.missing:
         print(f"missing predictions scored as empty: {result.missing}")
     print(f"csv: {csv_path}")
+    return 0
+
+
+def _run_points(args: argparse.Namespace, dataset: ReferringDataset) -> int:
+    """Pointing scores: a predicted point counts when it falls inside a referred object's mask (1:1)."""
+    if args.model is None:
+        raise ValueError("--points scores a model: give --model")
+    from glus_ros.inference import load_model
+    from glus_ros.points.evaluation import evaluate_points
+
+    anchors: str | int = args.anchors if args.anchors == "key" else int(args.anchors)
+    model = load_model(args.model, device=args.device)
+    if model.point_head is None:
+        raise ValueError(f"--points: model {args.model} has no point head")
+    result = evaluate_points(model, dataset, anchors, progress=True)  # type: ignore[arg-type]
+    print(f"point accuracy: {result.point_accuracy:.3f}")
+    print(f"count accuracy (every frame): {result.count_accuracy:.3f}")
+    if result.counting_accuracy is not None:
+        print(f"counting accuracy ('how many' expressions): {result.counting_accuracy:.3f}")
+    print(f"J&F of point-prompted masks: {result.j_and_f:.3f} (J {result.j:.3f}, F {result.f:.3f})")
+    print(f"expressions: {len(result.expressions)}")
     return 0

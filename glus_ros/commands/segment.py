@@ -34,13 +34,18 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
                         help="frame to start from; the model propagates forward, then backward from it")
     parser.add_argument("--key-frame", action="store_true",
                         help="let the model's key-frame selector choose the start frame (overrides --start-frame)")
+    parser.add_argument("--points", action="store_true",
+                        help="answer with points (the model's point head) and build the masks from them with "
+                             "SAM 2 point prompts propagated both ways (VideoMolmo); writes points.json")
+    parser.add_argument("--anchors", default="key",
+                        help="--points: 'key' (the most confident frame) or a stride K (points every K frames)")
     parser.add_argument("--max-frames", type=int, help="only the first N frames")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from glus_ros.inference import VideoSegmenter, load_model
+    from glus_ros.inference import VideoSegmentation, VideoSegmenter, load_model
     from glus_ros.model.prompting import clean_expression
     from glus_ros.video_io import overlay, read_video, write_mask_png, write_video
 
@@ -52,12 +57,29 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.start_frame < len(frames):
         raise ValueError(f"--start-frame {args.start_frame} outside the video's {len(frames)} frames")
     model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device)
+    if args.points and model.point_head is None:
+        raise ValueError(f"--points: model {args.model} has no point head")
     if args.key_frame and model.key_frame is None:
         raise ValueError(f"--key-frame: model {args.model} has no trained key-frame selector")
     segmenter = VideoSegmenter(model, dtype=args.dtype)
-    with tqdm(total=len(frames), desc="segment", unit="frame") as bar:
-        result = segmenter.segment(frames, expression, start_frame=args.start_frame, progress=bar.update,
-                                    key_frame=args.key_frame)
+    points_json = None
+    if args.points:
+        import time
+
+        from glus_ros.points.predictor import PointPredictor
+
+        anchors = "key" if args.anchors == "key" else _stride(args.anchors)
+        t0 = time.perf_counter()
+        pointed, predicted = PointPredictor(model, args.dtype).segment(frames, expression, anchors)
+        took = time.perf_counter() - t0
+        result = VideoSegmentation(pointed.masks, pointed.scores, min(pointed.anchors, default=0),
+                                   {"total_s": took, "per_frame_s": took / len(frames)})
+        points_json = {name: [[round(x, 5), round(y, 5)] for x, y in pts]
+                       for name, pts in zip(names, predicted.points, strict=True)}
+    else:
+        with tqdm(total=len(frames), desc="segment", unit="frame") as bar:
+            result = segmenter.segment(frames, expression, start_frame=args.start_frame, progress=bar.update,
+                                        key_frame=args.key_frame)
     out.mkdir(parents=True, exist_ok=True)
     for name, mask in zip(names, result.masks, strict=True):
         write_mask_png(out / f"{name}.png", mask)
@@ -75,6 +97,18 @@ def run(args: argparse.Namespace) -> int:
         "timings": result.timings, "overlay": str(video_path) if video_path else None,
     }
     (out / "result.json").write_text(json.dumps(summary, indent=1))
+    if points_json is not None:
+        (out / "points.json").write_text(json.dumps({"normalised_xy": points_json}, indent=1))
     print(f"wrote {len(frames)} masks to {out} ({result.timings['per_frame_s'] * 1000:.0f} ms/frame)"
           + (f", overlay {video_path}" if video_path else ""))
     return 0
+
+
+def _stride(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"--anchors must be 'key' or a frame stride >= 1, got {text!r}")
+    return value
