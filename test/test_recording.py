@@ -309,6 +309,16 @@ def test_convert_string_commands_and_mask_images(tmp_path: Path) -> None:
     provenance = json.loads((tmp_path / "data/train/bag_source.json").read_text())
     assert provenance["videos"]["bag_0001"]["stamps_ns"][0] == 7 * SEC + 7 * (SEC // 10)
 
+    # the converted recording trains like any MeViS-layout set (fine-tuning on the robot's own bags)
+    from glus_ros.training.config import config_from_dict
+    from glus_ros.training.trainer import Trainer
+
+    cfg = config_from_dict({"name": "bag", "model": "tiny", "samples_per_epoch": 2,
+                            "datasets": [{"kind": "mevis", "root": str(tmp_path / "data")}],
+                            "optim": {"max_steps": 1, "batch_size": 2, "grad_accum": 1, "warmup_steps": 0}})
+    result = Trainer(cfg, output_dir=tmp_path / "run", progress=False).train()
+    assert result.model_dir is not None and np.isfinite(result.history[0]["total"])
+
 
 def test_convert_referring_commands_with_tracker_pseudo_labels(tmp_path: Path) -> None:
     """ReferringCommandArray with two targets, TargetResultArray labels matched by target_id (LOST = no mask),
