@@ -351,3 +351,28 @@ def test_stop_joins_and_the_engine_restarts(model: GLUSModel) -> None:
     assert arrived.acquire(timeout=10)
     engine.stop()
     assert got == [1, 3] and not engine.running
+
+
+def test_point_head_points_on_grounding_frames_mask_points_in_between() -> None:
+    """With a point head, grounding frames report the head's points (any number, in the image); tracking
+    frames fall back to the mask's interior point."""
+    import torch
+
+    from glus_ros.model.point_head import decode_points
+
+    pointing = load_model("tiny", overrides={"points": {"threshold": 1e-6}})  # every slot counts: 8 points
+    engine = StreamingEngine(pointing, EngineConfig(schedule="fast", reground_every=3, reground_below=0.0))
+    engine.add_target(TargetSpec("disk", "the red disk", mode="point"))
+    for i in range(5):
+        (out,) = engine.process(frame(i)).targets
+        grounded = i % 3 == 0
+        if grounded:
+            assert len(out.points) == pointing.cfg.points.max_points
+            assert all(0 <= x <= W and 0 <= y <= H for x, y in out.points)
+        else:
+            assert out.points == ([out.point_2d] if out.point_2d is not None else [])
+    # the head's decoding is what the engine reports (same normalised points, scaled to pixels)
+    raw = torch.zeros(1, 1, 2, 3)
+    raw[0, 0, 0] = torch.tensor([0.0, 0.0, 5.0])     # (0.5, 0.5), present
+    raw[0, 0, 1] = torch.tensor([0.0, 0.0, -5.0])    # absent
+    assert decode_points(raw, 0.5)[0][0] == [(0.5, 0.5)]

@@ -69,8 +69,9 @@ def target_to_msg(target: TargetOutput, header: Header) -> TargetResult:
     wants_point = target.mode in ("point", "both")
     msg.mask = mask_to_image(target.mask, header) if wants_mask else Image(header=header, encoding="mono8")
     msg.bbox = _bbox_msg(target.bbox if wants_mask else None)
-    if wants_point and target.point_2d is not None:
-        msg.points_2d = [Point(x=float(target.point_2d[0]), y=float(target.point_2d[1]), z=0.0)]
+    if wants_point and (target.points or target.point_2d is not None):
+        points = target.points or [target.point_2d]
+        msg.points_2d = [Point(x=float(x), y=float(y), z=0.0) for x, y in points]
     if wants_point and target.point_3d is not None:
         msg.has_point_3d = True
         msg.point_3d = Point(x=float(target.point_3d[0]), y=float(target.point_3d[1]), z=float(target.point_3d[2]))

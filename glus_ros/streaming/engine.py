@@ -23,6 +23,7 @@ import torch
 from glus_ros.inference import autocast_context
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.memory_bank import MemoryBank
+from glus_ros.model.point_head import decode_points
 from glus_ros.model.prompting import clean_expression
 from glus_ros.model.transforms import check_frame, clip_input, logits_to_frame, sam_input, to_tensor
 from glus_ros.sampling import StreamingSampler
@@ -334,13 +335,16 @@ class StreamingEngine:
             return []
         features = model.encode_sam_frames(sam_input(pixels, model.sam.image_size))  # this frame only
         grounding = [t for t in active if self._due(t)]
+        height, width = frame.image.shape[:2]
+        head_points: dict[int, list[tuple[float, float]]] = {}
         if grounding:
-            prompts = self._ground([t.spec.expression for t in grounding])
+            prompts, points = self._ground([t.spec.expression for t in grounding])
             for i, target in enumerate(grounding):
                 target.prompt = prompts[i:i + 1]
                 target.needs_ground = False
                 target.since_ground = 0
-        height, width = frame.image.shape[:2]
+                if points is not None:
+                    head_points[id(target)] = [(x * width, y * height) for x, y in points[i]]
         outputs = []
         for target in active:
             pred = model.track_step(features, target.prompt, target.bank)
@@ -354,11 +358,12 @@ class StreamingEngine:
                 mask = np.zeros((height, width), dtype=bool)
                 state = "lost"
             target.state = state
-            outputs.append(self._output(target.spec, mask, score, state, frame))
+            outputs.append(self._output(target.spec, mask, score, state, frame, head_points.get(id(target))))
         return outputs
 
-    def _ground(self, expressions: list[str]) -> torch.Tensor:
-        """One batched MLLM pass over (context, query window) -> (B, prompt_dim) prompts for the newest frame."""
+    def _ground(self, expressions: list[str]) -> tuple[torch.Tensor, list[list[tuple[float, float]]] | None]:
+        """One batched MLLM pass over (context, query window) -> (B, prompt_dim) prompts for the newest frame,
+        and the point head's normalised points for it (None without a point head)."""
         context = self._sampler.context_frames()
         query = self._sampler.query_frames()
         num_query = self.model.cfg.sampling.num_query
@@ -370,7 +375,11 @@ class StreamingEngine:
         with self._tokenizer_lock:
             out = self.model.seg_prompts(context_embeds, query_embeds, expressions)
         newest = len(self._sampler.query_frames()) - 1  # padding repeats the newest frame, so any slot >= it works
-        return out.prompts[:, newest]
+        points = None
+        if self.model.point_head is not None and self.model.cfg.points is not None:
+            raw = self.model.points_from_seg(out.seg_hidden[:, newest:newest + 1]).float()
+            points = [frames[0] for frames in decode_points(raw, self.model.cfg.points.threshold)]
+        return out.prompts[:, newest], points
 
     def _embeds(self, steps: list[int]) -> torch.Tensor:
         missing = [s for s in dict.fromkeys(steps) if s not in self._clip_embeds]
@@ -381,10 +390,12 @@ class StreamingEngine:
         return torch.stack([self._clip_embeds[s] for s in steps])
 
     @staticmethod
-    def _output(spec: TargetSpec, mask: np.ndarray, score: float, state: str, frame: StreamFrame) -> TargetOutput:
+    def _output(spec: TargetSpec, mask: np.ndarray, score: float, state: str, frame: StreamFrame,
+                head_points: list[tuple[float, float]] | None = None) -> TargetOutput:
         point = mask_point(mask)
         point_3d = None
         if point is not None and frame.depth is not None and frame.intrinsics is not None:
             point_3d = lift_point(point[0], point[1], frame.depth, frame.intrinsics)
         return TargetOutput(target_id=spec.target_id, expression=spec.expression, mask=mask, bbox=mask_bbox(mask),
-                            point_2d=point, point_3d=point_3d, score=score, state=state, mode=spec.mode)
+                            point_2d=point, point_3d=point_3d, score=score, state=state, mode=spec.mode,
+                            points=head_points if head_points is not None else ([point] if point is not None else []))

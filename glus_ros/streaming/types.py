@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +48,9 @@ class TargetOutput:
     score: float                               # [0, 1] probability that the target is visible
     state: str                                 # "grounding" | "tracking" | "lost"
     mode: str
+    # every referred object's point (x, y) in pixels: the model's point head on grounding frames when it has
+    # one (VideoMolmo pointing, any number of objects), else the mask's interior point
+    points: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
