@@ -18,7 +18,7 @@ import yaml
 
 from glus_ros.model.config import deep_update
 
-DATASET_KINDS = ("mevis", "refytvos", "synth")
+DATASET_KINDS = ("mevis", "refytvos", "synth", "synth_count")  # synth_count: the synthetic "how many" questions
 
 
 @dataclass

@@ -228,6 +228,20 @@ class ReferringClipDataset(Dataset[ClipSample]):
         return [list(object_point_labels(tracks[:, t], normalised=True)) for t in query_idx]
 
 
+class GivenExpressions:
+    """A reader with other expressions (e.g. counting questions) over the same videos and masks."""
+
+    def __init__(self, reader: Any, expressions: Sequence[Expression]) -> None:
+        self.reader = reader
+        self._expressions = list(expressions)
+
+    def expressions(self) -> list[Expression]:
+        return list(self._expressions)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)
+
+
 class VideoSubset:
     """The first ``max_videos`` videos of a reader (quick evaluation subsets); everything else passes through."""
 

@@ -37,6 +37,7 @@ from glus_ros.model.glus import GLUSModel
 from glus_ros.training.aux_heads import AuxHeads, synth_attribute_labels
 from glus_ros.training.config import DatasetSpec, TrainConfig
 from glus_ros.training.data import (
+    GivenExpressions,
     MixedClipDataset,
     ObjectKeyRegistry,
     ReferringClipDataset,
@@ -79,7 +80,8 @@ def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:
     if not root.is_absolute():
         root = data_root / root
     split_dir = root / spec.split
-    if spec.kind == "synth" and not (split_dir / "meta_expressions.json").is_file():
+    synthetic = spec.kind in ("synth", "synth_count")
+    if synthetic and not (split_dir / "meta_expressions.json").is_file():
         if spec.videos is None or spec.seed is None:
             raise FileNotFoundError(f"synthetic split {split_dir} is missing and the recipe gives no videos/seed "
                                     "to generate it")
@@ -88,6 +90,10 @@ def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:
         log.info("generating synthetic split %s (%d videos, seed %d)", split_dir, spec.videos, spec.seed)
         write_split(root, spec.split, spec.videos, spec.seed, SynthConfig())
     reader: Any = RefYoutubeVosDataset(root, spec.split) if spec.kind == "refytvos" else MevisDataset(root, spec.split)
+    if spec.kind == "synth_count":
+        from glus_ros.data.grounding import count_expressions
+
+        reader = GivenExpressions(reader, count_expressions(split_dir))
     if spec.max_videos is not None:
         reader = VideoSubset(reader, spec.max_videos)
     return reader, split_dir
