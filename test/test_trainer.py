@@ -7,6 +7,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -251,3 +252,17 @@ def test_pointing_recipe_trains_point_head_and_point_prompted_masks(tmp_path: Pa
         first, last = history[0][term], sum(r[term] for r in history[-3:]) / 3
         assert last < 0.8 * first, (term, first, last)
     assert "points:" in (tmp_path / "run" / "model" / "config.yaml").read_text()
+
+
+def test_counting_questions_are_a_training_source(tmp_path: Path, data_root: Path):
+    from glus_ros.data.grounding import load_grounding
+
+    spec = {"kind": "synth_count", "root": str(data_root), "split": "train"}
+    cfg = config_from_dict(recipe(data_root, datasets=[spec], optim={"max_steps": 1, "grad_accum": 1}))
+    trainer = Trainer(cfg, output_dir=tmp_path / "run", progress=False)
+    questions = [q for g in load_grounding(data_root / "train").values() for q in g.questions]
+    inner = trainer.dataset.datasets[0]
+    assert len(inner) == len(questions) and all(e.text.startswith("how many") for e in inner.reader.expressions())
+    zero = next(i for i, e in enumerate(inner.reader.expressions()) if not e.obj_ids)
+    assert not inner[zero].query_masks.any()  # "how many ... ?" with answer 0: nothing to segment
+    assert np.isfinite(trainer.train().history[0]["total"])
