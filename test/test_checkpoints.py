@@ -158,3 +158,23 @@ def test_missing_checkpoint_path_is_clear(tmp_path):
 
 def test_untrained_config_initialises_identically_every_time():
     assert same_weights(load_model("tiny"), load_model("tiny"))
+
+
+def test_fp16_storage_halves_the_file_and_loads_back_as_fp32(tmp_path):
+    import torch
+
+    from glus_ros.inference import load_model
+    from glus_ros.model.checkpoints import WEIGHTS_FILE, save_model_dir
+
+    model = load_model("tiny")
+    full = save_model_dir(model, tmp_path / "fp32")
+    half = save_model_dir(model, tmp_path / "fp16", storage="fp16")
+    ratio = (half / WEIGHTS_FILE).stat().st_size / (full / WEIGHTS_FILE).stat().st_size
+    assert 0.45 < ratio < 0.55
+    loaded = load_model(half)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert b.dtype == a.dtype, name
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="storage must be one of"):
+        save_model_dir(model, tmp_path / "x", storage="int8")

@@ -22,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="change a recipe value, e.g. -o optim.max_steps=10 (repeatable)")
     parser.add_argument("--export", type=Path, metavar="DIR",
-                        help="also copy the finished model folder here (e.g. models/<name> to ship it by name)")
+                        help="also write the finished model folder here (e.g. models/<name> to ship it by name)")
+    parser.add_argument("--export-dtype", choices=["fp32", "fp16"], default="fp32",
+                        help="weights dtype of the --export copy (fp16: half the size, for shipping)")
     parser.add_argument("--key-frame-only", action="store_true",
                         help="only (re)train the key-frame selector of the run's finished model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         stats = trainer.train_key_frame_selector()
         print("key-frame selector: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                  for k, v in stats.items()))
-        _export(trainer.out / "model", args.export)
+        _export(trainer.out / "model", args.export, args.export_dtype)
         return 0
     result = trainer.train(resume=resume, until_step=args.stop_at_step)
     if trainer.accelerator.is_main_process:
@@ -52,14 +54,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"J&F {last['j_and_f']:.3f} (J {last['j']:.3f}, F {last['f']:.3f}) at step {int(last['step'])}")
         print(f"stopped at step {result.steps}; model: {result.model_dir or 'not exported (run not finished)'}")
         if result.model_dir is not None:
-            _export(result.model_dir, args.export)
+            _export(result.model_dir, args.export, args.export_dtype)
     return 0
 
 
-def _export(model_dir: Path, dest: Path | None) -> None:
+def _export(model_dir: Path, dest: Path | None, dtype: str = "fp32") -> None:
     if dest is None:
         return
     import shutil
 
-    shutil.copytree(model_dir, dest, dirs_exist_ok=True)
-    print(f"copied the model to {dest}")
+    from glus_ros.inference import load_model
+    from glus_ros.model.checkpoints import save_model_dir
+
+    save_model_dir(load_model(model_dir), dest, storage=dtype)
+    shutil.copy2(model_dir / "train_recipe.yaml", dest / "train_recipe.yaml")
+    print(f"exported the model to {dest} ({dtype})")

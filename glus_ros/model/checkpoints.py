@@ -194,11 +194,22 @@ def _resize_vocab(model: nn.Module, rows: int) -> None:
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save_model_dir(model: nn.Module, folder: Path, extra_files: dict[str, str] | None = None) -> Path:
-    """Our own format: ``config.yaml`` + ``model.safetensors`` + tokenizer files, loadable by name."""
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def save_model_dir(model: nn.Module, folder: Path, extra_files: dict[str, str] | None = None,
+                   storage: str = "fp32") -> Path:
+    """Our own format: ``config.yaml`` + ``model.safetensors`` + tokenizer files, loadable by name.
+
+    ``storage`` "fp16" halves the file (shipped models); loading casts back to the model's dtype.
+    """
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"storage must be one of {sorted(STORAGE_DTYPES)}, got {storage!r}")
     folder.mkdir(parents=True, exist_ok=True)
     model.cfg.save(folder / "config.yaml")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    dtype = STORAGE_DTYPES[storage]
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
+             for k, v in model.state_dict().items()}
     save_file(_dedupe_shared(state), str(folder / WEIGHTS_FILE))
     model.tokenizer.save_pretrained(str(folder))
     for name, text in (extra_files or {}).items():
