@@ -10,6 +10,7 @@ import sys
 # verb -> module under glus_ros.commands exposing add_parser(subparsers) and run(args) -> int
 COMMANDS = {
     "segment": "segment",
+    "ask": "ask",
     "eval": "eval",
     "synth": "synth",
     "train": "train",

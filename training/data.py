@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from glus_ros.datasets.mevis import Expression
+from glus_ros.data.grounding import GroundingData, load_grounding, phrase_expressions
+from glus_ros.datasets.mevis import Expression, MevisDataset
+from glus_ros.model.region import TRACK_REGION_QUESTION, WHAT_REGION_QUESTION, Region
 from glus_ros.model.transforms import clip_input, sam_input, to_tensor
 from glus_ros.sampling import sample_context_frames, sample_query_clip
 
@@ -356,3 +358,148 @@ def collate_clips(samples: Sequence[ClipSample], clip_size: int, sam_size: int) 
 def make_collate(clip_size: int, sam_size: int) -> Callable[[Sequence[ClipSample]], dict[str, Any]]:
     """A picklable ``collate_fn`` for ``DataLoader`` (works with worker processes)."""
     return partial(collate_clips, clip_size=clip_size, sam_size=sam_size)
+
+
+# --- grounded answers and region prompts (GLaMM) ------------------------------------------------
+DESCRIBE_QUESTION = "describe the video."  # the question a grounded caption answers
+GROUNDED_KINDS = ("caption", "region_what", "region_track")
+
+
+@dataclass
+class GroundedSample:
+    """A grounded-answer example: the question, the answer to teacher-force and one mask track per [SEG] target.
+
+    ``answer`` is a marked caption (``<p>phrase</p> [SEG] ...``: ``phrase_masks[j]`` is the j-th phrase's
+    object set in every query frame) or plain text (no masks); None means the referring answer, one [SEG]
+    per query frame, with ``phrase_masks[0]`` the object's masks (``track <region>``).
+    """
+
+    question: str
+    answer: str | None
+    context: list[np.ndarray]
+    query: list[np.ndarray]
+    phrase_masks: np.ndarray         # (P, Nq, H, W) bool
+    regions: list[Region]            # Region.frame indexes context + query
+    kind: str                        # one of GROUNDED_KINDS
+    dataset: str
+    video: str
+    context_idx: list[int] = field(default_factory=list)
+    query_idx: list[int] = field(default_factory=list)
+
+
+class GroundedClipDataset(Dataset[GroundedSample]):
+    """Grounded captions and region prompts of a synthetic split (``synth_meta.json`` grounding keys).
+
+    Items, in this order: every caption ("describe the video." -> the marked caption, a mask track per
+    phrase), every region twice: "what is <region>?" -> the region's description (text only) and
+    "track <region>" -> the object's masks through the referring answer. A region's query clip always holds
+    the region's frame. Draws are a pure function of (seed, epoch, index), as ``ReferringClipDataset``.
+    """
+
+    def __init__(self, root: str | Path, split: str, name: str = "synth", num_context: int = 4, num_query: int = 4,
+                 seed: int = 0, kinds: Sequence[str] = GROUNDED_KINDS) -> None:
+        unknown = sorted(set(kinds) - set(GROUNDED_KINDS))
+        if unknown or not kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {GROUNDED_KINDS}, got {list(kinds)}")
+        if num_context < 0 or num_query < 1:
+            raise ValueError(f"need num_context >= 0 and num_query >= 1, got {num_context}, {num_query}")
+        self.reader = MevisDataset(root, split)
+        self.name = name
+        self.num_context = num_context
+        self.num_query = num_query
+        self.seed = seed
+        self.epoch = 0
+        self.grounding: dict[str, GroundingData] = load_grounding(self.reader.split_dir)
+        self._phrases = {(e.video, e.exp_id): e for e in phrase_expressions(self.reader.split_dir)}
+        self._items: list[tuple[str, str, int]] = []
+        for video, data in self.grounding.items():
+            if "caption" in kinds:
+                self._items += [("caption", video, i) for i in range(len(data.captions))]
+            for kind in ("region_what", "region_track"):
+                if kind in kinds:
+                    self._items += [(kind, video, i) for i in range(len(data.regions))]
+        if not self._items:
+            raise ValueError(f"split {self.reader.split_dir} has no grounded captions or regions to train on")
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> GroundedSample:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for dataset {self.name!r} of {n} samples")
+        kind, video, i = self._items[index % n]
+        rng = random.Random(f"grounded:{self.seed}:{self.epoch}:{index % n}")
+        names = self.reader.frames(video)
+        context_idx = sample_context_frames(len(names), self.num_context, rng)
+        data = self.grounding[video]
+        if kind == "caption":
+            caption = data.captions[i]
+            query_idx = sample_query_clip(len(names), self.num_query, rng)
+            tracks = [self.reader.gt_masks(self._phrases[(video, f"c{i}p{j}")]) for j in range(len(caption.phrases))]
+            question, answer, regions = DESCRIBE_QUESTION, caption.text, []
+        else:
+            region = data.regions[i]
+            query_idx = self._clip_holding(len(names), region.frame, rng)
+            slot = len(context_idx) + query_idx.index(region.frame)
+            regions = [Region.from_inclusive_box(*region.box, frame=slot)]
+            if kind == "region_what":
+                question, answer, tracks = WHAT_REGION_QUESTION, region.text, []
+            else:
+                obj = Expression(video, f"r{i}", region.text, (region.obj_id,), (data.anno_ids[region.obj_id],))
+                question, answer, tracks = TRACK_REGION_QUESTION, None, [self.reader.gt_masks(obj)]
+        frames = {t: self.reader.load_frame(video, names[t]) for t in dict.fromkeys(context_idx + query_idx)}
+        height, width = frames[query_idx[0]].shape[:2]
+        masks = np.stack([t[query_idx] for t in tracks]) if tracks else np.zeros(
+            (0, len(query_idx), height, width), dtype=bool)
+        return GroundedSample(question, answer, [frames[t] for t in context_idx], [frames[t] for t in query_idx],
+                              np.ascontiguousarray(masks, dtype=bool), regions, kind, self.name, video,
+                              context_idx, query_idx)
+
+    def _clip_holding(self, num_frames: int, frame: int, rng: random.Random) -> list[int]:
+        """``num_query`` consecutive frames (clamped for short videos) that include ``frame``."""
+        lo, hi = max(0, frame - self.num_query + 1), min(frame, max(num_frames - self.num_query, 0))
+        start = rng.randint(lo, max(lo, hi))
+        return [min(start + k, num_frames - 1) for k in range(self.num_query)]
+
+
+def collate_grounded(samples: Sequence[GroundedSample], clip_size: int, sam_size: int) -> dict[str, Any]:
+    """Batch grounded samples: frames as ``collate_clips``; masks, answers and regions stay per sample."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    nc, nq = len(samples[0].context), len(samples[0].query)
+    context, query, query_sam, masks = [], [], [], []
+    for b, s in enumerate(samples):
+        where = f"sample {b} ({s.dataset} video {s.video!r})"
+        if len(s.context) != nc or len(s.query) != nq:
+            raise ValueError(f"{where} has {len(s.context)} context / {len(s.query)} query frames, "
+                             f"the first sample of the batch has {nc} / {nq}")
+        if s.phrase_masks.ndim != 4 or s.phrase_masks.shape[1] != nq:
+            raise ValueError(f"{where}: phrase_masks of shape {s.phrase_masks.shape} are not (P, {nq}, H, W)")
+        context.append(clip_input(to_tensor(s.context), clip_size) if nc else torch.zeros(0, 3, clip_size, clip_size))
+        q = to_tensor(s.query)
+        query.append(clip_input(q, clip_size))
+        query_sam.append(sam_input(q, sam_size))
+        p = s.phrase_masks.shape[0]
+        masks.append(_masks_to(s.phrase_masks.reshape(p * nq, *s.phrase_masks.shape[2:]), sam_size).reshape(
+            p, nq, sam_size, sam_size) if p else torch.zeros(0, nq, sam_size, sam_size))
+    return {
+        "context_clip": torch.stack(context),
+        "query_clip": torch.stack(query),
+        "query_sam": torch.stack(query_sam),
+        "phrase_masks": masks,
+        "questions": [s.question for s in samples],
+        "answers": [s.answer for s in samples],
+        "regions": [list(s.regions) for s in samples],
+        "region_frames": [{r.frame: (s.context + s.query)[r.frame] for r in s.regions} for s in samples],
+        "kinds": [s.kind for s in samples],
+        "meta": [(s.dataset, s.video, list(s.query_idx)) for s in samples],
+    }
+
+
+def make_grounded_collate(clip_size: int, sam_size: int) -> Callable[[Sequence[GroundedSample]], dict[str, Any]]:
+    """A picklable ``collate_fn`` for grounded samples."""
+    return partial(collate_grounded, clip_size=clip_size, sam_size=sam_size)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from glus_ros.model.glus import GLUSModel
 from glus_ros.training.aux_heads import AuxHeads, aux_losses
-from glus_ros.training.losses import LossWeights, SegTokenBank, glus_loss, mask_bce, mask_dice
+from glus_ros.training.losses import LossWeights, SegTokenBank, glus_loss, mask_bce, mask_dice, text_cross_entropy
 from glus_ros.training.point_losses import point_set_loss
 
 
@@ -109,3 +109,61 @@ def _point_losses(model: GLUSModel, batch: dict[str, Any], seg_hidden: torch.Ten
     logits = pred.logits[:, 0]
     out["point_masks"] = mask_bce(logits, mask_targets) + mask_dice(logits, mask_targets)
     return out
+
+
+def forward_grounded(model: GLUSModel, batch: dict[str, Any], weights: LossWeights | None = None,
+                     visibility_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Losses for a grounded batch (``glus_ros.training.data.collate_grounded``): answer CE + per-phrase masks.
+
+    Each grounded phrase's ONE [SEG] prompts SAM 2 in every query frame of the clip, and every phrase is its
+    own track (its own row of the memory bank, as separate banks at inference); a referring answer (answer
+    None, ``track <region>``) prompts query frame q with its q-th [SEG]. Text-only answers add CE alone.
+    """
+    w = weights if weights is not None else LossWeights()
+    context, query = batch["context_clip"], batch["query_clip"]
+    batch_size, num_context = context.shape[:2]
+    num_query = query.shape[1]
+    device = model.device
+    frames = torch.cat([context, query], dim=1).to(device)
+    embeds = model.encode_clip_frames(frames.flatten(0, 1)).unflatten(0, (batch_size, num_context + num_query))
+    regions = [model.encode_regions(batch["region_frames"][b], batch["regions"][b]) for b in range(batch_size)]
+    out = model.grounded_prompts(embeds[:, :num_context], embeds[:, num_context:], list(batch["questions"]),
+                                 list(batch["answers"]), regions)
+    ce = text_cross_entropy(out.logits.float(), out.labels)
+    rows, row_prompts, row_targets = [], [], []
+    for b in range(batch_size):
+        targets, prompts = batch["phrase_masks"][b], out.prompts[b]
+        if batch["answers"][b] is None:
+            if targets.shape[0] != 1 or prompts.shape[0] != num_query:
+                raise ValueError(f"sample {b}: a referring answer needs 1 mask track and {num_query} [SEG], got "
+                                 f"{targets.shape[0]} and {prompts.shape[0]}")
+            row_prompts.append(prompts)
+        else:
+            if targets.shape[0] != prompts.shape[0]:
+                raise ValueError(f"sample {b}: the answer holds {prompts.shape[0]} [SEG] but "
+                                 f"{targets.shape[0]} phrase mask tracks were given")
+            row_prompts += [p.expand(num_query, -1) for p in prompts]
+        rows += [b] * targets.shape[0]
+        row_targets += list(targets)
+    zero = out.logits.sum() * 0.0  # keeps the graph when the batch has no masks
+    losses = {"ce": ce, "bce": zero, "dice": zero, "visibility": zero}
+    if rows:
+        sam_feats = model.encode_sam_frames(batch["query_sam"].to(device).flatten(0, 1))
+        prompt_rows = torch.stack(row_prompts)                         # (R, Nq, prompt_dim)
+        memory = model.new_memory_bank()
+        mask_logits, object_scores = [], []
+        for q in range(num_query):
+            index = torch.tensor(rows, device=device) * num_query + q
+            pred = model.track_step(sam_feats.select(index), prompt_rows[:, q], memory)
+            mask_logits.append(pred.logits[:, 0])
+            object_scores.append(pred.object_score[:, 0])
+        logits = torch.stack(mask_logits, dim=1)                        # (R, Nq, S, S)
+        targets = torch.stack(row_targets).to(device).float()
+        losses["bce"] = mask_bce(logits.flatten(0, 1), targets.flatten(0, 1))
+        losses["dice"] = mask_dice(logits.flatten(0, 1), targets.flatten(0, 1))
+        visible = (targets.flatten(2).amax(dim=2) > 0).float()
+        losses["visibility"] = F.binary_cross_entropy_with_logits(torch.stack(object_scores, dim=1).float(), visible)
+        losses["mask_logits"] = logits.detach()
+    losses["total"] = (w.ce * ce + w.bce * losses["bce"] + w.dice * losses["dice"]
+                       + visibility_weight * losses["visibility"])
+    return losses

@@ -27,7 +27,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     parser = subparsers.add_parser(verb, help="segment the referred object in every frame of a video")
     parser.add_argument("--video", required=True, help="video file (.mp4, ...) or folder of frames")
-    parser.add_argument("--expr", required=True, help='referring expression, e.g. "the red mug"')
+    parser.add_argument("--expr", help='referring expression, e.g. "the red mug" (or --region)')
     parser.add_argument("--out", required=True, help="output folder: <frame>.png masks, overlay video, result.json")
     add_model_arguments(parser)
     parser.add_argument("--start-frame", type=int, default=0,
@@ -41,21 +41,25 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
                         help="--points: 'key' (the most confident frame) or a stride K (points every K frames)")
     parser.add_argument("--max-frames", type=int, help="only the first N frames")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
+    from glus_ros.commands.ask import add_region_arguments  # here: ask imports this module
+
+    add_region_arguments(parser, repeat=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from glus_ros.commands.ask import check_regions_on_video, region_or_expression
     from glus_ros.inference import VideoSegmentation, VideoSegmenter, load_model
-    from glus_ros.model.prompting import clean_expression
     from glus_ros.video_io import overlay, read_video, write_mask_png, write_video
 
-    expression = clean_expression(args.expr)  # fail before loading anything
+    expression, region = region_or_expression(args)  # fail before loading anything
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     frames, names, fps = read_video(args.video, args.max_frames)
     if not 0 <= args.start_frame < len(frames):
         raise ValueError(f"--start-frame {args.start_frame} outside the video's {len(frames)} frames")
+    check_regions_on_video([region] if region is not None else [], frames)
     model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device)
     if args.points and model.point_head is None:
         raise ValueError(f"--points: model {args.model} has no point head")
@@ -78,8 +82,13 @@ def run(args: argparse.Namespace) -> int:
                        for name, pts in zip(names, predicted.points, strict=True)}
     else:
         with tqdm(total=len(frames), desc="segment", unit="frame") as bar:
-            result = segmenter.segment(frames, expression, start_frame=args.start_frame, progress=bar.update,
-                                        key_frame=args.key_frame)
+            if region is not None:  # "track this": the box replaces the <region> of "track <region>"
+                from glus_ros.grounding import GroundedSegmenter
+
+                result = GroundedSegmenter(model, args.dtype).segment_region(frames, region.frame, region, bar.update)
+            else:
+                result = segmenter.segment(frames, expression, start_frame=args.start_frame, progress=bar.update,
+                                           key_frame=args.key_frame)
     out.mkdir(parents=True, exist_ok=True)
     for name, mask in zip(names, result.masks, strict=True):
         write_mask_png(out / f"{name}.png", mask)
@@ -89,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         video_path = write_video(out / "overlay.mp4", overlays, fps)
     summary = {
         "video": str(args.video), "expression": expression, "model": str(args.model),
+        "region": None if region is None else region.to_json(),
         "frames": len(frames), "start_frame": result.start_frame,
         "size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
         "scores": [round(float(s), 4) for s in result.scores],

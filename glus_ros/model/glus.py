@@ -9,10 +9,12 @@ memory bank carrying the object from frame to frame. Offline video loops live in
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -21,9 +23,18 @@ from glus_ros.model.config import GLUSConfig, KeyFrameConfig, PointsConfig, load
 from glus_ros.model.key_frame import KeyFrameSelector
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.point_head import PointHead
-from glus_ros.model.prompting import PromptBuilder
+from glus_ros.model.prompting import (
+    IGNORE_INDEX,
+    PHRASE_END,
+    PHRASE_START,
+    REGION_TOKEN,
+    ParsedAnswer,
+    PromptBuilder,
+    parse_answer,
+)
+from glus_ros.model.region import Region, region_input, roi_average
 from glus_ros.model.sam2_head import FrameFeatures, MaskPrediction, SAM2Head
-from glus_ros.model.tokenizer import load_tokenizer
+from glus_ros.model.tokenizer import EXTRA_SPECIAL_TOKENS, IMAGE_TOKEN, SEG_TOKEN, load_tokenizer
 from glus_ros.model.vlm import VisionLanguageModel
 
 log = logging.getLogger(__name__)
@@ -34,6 +45,33 @@ class SegOutput:
     prompts: torch.Tensor          # (B, num_query, prompt_dim) SAM 2 sparse prompts
     seg_hidden: torch.Tensor       # (B, num_query, hidden) [SEG] hidden states (contrastive loss)
     logits: torch.Tensor           # (B, L, vocab) LLM logits (text cross entropy)
+
+
+@dataclass
+class GroundedOutput:
+    """Teacher-forced grounded answers: one prompt per [SEG] of each answer (a phrase's [SEG] stands for it
+    in every query frame of the window)."""
+
+    prompts: list[torch.Tensor]     # per sample (K_b, prompt_dim), the answer's [SEG] tokens in order
+    seg_hidden: list[torch.Tensor]  # per sample (K_b, hidden)
+    logits: torch.Tensor            # (B, L, vocab) LLM logits (text cross entropy)
+    labels: torch.Tensor            # (B, L) answer tokens, IGNORE_INDEX elsewhere
+    answers: list[ParsedAnswer]     # phrases of each answer; ``seg_index`` indexes ``prompts[b]``
+
+
+@dataclass
+class GeneratedAnswer:
+    """A greedily generated answer, its phrases and one SAM 2 prompt per generated [SEG]."""
+
+    answer: ParsedAnswer
+    token_ids: list[int]            # generated tokens, without the final </s>
+    prompts: torch.Tensor           # (K, prompt_dim)
+    seg_hidden: torch.Tensor        # (K, hidden)
+    finished: bool                  # ended with </s> (False: cut at max_new_tokens)
+
+    @property
+    def text(self) -> str:
+        return self.answer.text
 
 
 class SegProjection(nn.Sequential):
@@ -52,6 +90,9 @@ class GLUSModel(nn.Module):
         self.vlm = VisionLanguageModel(cfg.vlm, len(tokenizer), tokenizer.pad_token_id, self.prompts.image_id)
         self.sam = SAM2Head(cfg.sam2)
         self.seg_projection = SegProjection(self.vlm.hidden_size, self.sam.prompt_dim)
+        region_id = tokenizer.convert_tokens_to_ids(REGION_TOKEN)
+        if region_id is not None and region_id != tokenizer.unk_token_id:
+            self.vlm.region_id = int(region_id)
         self.key_frame: KeyFrameSelector | None = None
         if cfg.key_frame is not None:
             self.key_frame = KeyFrameSelector(self.vlm.hidden_size, cfg.key_frame)
@@ -163,6 +204,149 @@ class GLUSModel(nn.Module):
         seg_hidden = hidden[seg_positions].reshape(batch, num_query, -1)
         prompts = self.seg_projection(seg_hidden.float())
         return SegOutput(prompts=prompts, seg_hidden=seg_hidden, logits=logits)
+
+    # --- grounded answers and region prompts (GLaMM) -----------------------------------------
+    def region_embeddings(self, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(R, 3, s, s) region-blanked CLIP inputs and (R, 4) normalised boxes -> (R, hidden) LLM inputs.
+
+        RoI average of the un-pooled patch features, then the frames' own projector (GLaMM reuses its V-L layer).
+        """
+        pooled = roi_average(self.vlm.patch_features(pixels), boxes)
+        return self.vlm.projector(pooled)
+
+    def encode_regions(self, images: Sequence[np.ndarray] | Mapping[int, np.ndarray],
+                       regions: Sequence[Region]) -> torch.Tensor:
+        """Regions on HxWx3 uint8 ``images[region.frame]`` -> (R, hidden) embeddings for the ``<region>`` tokens."""
+        if not regions:
+            return torch.zeros(0, self.vlm.hidden_size, device=self.device)
+        pixels, boxes = [], []
+        for i, region in enumerate(regions):
+            if not isinstance(region, Region):
+                raise ValueError(f"region {i} must be a Region, got {type(region).__name__}")
+            frame = region.frame
+            known = frame in images if isinstance(images, Mapping) else 0 <= frame < len(images)
+            if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or not known:
+                raise ValueError(f"region {i} ({region.describe()}) is on frame {frame!r}, but only "
+                                 f"{len(images)} frames were given")
+            px, box = region_input(np.asarray(images[int(frame)]), region, self.cfg.vlm.image_size,
+                                   self.cfg.vlm.patches_per_side)
+            pixels.append(px)
+            boxes.append(box)
+        return self.region_embeddings(torch.stack(pixels).to(self.device), torch.stack(boxes).to(self.device))
+
+    def _prompt_frames(self, context_embeds: torch.Tensor, query_embeds: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The frame embeddings placed in the prompt and how many query frames are shown (as ``seg_prompts``)."""
+        num_query = query_embeds.shape[1]
+        shown = num_query if self.cfg.sampling.query_in_prompt else 0
+        frames = torch.cat([context_embeds, query_embeds], dim=1) if shown else context_embeds
+        if self.vlm.temporal is not None:
+            frames = self.vlm.temporal(frames)
+        return frames, shown
+
+    def _flat_regions(self, ids: list[torch.Tensor], region_embeds: torch.Tensor | Sequence[torch.Tensor] | None,
+                      ) -> torch.Tensor | None:
+        """Check every sample's ``<region>`` count against its regions; their embeddings in reading order."""
+        per_sample = [region_embeds] if isinstance(region_embeds, torch.Tensor) else region_embeds
+        if per_sample is not None and len(per_sample) != len(ids):
+            raise ValueError(f"regions given for {len(per_sample)} samples, the batch has {len(ids)}")
+        flat = []
+        for b, sample_ids in enumerate(ids):
+            wanted = int((sample_ids == self.vlm.region_id).sum()) if self.vlm.region_id is not None else 0
+            given = 0 if per_sample is None or per_sample[b] is None else int(per_sample[b].shape[0])
+            if wanted != given:
+                raise ValueError(f"sample {b}: the question holds {wanted} {REGION_TOKEN} tokens but {given} "
+                                 "regions were given")
+            if given:
+                flat.append(per_sample[b])  # type: ignore[index]
+        return torch.cat(flat).to(self.device) if flat else None
+
+    def grounded_prompts(self, context_embeds: torch.Tensor, query_embeds: torch.Tensor,
+                         questions: str | Sequence[str], answers: str | Sequence[str | None] | None = None,
+                         region_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                         answer_ids: Sequence[Sequence[int]] | None = None) -> GroundedOutput:
+        """Teacher-forced grounded answers: one MLLM pass per sample, one prompt per [SEG] of its answer.
+
+        A phrase ``<p>two red circles</p> [SEG]`` carries ONE [SEG] whose prompt serves every query frame of
+        the window (one per query frame per phrase would multiply the answer, and with it the sequence, by
+        the window length). An answer of None is the referring answer (one [SEG] per query frame), so a
+        ``track <region>`` question runs the normal per-frame path. ``region_embeds`` (per sample (R_b, hidden),
+        from :meth:`encode_regions`) fill the ``<region>`` tokens; ``answer_ids`` give exact answer tokens.
+        """
+        batch, num_query, num_context = query_embeds.shape[0], query_embeds.shape[1], context_embeds.shape[1]
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        if answers is None or isinstance(answers, str):
+            answers = [answers] * batch
+        answers = list(answers)
+        if len(questions) != batch or len(answers) != batch or (answer_ids is not None and len(answer_ids) != batch):
+            raise ValueError(f"{len(questions)} questions / {len(answers)} answers for a batch of {batch}")
+        frames, shown = self._prompt_frames(context_embeds, query_embeds)
+        encoded = [self.prompts.encode_grounded(q, num_context, num_query, answers[b], shown,
+                                                None if answer_ids is None else answer_ids[b])
+                   for b, q in enumerate(questions)]
+        regions = self._flat_regions([e.input_ids for e in encoded], region_embeds)
+        ids, mask, labels = self.prompts.batch(encoded)
+        ids, mask = ids.to(query_embeds.device), mask.to(query_embeds.device)
+        logits, hidden_states = self.vlm(ids, mask, frames, regions)
+        hidden = hidden_states[self.cfg.vlm.seg_hidden_layer]
+        seg_positions = ids == self.prompts.seg_id
+        seg_hidden = hidden[seg_positions]
+        prompts = self.seg_projection(seg_hidden.float())
+        counts = seg_positions.sum(dim=1).tolist()
+        parsed = [parse_answer(e.labels[e.labels != IGNORE_INDEX].tolist(), self.tokenizer) for e in encoded]
+        return GroundedOutput(prompts=list(prompts.split(counts)), seg_hidden=list(seg_hidden.split(counts)),
+                              logits=logits, labels=labels.to(logits.device), answers=parsed)
+
+    def _banned_ids(self, vocab: int) -> torch.Tensor:
+        """Tokens generation may not emit: frames, regions, padding and the other reserved tokens."""
+        keep = set(self.tokenizer.convert_tokens_to_ids([PHRASE_START, PHRASE_END, SEG_TOKEN]))
+        keep.add(self.tokenizer.eos_token_id)
+        banned = set(self.tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, *EXTRA_SPECIAL_TOKENS]))
+        banned |= set(self.tokenizer.all_special_ids)
+        banned |= set(range(len(self.tokenizer), vocab))  # rows the LLM has beyond the tokenizer
+        return torch.tensor(sorted(i for i in banned - keep if i is not None and 0 <= i < vocab), dtype=torch.long)
+
+    def generate_answer(self, context_embeds: torch.Tensor, query_embeds: torch.Tensor, question: str,
+                        max_new_tokens: int = 64, region_embeds: torch.Tensor | None = None) -> GeneratedAnswer:
+        """Greedy answer to ``question`` about one window (embeds (1, N, T, D) or (N, T, D)), stopping at </s>.
+
+        Each generated [SEG] is fed back like any token; its hidden state at that step (the state the
+        teacher-forced pass reads) goes through the projection to a SAM 2 prompt.
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if context_embeds.dim() == 3:
+            context_embeds, query_embeds = context_embeds[None], query_embeds[None]
+        if query_embeds.shape[0] != 1:
+            raise ValueError(f"generate_answer reads one window at a time, got a batch of {query_embeds.shape[0]}")
+        frames, shown = self._prompt_frames(context_embeds, query_embeds)
+        prefix = self.prompts.prefix_ids(question, context_embeds.shape[1], query_embeds.shape[1], shown)
+        regions = self._flat_regions([prefix], region_embeds)
+        lm, head = self.vlm.language_model, self.vlm.llava.lm_head
+        embeds = self.vlm.input_embeddings(prefix[None].to(query_embeds.device), frames, regions)
+        out = lm(inputs_embeds=embeds, use_cache=True, output_hidden_states=True)
+        logits = head(out.hidden_states[-1][:, -1])
+        banned = self._banned_ids(logits.shape[-1]).to(logits.device)
+        eos, seg = self.tokenizer.eos_token_id, self.prompts.seg_id
+        generated: list[int] = []
+        seg_states: list[torch.Tensor] = []
+        finished = False
+        for _ in range(max_new_tokens):
+            scores = logits.float()
+            scores[:, banned] = float("-inf")
+            token = int(scores.argmax(dim=-1)[0])
+            if token == eos:
+                finished = True
+                break
+            generated.append(token)
+            step = lm.embed_tokens(torch.tensor([[token]], device=embeds.device))
+            out = lm(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True,
+                     output_hidden_states=True)
+            if token == seg:
+                seg_states.append(out.hidden_states[self.cfg.vlm.seg_hidden_layer][0, -1])
+            logits = head(out.hidden_states[-1][:, -1])
+        seg_hidden = torch.stack(seg_states) if seg_states else embeds.new_zeros(0, self.vlm.hidden_size)
+        prompts = self.seg_projection(seg_hidden.float())
+        return GeneratedAnswer(parse_answer(generated, self.tokenizer), generated, prompts, seg_hidden, finished)
 
     def labels_for(self, expressions: list[str], num_context: int, num_query: int) -> torch.Tensor:
         shown = num_query if self.cfg.sampling.query_in_prompt else 0

@@ -40,6 +40,7 @@ class VisionLanguageModel(nn.Module):
         elif cfg.projector != "mlp2x_gelu":
             raise ValueError(f"unknown projector '{cfg.projector}' (linear or mlp2x_gelu)")
         self.hidden_size = int(text["hidden_size"])
+        self.region_id: int | None = None  # the <region> token id, set by the owner (GLUSModel)
         self.temporal: TemporalModule | None = None
         if cfg.temporal_module:
             with torch.random.fork_rng(devices=[]):  # the other modules initialise as without it
@@ -69,12 +70,22 @@ class VisionLanguageModel(nn.Module):
             feats = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
         return self.projector(feats)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                frame_embeds: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Run the LLM with frames placed at the image tokens, in order.
+    def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) CLIP-normalised frames -> (N, G, G, vision hidden) un-pooled patch grid (row = y).
 
-        frame_embeds: (B, F, T, hidden) — F frame placeholders per sample, T tokens each.
-        Returns (logits, hidden_states).
+        The layer and CLS handling of :meth:`encode_frames`, before its pooling and projection (region prompts).
+        """
+        out = self.vision_tower(pixel_values, output_hidden_states=True)
+        feats = out.hidden_states[self.cfg.vision_feature_layer][:, 1:]
+        n, p, d = feats.shape
+        side = round(p**0.5)
+        return feats.reshape(n, side, side, d)
+
+    def input_embeddings(self, input_ids: torch.Tensor, frame_embeds: torch.Tensor,
+                         region_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the frames at the image tokens and, if given, regions at the ``<region>`` tokens.
+
+        frame_embeds: (B, F, T, hidden); region_embeds: (R, hidden), the batch's region tokens in reading order.
         """
         embeds = self.language_model.embed_tokens(input_ids)
         slots = input_ids == self.image_id
@@ -82,6 +93,25 @@ class VisionLanguageModel(nn.Module):
         if int(slots.sum()) != flat.shape[0]:
             raise ValueError(f"prompt has {int(slots.sum())} image tokens but {flat.shape[0]} frame tokens were given")
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), flat)
+        if region_embeds is not None:
+            if self.region_id is None:
+                raise ValueError("region embeddings given but the model has no <region> token id")
+            where = input_ids == self.region_id
+            if int(where.sum()) != region_embeds.shape[0]:
+                raise ValueError(f"prompt has {int(where.sum())} <region> tokens but {region_embeds.shape[0]} "
+                                 "regions were given")
+            embeds = embeds.masked_scatter(where.unsqueeze(-1), region_embeds.to(embeds.dtype))
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                frame_embeds: torch.Tensor,
+                region_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Run the LLM with frames placed at the image tokens, in order (regions at ``<region>`` tokens).
+
+        frame_embeds: (B, F, T, hidden) — F frame placeholders per sample, T tokens each.
+        Returns (logits, hidden_states).
+        """
+        embeds = self.input_embeddings(input_ids, frame_embeds, region_embeds)
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
         logits = self.llava.lm_head(out.hidden_states[-1])
         return logits, out.hidden_states
