@@ -23,6 +23,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml")),
+        # the embedded default model (config, fp16 weights, tokenizer, model card)
+        (f"share/{PACKAGE}/models/glus-tiny-synth", glob("models/glus-tiny-synth/*")),
     ],
     install_requires=["setuptools"],
     zip_safe=False,

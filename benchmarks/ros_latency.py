@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from glus_ros.model.config import DEFAULT_MODEL
 from glus_ros.ros_env import apply_ros_environment, ros_environment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,7 +134,7 @@ def run_schedule(args: argparse.Namespace, schedule: str, env: dict[str, str], l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schedules", nargs="+", default=["full", "fast"], choices=["full", "fast"])
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", default="640x480", help="camera WxH (default 640x480)")
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate [Hz] (default 30)")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from glus_ros.inference import VideoSegmenter, load_model
+from glus_ros.model.config import DEFAULT_MODEL
 from glus_ros.model.transforms import clip_input, sam_input, to_tensor
 
 
@@ -23,7 +24,7 @@ def synthetic_frames(n: int, height: int, width: int) -> list[np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--size", default="480x640", help="HxW of the input frames")
     parser.add_argument("--device", default="cpu")

@@ -22,6 +22,7 @@ import torch
 from glus_ros.data.config import SynthConfig
 from glus_ros.data.synth import generate_video
 from glus_ros.inference import load_model
+from glus_ros.model.config import DEFAULT_MODEL
 from glus_ros.streaming import CameraIntrinsics, EngineConfig, FrameResult, StreamFrame, StreamingEngine, TargetSpec
 
 
@@ -90,7 +91,7 @@ def run_schedule(model, schedule: str, args: argparse.Namespace, frames: list[St
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--size", default="640x480", help="WxH of the camera frames")

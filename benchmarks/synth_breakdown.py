@@ -20,7 +20,7 @@ import numpy as np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="glus-tiny-synth")
     parser.add_argument("--data", type=Path, default=Path("data/synth"))
     parser.add_argument("--split", default="valid")
     parser.add_argument("--max-videos", type=int)

@@ -173,6 +173,7 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     ``{"sampling": {"num_context": 0}}`` or ``{"memory": {"enabled": False}}``).
     """
     from glus_ros.model.checkpoints import load_glus_checkpoint, load_model_dir_weights, load_sam2_checkpoint
+    from glus_ros.model.config import model_dir_of
 
     ckpt_dir = Path(checkpoint) if checkpoint is not None else None
     if ckpt_dir is not None and not ckpt_dir.exists():
@@ -181,8 +182,9 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
         torch.manual_seed(0)
         model = GLUSModel.from_config(spec, ckpt_dir if ckpt_dir is not None and ckpt_dir.is_dir() else None,
                                       overrides)
-    if Path(spec).is_dir():
-        load_model_dir_weights(model, Path(spec))
+    folder = model_dir_of(spec)  # a trained model folder, given by path or by name (models/<name>/)
+    if folder is not None:
+        load_model_dir_weights(model, folder)
     if sam2_checkpoint is not None:
         load_sam2_checkpoint(model.sam.sam, Path(sam2_checkpoint))
     if ckpt_dir is not None:

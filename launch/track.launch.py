@@ -33,7 +33,7 @@ def generate_launch_description() -> LaunchDescription:
     arguments = [
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
                               description="colour image topic the tracker subscribes to (sensor_msgs/Image)"),
-        DeclareLaunchArgument("model", default_value="tiny",
+        DeclareLaunchArgument("model", default_value="glus-tiny-synth",
                               description="model config name, YAML file or trained model directory"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu, cuda, cuda:N or auto"),
         DeclareLaunchArgument("schedule", default_value="fast", choices=["fast", "full"],

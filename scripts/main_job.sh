@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GLUS=.venv/bin/glus-ros
 OUT=out/main_job
-MODEL=tiny  # the embedded default (glus_ros.model.config.DEFAULT_MODEL)
+MODEL=glus-tiny-synth  # the embedded default (glus_ros.model.config.DEFAULT_MODEL)
 rm -rf "$OUT"
 "$GLUS" demo --out "$OUT/demo"
 "$GLUS" synth --out "$OUT/data" --videos 4 --seed 20261122 --split valid

@@ -84,7 +84,7 @@ def test_key_frame_without_a_selector_is_a_clear_error(tmp_path: Path, capsys):
     for i, f in enumerate(frames):
         cv2.imwrite(str(folder / f"{i:05d}.jpg"), f[..., ::-1])
     code = cli_main(["segment", "--video", str(folder), "--expr", "the red circle", "--out", str(tmp_path / "o"),
-                     "--key-frame"])
+                     "--model", "tiny", "--key-frame"])
     assert code == 2
     assert "no trained key-frame selector" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no trained key-frame selector"):

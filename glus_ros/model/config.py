@@ -180,6 +180,12 @@ def resolve_config_path(spec: str | Path) -> Path:
     raise FileNotFoundError(f"no model named '{spec}' (known: {known}); give a YAML file or a model directory")
 
 
+def model_dir_of(spec: str | Path) -> Path | None:
+    """The trained model folder a spec names (a path, or a name under ``models/``), None for plain configs."""
+    path = resolve_config_path(spec)
+    return path.parent if path.name == "config.yaml" else None
+
+
 def load_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> GLUSConfig:
     path = resolve_config_path(spec)
     try:
@@ -204,4 +210,4 @@ def deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]
 
 
 # The model used when none is named: the embedded default of segment, eval and the ROS nodes.
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "glus-tiny-synth"  # models/glus-tiny-synth: tiny trained on the synthetic benchmark (model card there)

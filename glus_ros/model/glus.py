@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from glus_ros.model.config import GLUSConfig, KeyFrameConfig, PointsConfig, load_config
+from glus_ros.model.config import GLUSConfig, KeyFrameConfig, PointsConfig, load_config, model_dir_of
 from glus_ros.model.key_frame import KeyFrameSelector
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.point_head import PointHead
@@ -118,8 +118,8 @@ class GLUSModel(nn.Module):
                     overrides: dict[str, Any] | None = None) -> GLUSModel:
         cfg = spec if isinstance(spec, GLUSConfig) else load_config(spec, overrides)
         tokenizer_dir = checkpoint_dir
-        if isinstance(spec, (str, Path)) and Path(spec).is_dir():
-            tokenizer_dir = Path(spec)
+        if isinstance(spec, (str, Path)) and (folder := model_dir_of(spec)) is not None:
+            tokenizer_dir = folder
         tokenizer = load_tokenizer(cfg.vlm.tokenizer, tokenizer_dir)
         return cls(cfg, tokenizer)
 
