@@ -264,7 +264,7 @@ def _write_outputs(demo: DemoRun, args: argparse.Namespace, size: tuple[int, int
     lat = summary["latency_ms"]
     print(f"demo: {demo.frames_published} frames streamed, {stats['frames_processed']} processed, "
           f"{stats['frames_dropped']} dropped; latency mean {lat['mean']} ms, p95 {lat['p95']} ms; "
-          f"mean IoU {summary['mean_iou']} (untrained weights unless --model names a trained one)")
+          f"mean IoU {summary['mean_iou']} against the scene's ground truth")
     print(f"demo: wrote {out / 'summary.json'}, {out / 'results.jsonl'}" + (f", {video}" if video else ""))
 
 
