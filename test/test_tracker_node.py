@@ -191,7 +191,8 @@ def test_lifecycle_results_and_outputs(ros: Harness, expression: str) -> None:
     # results are published as frames come, not queued: the engine drops what it cannot process
     stats = tracker.engine.stats
     done = stats["frames_processed"] + stats["frames_dropped"]
-    assert stats["errors"] == 0 and done <= stats["frames_in"] <= done + 1  # at most one frame pending
+    # at most two frames unaccounted: one being processed by the worker, one pending in the slot
+    assert stats["errors"] == 0 and done <= stats["frames_in"] <= done + 2
 
     assert tracker.trigger_deactivate() == TransitionCallbackReturn.SUCCESS and _state(tracker) == "inactive"
     assert not tracker.engine.running
