@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from glus_ros.model.config import deep_update
+from glus_ros.model.config import deep_update, read_yaml_mapping
 
 DATASET_KINDS = ("mevis", "refytvos", "synth", "synth_count")  # synth_count: the synthetic "how many" questions
 
@@ -213,12 +213,7 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training recipe {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path)
     for text in overrides or []:
         raw = deep_update(raw, parse_override(text))
     return config_from_dict(raw, str(path))

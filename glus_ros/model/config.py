@@ -186,14 +186,20 @@ def model_dir_of(spec: str | Path) -> Path | None:
     return path.parent if path.name == "config.yaml" else None
 
 
-def load_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> GLUSConfig:
-    path = resolve_config_path(spec)
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; errors name the file (model configs, training recipes)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> GLUSConfig:
+    path = resolve_config_path(spec)
+    raw = read_yaml_mapping(path)
     if overrides:
         raw = deep_update(raw, overrides)
     return config_from_dict(raw, str(path))

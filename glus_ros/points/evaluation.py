@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from glus_ros.datasets.base import Expression
+from glus_ros.evaluation import ExpressionScore
 from glus_ros.metrics import video_j_f
 from glus_ros.points.labels import components_as_objects
 from glus_ros.points.matching import count_accuracy, frame_point_accuracy
@@ -62,19 +63,11 @@ def object_masks(reader: PointDataset, expression: Expression,
 
 
 @dataclass(frozen=True)
-class ExpressionPoints:
-    video: str
-    exp_id: str
-    expression: str
-    point_accuracy: float        # mean over the expression's scored frames (NaN: none scored)
-    count_accuracy: float        # over all its frames
-    j: float
-    f: float
-    frames: int
+class ExpressionPoints(ExpressionScore):
+    """An expression's J / F of its point-prompted masks, plus its pointing scores."""
 
-    @property
-    def j_and_f(self) -> float:
-        return (self.j + self.f) / 2
+    point_accuracy: float = math.nan   # mean over the expression's scored frames (NaN: none scored)
+    count_accuracy: float = math.nan   # over all its frames
 
 
 @dataclass(frozen=True)
@@ -119,9 +112,9 @@ def evaluate_points(model: GLUSModel, reader: PointDataset, anchors: str | int =
         truth = [int(objects[:, t].reshape(objects.shape[0], -1).any(axis=1).sum()) for t in range(len(frames))]
         pairs = list(zip(predicted.counts, truth, strict=True))
         j, f = video_j_f(segmentation.masks, objects.any(axis=0))
-        rows.append(ExpressionPoints(expr.video, expr.exp_id, expr.text,
-                                     float(np.mean(scored_only)) if scored_only else math.nan,
-                                     count_accuracy(*zip(*pairs, strict=True)), j, f, len(frames)))
+        rows.append(ExpressionPoints(expr.video, expr.exp_id, expr.text, j, f, len(frames),
+                                     point_accuracy=float(np.mean(scored_only)) if scored_only else math.nan,
+                                     count_accuracy=count_accuracy(*zip(*pairs, strict=True))))
         frame_scores += scored_only
         counts += pairs
         if is_counting_expression(expr.text):
