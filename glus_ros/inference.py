@@ -172,7 +172,12 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     ``overrides`` change config values that do not change the weights' shapes (e.g. ablations:
     ``{"sampling": {"num_context": 0}}`` or ``{"memory": {"enabled": False}}``).
     """
-    from glus_ros.model.checkpoints import load_glus_checkpoint, load_model_dir_weights, load_sam2_checkpoint
+    from glus_ros.model.checkpoints import (
+        ADDABLE_HEADS,
+        load_glus_checkpoint,
+        load_model_dir_weights,
+        load_sam2_checkpoint,
+    )
     from glus_ros.model.config import model_dir_of
 
     ckpt_dir = Path(checkpoint) if checkpoint is not None else None
@@ -183,8 +188,8 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
         model = GLUSModel.from_config(spec, ckpt_dir if ckpt_dir is not None and ckpt_dir.is_dir() else None,
                                       overrides)
     folder = model_dir_of(spec)  # a trained model folder, given by path or by name (models/<name>/)
-    if folder is not None:
-        load_model_dir_weights(model, folder)
+    if folder is not None:  # heads added by overrides (e.g. a point head for a pointing stage) start fresh
+        load_model_dir_weights(model, folder, ADDABLE_HEADS if overrides else ())
     if sam2_checkpoint is not None:
         load_sam2_checkpoint(model.sam.sam, Path(sam2_checkpoint))
     if ckpt_dir is not None:

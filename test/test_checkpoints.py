@@ -178,3 +178,22 @@ def test_fp16_storage_halves_the_file_and_loads_back_as_fp32(tmp_path):
             torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3)
     with pytest.raises(ValueError, match="storage must be one of"):
         save_model_dir(model, tmp_path / "x", storage="int8")
+
+
+def test_a_trained_folder_can_gain_a_head_through_overrides_but_stays_strict_otherwise(tmp_path):
+    import torch
+
+    from glus_ros.inference import load_model
+    from glus_ros.model.checkpoints import CheckpointError, save_model_dir
+
+    trained = load_model("tiny")
+    with torch.no_grad():
+        trained.seg_projection[0].weight.add_(1.0)  # something the fresh init cannot reproduce
+    folder = save_model_dir(trained, tmp_path / "m")
+    grown = load_model(folder, overrides={"points": {}})
+    assert grown.point_head is not None
+    assert torch.equal(grown.seg_projection[0].weight, trained.seg_projection[0].weight)
+    # the folder itself must still hold every weight its own config needs
+    (folder / "config.yaml").write_text((folder / "config.yaml").read_text() + "points: {max_points: 8}\n")
+    with pytest.raises(CheckpointError, match="point_head"):
+        load_model(folder)

@@ -228,7 +228,11 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_model_dir_weights(model: nn.Module, folder: Path) -> LoadReport:
+# heads a config override may add to a trained model; they start from their initialisation
+ADDABLE_HEADS = ("point_head.", "key_frame.", "vlm.temporal.")
+
+
+def load_model_dir_weights(model: nn.Module, folder: Path, optional_missing: tuple[str, ...] = ()) -> LoadReport:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"model directory {folder} has no {WEIGHTS_FILE}")
@@ -236,4 +240,4 @@ def load_model_dir_weights(model: nn.Module, folder: Path) -> LoadReport:
         state = load_file(str(weights))
     except Exception as exc:
         raise CheckpointError(f"{weights}: cannot read safetensors: {exc}") from exc
-    return assign_state(model, state, str(weights), strict=True)
+    return assign_state(model, state, str(weights), strict=True, optional_missing=optional_missing)
