@@ -38,9 +38,9 @@ def main() -> None:
         result = evaluate_points(model, reader, progress=True)
         print(f"{name}: {len(result.expressions)} expressions on {args.max_videos} videos, "
               f"{(time.perf_counter() - t0) / 60:.1f} min")
+        counting = "-" if result.counting_accuracy is None else f"{result.counting_accuracy:.3f}"
         print(f"  point accuracy {result.point_accuracy:.3f}, count accuracy (frames) {result.count_accuracy:.3f}, "
-              f"counting accuracy ('how many') {result.counting_accuracy if result.counting_accuracy is not None else '-'}"
-              f", J&F of point-prompted masks {result.j_and_f:.3f}")
+              f"counting accuracy ('how many') {counting}, J&F of point-prompted masks {result.j_and_f:.3f}")
 
 
 if __name__ == "__main__":
