@@ -153,3 +153,22 @@ def test_targets_from_union_masks_and_end_to_end_gradient():
                    )["points"].backward()
     assert model.point_head.mlp[0].weight.grad is not None
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.vlm.language_model.parameters())
+
+
+def test_presence_in_the_matching_cost_keeps_a_confident_slot_matched():
+    import torch
+
+    from glus_ros.training.point_losses import point_set_loss
+
+    logit = lambda p: float(torch.logit(torch.tensor(p)))  # noqa: E731
+    raw = torch.zeros(1, 1, 2, 3)
+    raw[0, 0, 0] = torch.tensor([logit(0.50), logit(0.50), logit(0.05)])   # on the point, unsure
+    raw[0, 0, 1] = torch.tensor([logit(0.60), logit(0.50), logit(0.95)])   # 0.1 away, confident
+    gt = [[[(0.5, 0.5)]]]
+    by_distance = point_set_loss(raw, gt)
+    by_presence = point_set_loss(raw, gt, match_presence=1.0)
+    assert float(by_distance["points_coord"]) < 1e-5                   # slot 0 matched
+    assert abs(float(by_presence["points_coord"]) - 0.1) < 1e-4       # slot 1 matched
+    assert float(by_presence["points_presence"]) < float(by_distance["points_presence"])
+    weighted = point_set_loss(raw, gt, match_presence=1.0, presence_pos_weight=7.0)
+    assert float(weighted["points_presence"]) > float(by_presence["points_presence"])

@@ -38,30 +38,37 @@ def _check_targets(raw: torch.Tensor, gt_points: PointTargets) -> None:
 
 
 def point_set_loss(raw: torch.Tensor, gt_points: PointTargets, coord_weight: float = 1.0,
-                   presence_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                   presence_weight: float = 1.0, match_presence: float = 0.0,
+                   presence_pos_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """raw (B, Nq, K, 3) from ``GLUSModel.points_from_seg`` -> {"points", "points_coord", "points_presence"}.
 
     ``points_coord``: mean L1 (|dx| + |dy|) over matched slots (0 when no frame has points);
     ``points_presence``: mean BCE over all slots; ``points`` = the weighted sum.
+    ``match_presence`` adds ``(1 - presence)`` to the matching cost, so a slot that already claims an
+    object keeps being matched to one (DETR's fix for slots that never specialise), and
+    ``presence_pos_weight`` weighs the few positive slots against the many empty ones.
     """
     _check_targets(raw, gt_points)
     coords = torch.sigmoid(raw[..., :2].float())
     presence_target = torch.zeros(raw.shape[:3], device=raw.device)
     l1_terms = []
     cpu_coords = coords.detach().cpu().nan_to_num(0.5).numpy()
+    cpu_presence = torch.sigmoid(raw[..., 2].detach().float()).cpu().nan_to_num(0.0).numpy()
     for b, frames in enumerate(gt_points):
         for q, points in enumerate(frames):
             if not points:
                 continue
             target = np.asarray(points, dtype=np.float64)                      # (G, 2)
             cost = np.abs(cpu_coords[b, q][:, None, :] - target[None]).sum(-1)  # (K, G)
+            cost = cost + match_presence * (1.0 - cpu_presence[b, q])[:, None]
             pairs = linear_assignment(cost)
             slots = torch.tensor([k for k, _ in pairs], device=raw.device)
             chosen = torch.tensor(target[[g for _, g in pairs]], dtype=coords.dtype, device=raw.device)
             l1_terms.append((coords[b, q, slots] - chosen).abs().sum(dim=-1))
             presence_target[b, q, slots] = 1.0
     coord = torch.cat(l1_terms).mean() if l1_terms else coords.sum() * 0.0
-    presence = F.binary_cross_entropy_with_logits(raw[..., 2].float(), presence_target)
+    pos_weight = torch.tensor(presence_pos_weight, device=raw.device)
+    presence = F.binary_cross_entropy_with_logits(raw[..., 2].float(), presence_target, pos_weight=pos_weight)
     return {"points": coord_weight * coord + presence_weight * presence, "points_coord": coord,
             "points_presence": presence}
 

@@ -81,7 +81,9 @@ def _point_losses(model: GLUSModel, batch: dict[str, Any], seg_hidden: torch.Ten
         from glus_ros.training.point_losses import point_targets_from_union
 
         gt = point_targets_from_union(targets)
-    out = point_set_loss(model.points_from_seg(seg_hidden), gt)
+    raw = model.points_from_seg(seg_hidden)
+    # slots specialise (presence in the matching cost); positives weighed as one slot against the K - 1 empty
+    out = point_set_loss(raw, gt, match_presence=1.0, presence_pos_weight=float(raw.shape[2] - 1))
     if weights[1] <= 0:
         out["point_masks"] = out["points"] * 0.0
         return out
