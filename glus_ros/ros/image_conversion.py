@@ -132,10 +132,17 @@ def depth_to_metres(msg: Image | Any) -> np.ndarray:
     return values.astype(np.float32, copy=True)
 
 
-def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", header: Header | None = None) -> Image:
-    """Encode an (H, W, 3) uint8 RGB array as a sensor_msgs/Image (rgb8, bgr8, rgba8 or bgra8; no padding)."""
+def _image(pixels: np.ndarray, encoding: str, header: Header | None) -> Image:
+    """A little-endian, unpadded sensor_msgs/Image holding ``pixels`` ((H, W) or (H, W, C), any dtype)."""
     from sensor_msgs.msg import Image
 
+    height, width = pixels.shape[:2]
+    return Image(header=_header(header), height=height, width=width, encoding=encoding, is_bigendian=0,
+                 step=pixels[0].nbytes, data=_to_data(pixels))  # one row's bytes: no padding
+
+
+def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", header: Header | None = None) -> Image:
+    """Encode an (H, W, 3) uint8 RGB array as a sensor_msgs/Image (rgb8, bgr8, rgba8 or bgra8; no padding)."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got shape {rgb.shape} dtype {rgb.dtype}")
@@ -149,16 +156,7 @@ def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", header: Header | None 
         pixels = np.concatenate([color, alpha], axis=2)
     else:
         raise UnsupportedEncodingError(encoding, ("rgb8", "bgr8", "rgba8", "bgra8"))
-    height, width, channels = pixels.shape
-    return Image(
-        header=_header(header),
-        height=height,
-        width=width,
-        encoding=encoding,
-        is_bigendian=0,
-        step=width * channels,
-        data=_to_data(pixels),
-    )
+    return _image(pixels, encoding, header)
 
 
 def rgb_to_compressed(
@@ -182,28 +180,15 @@ def rgb_to_compressed(
 
 def mask_to_image(mask: np.ndarray, header: Header | None = None) -> Image:
     """Encode an (H, W) bool mask as mono8 (255 foreground, 0 background), the TargetResult convention."""
-    from sensor_msgs.msg import Image
-
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"expected an (H, W) mask, got shape {mask.shape}")
     pixels = np.where(mask.astype(bool), np.uint8(255), np.uint8(0))
-    height, width = mask.shape
-    return Image(
-        header=_header(header),
-        height=height,
-        width=width,
-        encoding="mono8",
-        is_bigendian=0,
-        step=width,
-        data=_to_data(pixels),
-    )
+    return _image(pixels, "mono8", header)
 
 
 def depth_to_image(metres: np.ndarray, encoding: str = "16UC1", header: Header | None = None) -> Image:
     """Encode (H, W) metres as 16UC1 millimetres (invalid/out-of-range -> 0) or 32FC1 metres."""
-    from sensor_msgs.msg import Image
-
     metres = np.asarray(metres, dtype=np.float32)
     if metres.ndim != 2:
         raise ValueError(f"expected an (H, W) depth array, got shape {metres.shape}")
@@ -215,16 +200,7 @@ def depth_to_image(metres: np.ndarray, encoding: str = "16UC1", header: Header |
         pixels = metres.astype("<f4")
     else:
         raise UnsupportedEncodingError(encoding, ("16UC1", "32FC1"))
-    height, width = metres.shape
-    return Image(
-        header=_header(header),
-        height=height,
-        width=width,
-        encoding=encoding,
-        is_bigendian=0,
-        step=width * pixels.dtype.itemsize,
-        data=_to_data(pixels),
-    )
+    return _image(pixels, encoding, header)
 
 
 def camera_info(
