@@ -136,13 +136,18 @@ class TrainConfig:
         return Path(self.output_dir.format(name=self.name))
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def _check_keys(cls: type, raw: Any, where: str) -> None:
+    """A mapping whose keys are all fields of ``cls``: a typo is an error, never a silent default."""
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    _check_keys(cls, raw, where)
     return cls(**raw)
 
 
@@ -156,13 +161,10 @@ def _dataset(raw: Any, where: str) -> DatasetSpec:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-    raw = copy.deepcopy(raw)
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: expected a mapping at the top level")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown keys {unknown}; known: {sorted(names)}")
+    raw = copy.deepcopy(raw)
+    _check_keys(TrainConfig, raw, source)
     raw.setdefault("name", Path(source).stem)
     raw["datasets"] = [_dataset(d, f"{source}: datasets[{i}]") for i, d in enumerate(raw.get("datasets", []))]
     if not raw["datasets"]:
