@@ -5,12 +5,11 @@ itself after LIFETIME_S so that a crashed test leaves nothing behind.
 """
 
 import sys
-import time
 
 import rclpy
 import yaml
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
+from spin import spin_for  # test/ros_children/spin.py (the script's own folder is on sys.path)
 
 from glus_ros.ros.camera_source import CameraSourceNode
 
@@ -23,20 +22,7 @@ def main() -> None:
         overrides.append(Parameter(name, value=yaml.safe_load(value)))
     rclpy.init()
     node = CameraSourceNode(parameter_overrides=overrides)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    deadline = time.monotonic() + lifetime_s
-    try:
-        while rclpy.ok() and time.monotonic() < deadline:
-            try:
-                executor.spin_once(timeout_sec=0.1)
-            except Exception:
-                if rclpy.ok():
-                    raise
-                break  # SIGTERM shut rclpy down while spinning: a normal end
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_for(node, lifetime_s)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,11 @@ Answers two known targets; exits by itself after argv[2] seconds (default 60).
 """
 
 import sys
-import time
 
 import rclpy
 from glus_ros_msgs.msg import TargetResult
 from glus_ros_msgs.srv import ListTargets
-from rclpy.executors import SingleThreadedExecutor
+from spin import spin_for  # test/ros_children/spin.py (the script's own folder is on sys.path)
 
 
 def answer(request: ListTargets.Request, response: ListTargets.Response) -> ListTargets.Response:
@@ -26,20 +25,7 @@ def main() -> None:
     rclpy.init()
     node = rclpy.create_node("glus_test_list_targets")
     node.create_service(ListTargets, service, answer)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    deadline = time.monotonic() + lifetime_s
-    try:
-        while rclpy.ok() and time.monotonic() < deadline:
-            try:
-                executor.spin_once(timeout_sec=0.1)
-            except Exception:
-                if rclpy.ok():
-                    raise
-                break  # SIGTERM shut rclpy down while spinning: a normal end
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_for(node, lifetime_s)
 
 
 if __name__ == "__main__":
