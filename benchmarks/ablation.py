@@ -56,6 +56,7 @@ def main() -> None:
         run_dir = args.out / row
         t0 = time.perf_counter()
         trainer = Trainer(cfg, data_root=REPO, output_dir=run_dir, progress=False)
+        evals: list[dict[str, float]] = []
         if row == "key_frame" and (args.out / "contrastive" / "model" / "config.yaml").is_file():
             # the +key-frame row reuses the +contrastive model: train only its selector on a copy
             import shutil
@@ -64,8 +65,14 @@ def main() -> None:
             stats = trainer.train_key_frame_selector(run_dir / "model")
         else:
             result = trainer.train()
-            stats = result.key_frame or {}
-        scores = evaluate(run_dir / "model", REPO / "data" / "synth", args.eval_videos, key_frame=row == "key_frame")
+            stats, evals = result.key_frame or {}, result.evals
+        if row != "key_frame" and evals:  # the run already scored its final weights on this split
+            last = evals[-1]
+            scores = {k: round(float(last[k]), 4) for k in ("j", "f", "j_and_f")}
+            scores["expressions"] = int(last["expressions"])
+        else:
+            scores = evaluate(run_dir / "model", REPO / "data" / "synth", args.eval_videos,
+                              key_frame=row == "key_frame")
         minutes = (time.perf_counter() - t0) / 60
         line = {"row": row, "steps": args.steps, **scores, "minutes": round(minutes, 1),
                 **{f"kf_{k}": v for k, v in stats.items()}}
