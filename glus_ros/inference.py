@@ -149,7 +149,8 @@ class VideoSegmenter:
                                                  [expression])
                     for frame_idx in todo:
                         slot = query.index(frame_idx)
-                        pred = self.model.track_step(cache.sam_features(frame_idx), out.prompts[:, slot], bank)
+                        grid = out.grounding[:, slot] if out.grounding is not None else None
+                        pred = self.model.track_step(cache.sam_features(frame_idx), out.prompts[:, slot], bank, grid)
                         logits = logits_to_frame(pred.logits, height, width)[0]
                         visible = float(torch.sigmoid(pred.object_score)[0, 0])
                         masks[frame_idx] = (logits > 0).cpu().numpy() if visible > 0.5 else False

@@ -7,7 +7,9 @@ import functools
 import numpy as np
 import torch
 
+from glus_ros.data.synth import generate_video
 from glus_ros.model.glus import GLUSModel
+from glus_ros.model.transforms import clip_input, sam_input, to_tensor
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,3 +34,22 @@ def moving_disk_clip(num_frames: int = 10, height: int = 72, width: int = 96, se
         frame[(xx - cx) ** 2 + (yy - cy) ** 2 <= 100] = (230, 30, 30)
         frames.append(frame)
     return frames
+
+
+def synthetic_batch(model: GLUSModel) -> dict:
+    """Two clips: 4 context frames spread over the video, the first 4 frames as queries."""
+    ctx, qry, qsam, masks, exprs, keys = [], [], [], [], [], []
+    for seed in (1, 2):
+        video = generate_video(seed, 0)
+        expr = video.expressions[0]
+        union = np.any([video.object_masks[o] for o in expr.obj_ids], axis=0)
+        ctx.append(clip_input(to_tensor([video.frames[i] for i in (1, 5, 9, 13)]), model.cfg.vlm.image_size))
+        q = to_tensor(video.frames[:4])
+        qry.append(clip_input(q, model.cfg.vlm.image_size))
+        qsam.append(sam_input(q, model.sam.image_size))
+        m = torch.from_numpy(union[:4]).float()[:, None]
+        masks.append(torch.nn.functional.interpolate(m, size=(model.sam.image_size,) * 2, mode="nearest")[:, 0])
+        exprs.append(expr.text)
+        keys.append(seed)
+    return {"context_clip": torch.stack(ctx), "query_clip": torch.stack(qry), "query_sam": torch.stack(qsam),
+            "query_masks": torch.stack(masks), "expressions": exprs, "object_keys": torch.tensor(keys)}

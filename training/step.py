@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from glus_ros.model.glus import GLUSModel
+from glus_ros.model.grounding_map import grid_targets
 from glus_ros.training.aux_heads import AuxHeads, aux_losses
 from glus_ros.training.losses import LossWeights, SegTokenBank, glus_loss, mask_bce, mask_dice, text_cross_entropy
 from glus_ros.training.point_losses import point_set_loss
@@ -22,7 +23,8 @@ from glus_ros.training.point_losses import point_set_loss
 def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights | None = None,
                   seg_bank: SegTokenBank | None = None, visibility_weight: float = 1.0,
                   aux_heads: AuxHeads | None = None, aux_weights: tuple[float, float] = (0.0, 0.0),
-                  point_weights: tuple[float, float] = (0.0, 0.0)) -> dict[str, torch.Tensor]:
+                  point_weights: tuple[float, float] = (0.0, 0.0),
+                  grounding: tuple[float, float] = (0.0, 0.0)) -> dict[str, torch.Tensor]:
     """Losses for a collated batch (see ``glus_ros.training.data.collate_clips`` for its keys).
 
     Besides the paper's terms, the SAM 2 object-score head is supervised with whether the object is
@@ -30,6 +32,8 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
     ``aux_heads`` with ``aux_weights`` (point, attributes) add the auxiliary [SEG] terms (aux_heads.py).
     ``point_weights`` (point head set loss, point-prompted masks) train pointing (VideoMolmo): the point
     head predicts one point per referred object, and SAM 2 learns to turn the true points into the mask.
+    ``grounding`` (weight, drop share): the grounding-map BCE and the share of batches decoded without the
+    map (models with ``vlm.grounding_map``; glus_ros/model/grounding_map.py).
     """
     context, query = batch["context_clip"], batch["query_clip"]
     batch_size, num_context = context.shape[:2]
@@ -43,9 +47,12 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
     sam_feats = model.encode_sam_frames(batch["query_sam"].to(device).flatten(0, 1))
     memory = model.new_memory_bank()
     mask_logits, object_scores = [], []
+    maps = out.grounding
+    use_maps = maps is not None and not (grounding[1] > 0 and float(torch.rand(())) < grounding[1])
     for q in range(num_query):
         rows = torch.arange(batch_size, device=device) * num_query + q
-        pred = model.track_step(sam_feats.select(rows), out.prompts[:, q], memory)
+        pred = model.track_step(sam_feats.select(rows), out.prompts[:, q], memory,
+                                maps[:, q] if use_maps and maps is not None else None)
         mask_logits.append(pred.logits[:, 0])
         object_scores.append(pred.object_score[:, 0])
     logits = torch.stack(mask_logits, dim=1)                 # (B, Nq, S, S)
@@ -57,12 +64,17 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
     visible = (targets.flatten(2).amax(dim=2) > 0).float()
     losses["visibility"] = F.binary_cross_entropy_with_logits(torch.stack(object_scores, dim=1), visible)
     losses["total"] = losses["total"] + visibility_weight * losses["visibility"]
+    if maps is not None and grounding[0] > 0:
+        cells = grid_targets(targets, maps.shape[-1])
+        losses["grounding"] = F.binary_cross_entropy_with_logits(maps.float(), cells)
+        losses["total"] = losses["total"] + grounding[0] * losses["grounding"]
     if aux_heads is not None:
         aux = aux_losses(aux_heads(out.seg_hidden.float()), targets, batch["attributes"])
         losses.update(aux)
         losses["total"] = losses["total"] + aux_weights[0] * aux["aux_point"] + aux_weights[1] * aux["aux_attributes"]
     if point_weights[0] > 0 or point_weights[1] > 0:
-        losses.update(_point_losses(model, batch, out.seg_hidden, sam_feats, targets, point_weights))
+        losses.update(_point_losses(model, batch, out.seg_hidden, out.query_states, sam_feats, targets,
+                                    point_weights))
         losses["total"] = (losses["total"] + point_weights[0] * losses["points"]
                            + point_weights[1] * losses["point_masks"])
     if seg_bank is not None:
@@ -71,8 +83,9 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
     return losses
 
 
-def _point_losses(model: GLUSModel, batch: dict[str, Any], seg_hidden: torch.Tensor, sam_feats,
-                  targets: torch.Tensor, weights: tuple[float, float]) -> dict[str, torch.Tensor]:
+def _point_losses(model: GLUSModel, batch: dict[str, Any], seg_hidden: torch.Tensor,
+                  query_states: torch.Tensor | None, sam_feats, targets: torch.Tensor,
+                  weights: tuple[float, float]) -> dict[str, torch.Tensor]:
     """Point-head set loss, and BCE + DICE of SAM 2 masks prompted by the true points (no [SEG], no memory)."""
     if model.point_head is None:
         raise ValueError("point losses need a model with a point head (model_overrides: {points: {}})")
@@ -81,7 +94,7 @@ def _point_losses(model: GLUSModel, batch: dict[str, Any], seg_hidden: torch.Ten
         from glus_ros.training.point_losses import point_targets_from_union
 
         gt = point_targets_from_union(targets)
-    raw = model.points_from_seg(seg_hidden)
+    raw = model.points_from_seg(seg_hidden, query_states)
     # slots specialise (presence in the matching cost); positives weighed as one slot against the K - 1 empty
     out = point_set_loss(raw, gt, match_presence=1.0, presence_pos_weight=float(raw.shape[2] - 1))
     if weights[1] <= 0:

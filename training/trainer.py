@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "trainable.safetensors"
 LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes", "points",
-             "point_masks")
+             "point_masks", "grounding")
 
 
 class TrainingModule(nn.Module):
@@ -68,10 +68,11 @@ class TrainingModule(nn.Module):
         self.visibility_weight = cfg.visibility_weight
         self.aux_weights = (cfg.aux.point, cfg.aux.attributes)
         self.point_weights = (cfg.points.weight, cfg.points.mask_weight)
+        self.grounding = (cfg.aux.grounding, cfg.aux.grounding_drop)
 
     def forward(self, batch: dict[str, Any], seg_bank: SegTokenBank | None = None) -> dict[str, torch.Tensor]:
         return forward_clips(self.model, batch, self.weights, seg_bank, self.visibility_weight,
-                             self.aux_heads, self.aux_weights, self.point_weights)
+                             self.aux_heads, self.aux_weights, self.point_weights, self.grounding)
 
 
 def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:

@@ -229,7 +229,7 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # heads a config override may add to a trained model; they start from their initialisation
-ADDABLE_HEADS = ("point_head.", "key_frame.", "vlm.temporal.")
+ADDABLE_HEADS = ("point_head.", "key_frame.", "vlm.temporal.", "grounding_map.")
 
 
 def load_model_dir_weights(model: nn.Module, folder: Path, optional_missing: tuple[str, ...] = ()) -> LoadReport:

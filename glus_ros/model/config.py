@@ -43,6 +43,7 @@ class VLMConfig:
     context_frame_template: str = DEFAULT_CONTEXT_FRAME
     query_frame_template: str = DEFAULT_QUERY_FRAME
     temporal_module: bool = False       # VideoMolmo: each frame's tokens attend to the preceding frames'
+    grounding_map: bool = False         # [SEG] matched to the query frame's token states -> SAM 2 mask prompt
 
     @property
     def patches_per_side(self) -> int:
@@ -83,6 +84,7 @@ class PointsConfig:
 
     max_points: int = 8        # slots per query frame: the most objects one answer can point at
     threshold: float = 0.5     # presence probability above which a slot is a point
+    locate: str = "regress"    # "regress" from the [SEG] state, or "attend" over the query frame's tokens
 
 
 @dataclass

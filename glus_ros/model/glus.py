@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from glus_ros.model.config import GLUSConfig, KeyFrameConfig, PointsConfig, load_config, model_dir_of
+from glus_ros.model.grounding_map import GroundingMap, mask_prompt
 from glus_ros.model.key_frame import KeyFrameSelector
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.point_head import PointHead
@@ -45,6 +46,8 @@ class SegOutput:
     prompts: torch.Tensor          # (B, num_query, prompt_dim) SAM 2 sparse prompts
     seg_hidden: torch.Tensor       # (B, num_query, hidden) [SEG] hidden states (contrastive loss)
     logits: torch.Tensor           # (B, L, vocab) LLM logits (text cross entropy)
+    grounding: torch.Tensor | None = None  # (B, num_query, G, G) grounding-map logits (vlm.grounding_map)
+    query_states: torch.Tensor | None = None  # (B, num_query, T, hidden) LLM states at the query frames' tokens
 
 
 @dataclass
@@ -98,7 +101,11 @@ class GLUSModel(nn.Module):
             self.key_frame = KeyFrameSelector(self.vlm.hidden_size, cfg.key_frame)
         self.point_head: PointHead | None = None
         if cfg.points is not None:
-            self.point_head = PointHead(self.vlm.hidden_size, cfg.points.max_points)
+            self.point_head = PointHead(self.vlm.hidden_size, cfg.points.max_points, cfg.points.locate)
+        self.grounding_map: GroundingMap | None = None
+        if cfg.vlm.grounding_map:
+            with torch.random.fork_rng(devices=[]):  # the other modules initialise as without it
+                self.grounding_map = GroundingMap(self.vlm.hidden_size)
 
     def add_key_frame_selector(self, cfg: KeyFrameConfig | None = None) -> KeyFrameSelector:
         """Attach a new (untrained) selector; the config then saves it with the model."""
@@ -109,7 +116,8 @@ class GLUSModel(nn.Module):
     def add_point_head(self, cfg: PointsConfig | None = None) -> PointHead:
         """Attach a new (untrained) point head; the config then saves it with the model."""
         self.cfg.points = cfg or PointsConfig()
-        self.point_head = PointHead(self.vlm.hidden_size, self.cfg.points.max_points).to(self.device)
+        self.point_head = PointHead(self.vlm.hidden_size, self.cfg.points.max_points,
+                                    self.cfg.points.locate).to(self.device)
         return self.point_head
 
     # --- construction -----------------------------------------------------------------------
@@ -136,7 +144,8 @@ class GLUSModel(nn.Module):
             "vision_tower": list(self.vlm.vision_tower.parameters()),
             "llm": llm,
             "llm_lora": [],  # LoRA adapters are added by the trainer (peft); the base LLM stays frozen
-            "projections": [*self.vlm.projector.parameters(), *self.seg_projection.parameters()],
+            "projections": [*self.vlm.projector.parameters(), *self.seg_projection.parameters(),
+                            *(self.grounding_map.parameters() if self.grounding_map is not None else [])],
             "image_encoder": list(sam.image_encoder.parameters()),
             "prompt_encoder": list(sam.sam_prompt_encoder.parameters()),
             "mask_decoder": list(sam.sam_mask_decoder.parameters()),
@@ -203,7 +212,19 @@ class GLUSModel(nn.Module):
             raise ValueError(f"expected one [SEG] per query frame ({num_query}), answers hold {counts.tolist()}")
         seg_hidden = hidden[seg_positions].reshape(batch, num_query, -1)
         prompts = self.seg_projection(seg_hidden.float())
-        return SegOutput(prompts=prompts, seg_hidden=seg_hidden, logits=logits)
+        grounding = states = None
+        if shown:
+            states = self._query_token_states(hidden, ids, num_query)
+        if self.grounding_map is not None and states is not None:
+            grounding = self.grounding_map(seg_hidden, states)
+        return SegOutput(prompts=prompts, seg_hidden=seg_hidden, logits=logits, grounding=grounding,
+                         query_states=states)
+
+    def _query_token_states(self, hidden: torch.Tensor, ids: torch.Tensor, num_query: int) -> torch.Tensor:
+        """(B, L, D) hidden states -> (B, num_query, T, D) at the visual tokens of the query frames (the last ones)."""
+        batch, tokens = hidden.shape[0], self.cfg.vlm.tokens_per_frame
+        states = hidden[ids == self.prompts.image_id].reshape(batch, -1, tokens, hidden.shape[-1])
+        return states[:, -num_query:]
 
     # --- grounded answers and region prompts (GLaMM) -----------------------------------------
     def region_embeddings(self, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -362,13 +383,24 @@ class GLUSModel(nn.Module):
         text = self.vlm.language_model.embed_tokens(ids.to(frame_embeds.device))
         return self.key_frame(frame_embeds, text)
 
-    def points_from_seg(self, seg_hidden: torch.Tensor) -> torch.Tensor:
-        """[SEG] states (B, Nq, hidden) -> raw point slots (B, Nq, K, 3); decode with ``point_head.decode_points``."""
+    def points_from_seg(self, seg_hidden: torch.Tensor, query_states: torch.Tensor | None = None) -> torch.Tensor:
+        """[SEG] states (B, Nq, hidden) -> raw point slots (B, Nq, K, 3); decode with ``point_head.decode_points``.
+
+        ``query_states`` (``SegOutput.query_states``, the same query frames) feed an attending head.
+        """
         if self.point_head is None:
             raise ValueError("this model has no point head (add 'points: {}' to its config and train it)")
-        return self.point_head(seg_hidden.float())
+        return self.point_head(seg_hidden.float(), query_states)
 
     # --- the SAM 2 step ---------------------------------------------------------------------
-    def track_step(self, frame: FrameFeatures, prompt: torch.Tensor, bank: MemoryBank | None) -> MaskPrediction:
-        """Decode one query frame from its [SEG] prompt (B, prompt_dim) and the memory bank."""
-        return self.sam.step(frame, bank, prompt.unsqueeze(1))
+    def track_step(self, frame: FrameFeatures, prompt: torch.Tensor, bank: MemoryBank | None,
+                   grounding: torch.Tensor | None = None) -> MaskPrediction:
+        """Decode one query frame from its [SEG] prompt (B, prompt_dim) and the memory bank.
+
+        ``grounding`` (B, G, G): this frame's grounding-map logits, given to SAM 2 as its mask prompt; None
+        (frames the MLLM did not see, models without the map) leaves the mask prompt empty.
+        """
+        masks = None
+        if grounding is not None:
+            masks = mask_prompt(grounding, self.sam.sam.sam_prompt_encoder.mask_input_size)
+        return self.sam.step(frame, bank, prompt.unsqueeze(1), mask_inputs=masks)

@@ -95,14 +95,19 @@ class SAM2Head(nn.Module):
                 for f, size in zip(frame.vision_feats[:-1], frame.feat_sizes[:-1], strict=True)]
 
     def decode(self, pix_feat: torch.Tensor, frame: FrameFeatures, sparse_prompt: torch.Tensor | None = None,
-               point_coords: torch.Tensor | None = None, point_labels: torch.Tensor | None = None) -> MaskPrediction:
-        """Mask decoder with the [SEG] embedding (B, N, C) and/or points (B, P, 2) in SAM input pixels."""
+               point_coords: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
+               mask_inputs: torch.Tensor | None = None) -> MaskPrediction:
+        """Mask decoder with the [SEG] embedding (B, N, C) and/or points (B, P, 2) in SAM input pixels.
+
+        ``mask_inputs`` (B, 1, 4h, 4w): mask-prompt logits (the grounding map), through the prompt encoder.
+        """
         sam = self.sam
         batch = pix_feat.shape[0]
         if point_coords is None:
             point_coords = pix_feat.new_zeros(batch, 1, 2)
             point_labels = -torch.ones(batch, 1, dtype=torch.int32, device=pix_feat.device)
-        sparse, dense = sam.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        sparse, dense = sam.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None,
+                                               masks=None if mask_inputs is None else mask_inputs.to(pix_feat.dtype))
         if sparse_prompt is not None:
             sparse = torch.cat([sparse_prompt.to(sparse.dtype), sparse], dim=1)
         low_res, iou, _tokens, object_score = sam.sam_mask_decoder(
@@ -125,10 +130,11 @@ class SAM2Head(nn.Module):
         return feats, pos[-1]
 
     def step(self, frame: FrameFeatures, bank: MemoryBank | None, sparse_prompt: torch.Tensor | None,
-             point_coords: torch.Tensor | None = None, point_labels: torch.Tensor | None = None) -> MaskPrediction:
+             point_coords: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
+             mask_inputs: torch.Tensor | None = None) -> MaskPrediction:
         """Read memory, decode one frame, write its memory: one tracking step."""
         pix_feat = self.condition_on_memory(frame, bank)
-        prediction = self.decode(pix_feat, frame, sparse_prompt, point_coords, point_labels)
+        prediction = self.decode(pix_feat, frame, sparse_prompt, point_coords, point_labels, mask_inputs)
         if bank is not None:
             bank.add(*self.encode_memory(frame, prediction))
         return prediction

@@ -72,7 +72,7 @@ class PointPredictor:
                 query = window + [window[-1]] * (num_query - len(window))
                 embeds = cache.clip_embeds(context + query)
                 out = self.model.seg_prompts(embeds[None, : len(context)], embeds[None, len(context):], [expression])
-                raw = self.model.points_from_seg(out.seg_hidden).float()
+                raw = self.model.points_from_seg(out.seg_hidden, out.query_states).float()
                 decoded = decode_points(raw, cfg.points.threshold)[0]
                 finite = torch.isfinite(raw[0]).all(dim=-1)
                 presence = torch.where(finite, torch.sigmoid(raw[0, :, :, 2]), 0.0).amax(dim=-1)

@@ -1,0 +1,171 @@
+"""The grounding map ([SEG] matched to the query frames' token states -> SAM 2 mask prompt) and the
+attending point head that reads the same states."""
+
+import numpy as np
+import pytest
+import torch
+
+from glus_ros.inference import VideoSegmenter, load_model
+from glus_ros.model.checkpoints import save_model_dir
+from glus_ros.model.glus import GLUSModel
+from glus_ros.model.grounding_map import GroundingMap, grid_targets, mask_prompt
+from glus_ros.model.point_head import PointHead, decode_points
+from glus_ros.model.transforms import clip_input, sam_input, to_tensor
+from glus_ros.training.step import forward_clips
+
+from helpers_model import moving_disk_clip, synthetic_batch
+
+
+def _grounded_tiny(**vlm) -> GLUSModel:
+    torch.manual_seed(0)
+    return GLUSModel.from_config("tiny", overrides={"vlm": {"grounding_map": True, **vlm}}).eval()
+
+
+def _window(model: GLUSModel):
+    pixels = to_tensor(moving_disk_clip(8))
+    embeds = model.encode_clip_frames(clip_input(pixels, model.cfg.vlm.image_size))
+    return embeds, model.encode_sam_frames(sam_input(pixels, model.sam.image_size))
+
+
+def test_grid_targets_mark_every_cell_the_object_touches():
+    mask = torch.zeros(16, 16)
+    mask[3:6, 7:10] = 1          # rows 3-5 (cell row 0 and 1 at side 4), cols 7-9 (cell cols 1 and 2)
+    cells = grid_targets(mask[None], 4)[0]
+    assert cells.tolist() == [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert grid_targets(torch.zeros(2, 3, 8, 8), 4).shape == (2, 3, 4, 4)
+
+
+def test_map_is_a_dot_product_over_a_square_grid():
+    head = GroundingMap(8, dim=4)
+    seg, tokens = torch.randn(2, 3, 8), torch.randn(2, 3, 16, 8)
+    logits = head(seg, tokens)
+    assert logits.shape == (2, 3, 4, 4)
+    want = (head.query(seg)[..., None, :] * head.key(tokens)).sum(-1) * head.scale
+    assert torch.allclose(logits.flatten(-2), want, atol=1e-5)
+    with pytest.raises(ValueError, match="square token grid"):
+        head(seg, torch.randn(2, 3, 12, 8))
+    assert mask_prompt(logits[:, 0], (32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_model_emits_one_map_per_query_frame_and_sam_reads_it():
+    model = _grounded_tiny()
+    with torch.no_grad():
+        embeds, feats = _window(model)
+        out = model.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the red circle"])
+        side = model.cfg.vlm.patches_per_side // 2
+        assert out.grounding.shape == (1, 4, side, side)
+        assert out.query_states.shape == (1, 4, model.cfg.vlm.tokens_per_frame, model.vlm.hidden_size)
+        frame = feats.select(slice(4, 5))
+        plain = model.track_step(frame, out.prompts[:, 0], None)
+        mapped = model.track_step(frame, out.prompts[:, 0], None, out.grounding[:, 0])
+        flipped = model.track_step(frame, out.prompts[:, 0], None, -out.grounding[:, 0])
+    # the map reaches the mask decoder through the prompt encoder's mask path
+    assert not torch.allclose(plain.logits, mapped.logits)
+    assert not torch.allclose(mapped.logits, flipped.logits)
+
+
+def test_global_only_models_have_no_map_and_other_modules_initialise_unchanged():
+    torch.manual_seed(0)
+    base = GLUSModel.from_config("tiny")
+    grounded = _grounded_tiny()
+    for (name, a), (_, b) in zip(base.state_dict().items(),
+                                 ((k, v) for k, v in grounded.state_dict().items()
+                                  if not k.startswith("grounding_map.")), strict=True):
+        assert torch.equal(a, b), name
+    torch.manual_seed(0)
+    global_only = GLUSModel.from_config("tiny", overrides={"vlm": {"grounding_map": True},
+                                                           "sampling": {"query_in_prompt": False}}).eval()
+    with torch.no_grad():
+        embeds, _ = _window(global_only)
+        out = global_only.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the red circle"])
+    assert out.grounding is None and out.query_states is None
+
+
+def test_trained_folder_gains_a_map_by_override_and_keeps_it_when_saved(tmp_path):
+    torch.manual_seed(0)
+    plain = GLUSModel.from_config("tiny")
+    save_model_dir(plain, tmp_path / "plain")
+    grown = load_model(tmp_path / "plain", overrides={"vlm": {"grounding_map": True}})
+    assert grown.grounding_map is not None
+    assert torch.equal(grown.seg_projection[0].weight, plain.seg_projection[0].weight)
+    save_model_dir(grown, tmp_path / "grown")
+    again = load_model(tmp_path / "grown")
+    assert again.cfg.vlm.grounding_map
+    assert torch.equal(again.grounding_map.key.weight, grown.grounding_map.key.weight)
+    masks = VideoSegmenter(again).segment(moving_disk_clip(6), "the red circle").masks
+    assert masks.shape == (6, 72, 96)
+
+
+def test_training_step_supervises_the_map_and_it_learns_the_cells():
+    torch.manual_seed(0)
+    model = GLUSModel.from_config("tiny", overrides={"vlm": {"grounding_map": True}}).train()
+    batch = synthetic_batch(model)
+    optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(30):
+        losses = forward_clips(model, batch, grounding=(1.0, 0.0))
+        optim.zero_grad()
+        losses["total"].backward()
+        optim.step()
+        history.append(float(losses["grounding"].detach()))
+    assert history[-1] < 0.5 * history[0]
+    without = forward_clips(model, batch)                    # weight 0: no map loss, the map still decodes
+    assert "grounding" not in without
+
+
+def test_dropping_the_map_decodes_from_the_sparse_prompt_alone():
+    torch.manual_seed(0)
+    model = GLUSModel.from_config("tiny", overrides={"vlm": {"grounding_map": True}}).eval()
+    batch = synthetic_batch(model)
+    with torch.no_grad():
+        kept = forward_clips(model, batch, grounding=(1.0, 0.0))["mask_logits"]
+        dropped = forward_clips(model, batch, grounding=(1.0, 1.0))["mask_logits"]
+    assert not torch.allclose(kept, dropped)
+
+
+# --- the attending point head ----------------------------------------------------------------------
+def test_attending_head_needs_token_states_and_keeps_points_in_the_frame():
+    head = PointHead(16, 4, locate="attend")
+    with pytest.raises(ValueError, match="token states"):
+        head(torch.zeros(1, 2, 16))
+    with pytest.raises(ValueError, match="square token grid"):
+        head(torch.zeros(1, 2, 16), torch.zeros(1, 2, 5, 16))
+    with pytest.raises(ValueError, match="locate"):
+        PointHead(16, 4, locate="guess")
+    raw = head(torch.randn(2, 3, 16) * 50, torch.randn(2, 3, 16, 16) * 50)
+    assert raw.shape == (2, 3, 4, 3) and torch.isfinite(raw).all()
+    xy = torch.sigmoid(raw[..., :2])
+    assert bool(((xy > 0) & (xy < 1)).all())
+    assert decode_points(head(torch.zeros(1, 1, 16), torch.zeros(1, 1, 16, 16))) == [[[]]]  # absent at start
+
+
+def test_attending_head_learns_to_point_at_the_marked_cell():
+    """Each sample marks one cell of a 4x4 grid; the head must point inside that cell (1/4 of the frame)."""
+    torch.manual_seed(0)
+    head = PointHead(16, 2, locate="attend")
+    optim = torch.optim.Adam(head.parameters(), lr=3e-3)
+    marker = torch.randn(16)
+
+    def sample(n: int):
+        tokens = torch.randn(n, 1, 16, 16) * 0.1
+        cells = torch.randint(0, 16, (n,))
+        tokens[torch.arange(n), 0, cells] += marker
+        target = torch.stack([(cells % 4 + 0.3) / 4, (cells // 4 + 0.6) / 4], dim=-1)  # off-centre in the cell
+        return tokens, cells, target
+
+    seg = torch.ones(1, 1, 16)
+    for _ in range(400):
+        tokens, _, target = sample(32)
+        raw = head(seg.expand(32, 1, 16), tokens)
+        xy = torch.sigmoid(raw[:, 0, 0, :2])
+        loss = (xy - target).abs().sum(-1).mean() + torch.nn.functional.binary_cross_entropy_with_logits(
+            raw[:, 0, :, 2], torch.tensor([1.0, 0.0]).expand(32, 2))
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    tokens, cells, target = sample(64)
+    with torch.no_grad():
+        points = decode_points(head(seg.expand(64, 1, 16), tokens))
+    hits = [len(p[0]) == 1 and int(p[0][0][0] * 4) + 4 * int(p[0][0][1] * 4) == int(c)
+            for p, c in zip(points, cells, strict=True)]
+    assert np.mean(hits) > 0.9
