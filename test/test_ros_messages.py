@@ -207,3 +207,92 @@ def test_fix_rosidl_exports_rewrites_build_machine_paths_once(tmp_path: Path) ->
     second = subprocess.run(script, capture_output=True, text=True, check=True)
     assert "changed 0 of 1" in second.stdout
     assert export.read_text() == text
+
+
+# --- region prompts and grounded answers (conversions, no spinning) -------------------------------------------
+
+
+def test_region_prompts_become_regions() -> None:
+    from glus_ros_msgs.msg import ReferringCommand, RegionPrompt
+
+    from glus_ros.model.region import Region
+    from glus_ros.ros.messages import command_spec
+
+    rc = ReferringCommand
+    box = command_spec(rc(action=rc.ADD, target_id=" cup ", expression="", mode=rc.MODE_BOTH,
+                          region=RegionPrompt(type=RegionPrompt.BOX, x0=1.5, y0=2.0, x1=30.25, y1=40.0)))
+    assert (box.target_id, box.expression, box.mode) == ("cup", "", "both")
+    assert box.region == Region(1.5, 2.0, 30.25, 40.0) and box.region.kind == "box"
+    point = command_spec(rc(action=rc.ADD, expression="the cup",
+                            region=RegionPrompt(type=RegionPrompt.POINT, x0=3.0, y0=4.5, x1=99.0, y1=99.0)))
+    assert point.region == Region.point(3.0, 4.5)  # x1 and y1 are ignored for a point
+    assert command_spec(rc(action=rc.ADD, expression="the cup")).region is None  # type NONE
+    with pytest.raises(ValueError, match=r"unknown region type 5 \(NONE=0, BOX=1, POINT=2\)"):
+        command_spec(rc(action=rc.ADD, expression="the cup", region=RegionPrompt(type=5)))
+
+
+def test_invalid_regions_are_per_command_errors_and_the_next_command_applies() -> None:
+    from glus_ros_msgs.msg import ReferringCommand, RegionPrompt
+
+    from glus_ros.model.region import Region
+    from glus_ros.ros.messages import apply_commands
+    from glus_ros.streaming import EngineConfig, StreamFrame, StreamingEngine
+
+    from helpers_model import tiny_model
+
+    engine = StreamingEngine(tiny_model(), EngineConfig(max_targets=4))
+    engine.process(StreamFrame(np.zeros((48, 64, 3), np.uint8), 0.0))  # no targets: only the size is learnt
+    rc, rp = ReferringCommand, RegionPrompt
+    outcome = apply_commands(engine, [
+        rc(action=rc.ADD, target_id="a", region=rp(type=rp.BOX, x0=30.0, y0=2.0, x1=10.0, y1=20.0)),
+        rc(action=rc.ADD, target_id="b", region=rp(type=rp.BOX, x0=float("nan"), y0=2.0, x1=10.0, y1=20.0)),
+        rc(action=rc.ADD, target_id="c", region=rp(type=rp.BOX, x0=0.0, y0=0.0, x1=65.0, y1=10.0)),
+        rc(action=rc.ADD, target_id="d", region=rp(type=rp.POINT, x0=64.0, y0=1.0)),
+        rc(action=rc.ADD, target_id="e", region=rp(type=9)),
+        rc(action=rc.ADD, target_id="box", region=rp(type=rp.BOX, x0=10.0, y0=10.0, x1=30.0, y1=30.0)),
+        rc(action=rc.ADD, target_id="pt", expression="the cup", region=rp(type=rp.POINT, x0=5.0, y0=6.0)),
+        rc(action=rc.REPLACE, target_id="pt", region=rp(type=rp.BOX, x0=5.0, y0=5.0, x1=5.0, y1=9.0)),
+        rc(action=rc.ADD, target_id="f", expression=" "),  # no region: an expression is still needed
+    ])
+    assert not outcome.success and outcome.warnings == []
+    assert outcome.target_ids == ["a", "b", "c", "d", "e", "box", "pt", "pt", "f"]
+    assert len(outcome.errors) == 7
+    assert outcome.errors[0].startswith("command 0 (ADD 'a'): region box (30, 2, 10, 20): x1 < x0")
+    assert "command 1 (ADD 'b')" in outcome.errors[1] and "finite" in outcome.errors[1]
+    assert "command 2 (ADD 'c')" in outcome.errors[2] and "64x48 image" in outcome.errors[2]
+    assert "outside the image" in outcome.errors[2]
+    assert "command 3 (ADD 'd'): region point (64, 1)" in outcome.errors[3] and "outside" in outcome.errors[3]
+    assert "command 4 (ADD 'e'): unknown region type 9" in outcome.errors[4]
+    assert "command 7 (REPLACE 'pt')" in outcome.errors[5] and "zero area" in outcome.errors[5]
+    assert "command 8 (ADD 'f'): empty expression" in outcome.errors[6]
+    assert [(s.target_id, s.expression, s.region) for s, _ in engine.targets()] == [
+        ("box", "", Region(10.0, 10.0, 30.0, 30.0)), ("pt", "the cup", Region.point(5.0, 6.0))]
+
+
+def test_answers_and_phrases_fill_the_target_result() -> None:
+    from std_msgs.msg import Header
+
+    from glus_ros.ros.messages import frame_result_to_msg, target_to_msg
+    from glus_ros.streaming import EngineConfig, FrameResult, StreamFrame, StreamingEngine, TargetOutput, TargetSpec
+
+    from helpers_model import moving_disk_clip, tiny_model
+
+    answer = "The red mug is left of the laptop."
+    out = TargetOutput(target_id="mug_1", expression="where is the mug?", mask=np.zeros((6, 8), bool), bbox=None,
+                       point_2d=None, point_3d=None, score=0.1, state="lost", mode="mask", answer=answer,
+                       phrases=[("The red mug", 0, 11), ("the laptop", 23, 33)])
+    msg = target_to_msg(out, Header(frame_id="cam"))
+    assert msg.answer == answer
+    assert [(p.text, p.start, p.end, p.target_id) for p in msg.phrases] == [
+        ("The red mug", 0, 11, "mug_1"), ("the laptop", 23, 33, "mug_1")]
+    assert all(msg.answer[p.start:p.end] == p.text for p in msg.phrases)
+    plain = target_to_msg(TargetOutput("t", "the mug", np.zeros((6, 8), bool), None, None, None, 0.1, "lost",
+                                       "mask"), Header())
+    assert plain.answer == "" and list(plain.phrases) == []
+    # what the engine answers is what the message carries
+    engine = StreamingEngine(tiny_model(), EngineConfig(answer_tokens=4))
+    engine.add_target(TargetSpec("q", "what moves?"))
+    result: FrameResult = engine.process(StreamFrame(moving_disk_clip(1)[0], 1.0))
+    (target,) = frame_result_to_msg(result, Header(frame_id="cam"), 3.0).results
+    assert target.answer == result.targets[0].answer
+    assert [(p.text, p.start, p.end) for p in target.phrases] == result.targets[0].phrases

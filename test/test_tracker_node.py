@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from glus_ros.model.region import Region
 from glus_ros.streaming.types import FrameResult, TargetOutput
 
 from helpers_model import tiny_model
@@ -236,12 +237,19 @@ def test_services_bad_commands_and_bad_images(ros: Harness, expression: str) -> 
     listed = ros.call(ListTargets, "/tracker/list_targets", ListTargets.Request())
     assert list(listed.target_ids) == ["target_0"] and list(listed.expressions) == [expression]
 
-    # REPLACE with a region hint: accepted (the hint is ignored with a warning)
+    # REPLACE with a region: accepted, the target becomes "track <region>" (the expression is its label); once
+    # the image size is known, a box reaching outside the image is that command's error
+    assert ros.spin_until(lambda: len(results) >= 1)
     replace = ReferringCommand(action=ReferringCommand.REPLACE, target_id="target_0", expression="the left one",
                                mode=ReferringCommand.MODE_BOTH,
                                region=RegionPrompt(type=RegionPrompt.BOX, x0=1.0, y0=2.0, x1=30.0, y1=40.0))
-    reply = ros.call(SetTargets, "/tracker/set_targets", SetTargets.Request(commands=[replace]))
-    assert reply.success and reply.message == "" and list(reply.target_ids) == ["target_0"]
+    outside = ReferringCommand(action=ReferringCommand.REPLACE, target_id="target_0", expression="",
+                               region=RegionPrompt(type=RegionPrompt.BOX, x0=1.0, y0=2.0, x1=130.0, y1=40.0))
+    reply = ros.call(SetTargets, "/tracker/set_targets", SetTargets.Request(commands=[replace, outside]))
+    assert not reply.success and list(reply.target_ids) == ["target_0", "target_0"]
+    assert reply.message.startswith("command 1 (REPLACE 'target_0'): region box (1, 2, 130, 40)")
+    assert f"{WIDTH}x{HEIGHT} image" in reply.message and "outside the image" in reply.message
+    assert tracker.engine.targets()[0][0].region == Region(1.0, 2.0, 30.0, 40.0)
 
     # the same commands as a topic: the good one applies, the bad one is logged
     array_pub = ros.probe.create_publisher(ReferringCommandArray, "/glus/commands", qos_profile("reliable", 10))
@@ -497,8 +505,9 @@ def test_commands_against_a_real_engine() -> None:
     assert outcome.errors[1] == "command 3 (REPLACE 'nobody'): unknown target 'nobody' (known: mug, target_0)"
     assert "REMOVE needs a target_id" in outcome.errors[2]
     assert "unknown action 9" in outcome.errors[3] and "unknown mode 7" in outcome.errors[4]
-    assert outcome.warnings == ["command 1 (ADD): region hints are not used by this model; ignored"]
+    assert outcome.warnings == []  # the region is used: target_0 is "track <region>"
     assert [(s.target_id, s.mode) for s, _ in engine.targets()] == [("mug", "point"), ("target_0", "mask")]
+    assert engine.targets()[1][0].region == Region.point(3.0, 4.0)
     # the text topic replaces target_0 (and adds it when absent)
     assert apply_text_command(engine, "  the green cube ") == "target_0"
     assert [(s.target_id, s.expression) for s, _ in engine.targets()][1] == ("target_0", "the green cube")

@@ -6,6 +6,10 @@ conversions (including command validation) are testable without spinning anythin
 Mode semantics follow ReferringCommand.msg: ``mask`` reports mask + box, ``point`` reports points
 only (2D, and 3D when depth is available) with an empty mask image and an empty box, ``both``
 reports everything. An empty box has ``x_max < x_min`` (0, 0, -1, -1).
+
+A command's RegionPrompt (BOX or POINT, input-image pixels) becomes the target's ``Region``: the target
+is then "track <region>" and its expression only a label. A question (expression ending in "?") gets
+a grounded answer, published in ``TargetResult.answer`` / ``phrases`` on every frame.
 """
 
 from __future__ import annotations
@@ -15,10 +19,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from geometry_msgs.msg import Point, PointStamped
-from glus_ros_msgs.msg import BoundingBox2D, ReferringCommand, RegionPrompt, TargetResult, TargetResultArray
+from glus_ros_msgs.msg import (
+    BoundingBox2D,
+    GroundedPhrase,
+    ReferringCommand,
+    RegionPrompt,
+    TargetResult,
+    TargetResultArray,
+)
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from glus_ros.model.region import Region
 from glus_ros.ros.image_conversion import mask_to_image
 from glus_ros.streaming.types import FrameResult, TargetOutput, TargetSpec
 
@@ -75,6 +87,9 @@ def target_to_msg(target: TargetOutput, header: Header) -> TargetResult:
     if wants_point and target.point_3d is not None:
         msg.has_point_3d = True
         msg.point_3d = Point(x=float(target.point_3d[0]), y=float(target.point_3d[1]), z=float(target.point_3d[2]))
+    msg.answer = target.answer
+    msg.phrases = [GroundedPhrase(text=text, start=int(start), end=int(end), target_id=target.target_id)
+                   for text, start, end in target.phrases]
     return msg
 
 
@@ -116,12 +131,25 @@ class CommandOutcome:
         return "; ".join(self.errors)
 
 
+def region_from_msg(region: RegionPrompt) -> Region | None:
+    """RegionPrompt -> Region (None for NONE); an unknown type raises ValueError (bounds are the engine's)."""
+    if region.type == RegionPrompt.NONE:
+        return None
+    if region.type == RegionPrompt.BOX:
+        return Region(float(region.x0), float(region.y0), float(region.x1), float(region.y1))
+    if region.type == RegionPrompt.POINT:
+        return Region.point(region.x0, region.y0)
+    raise ValueError(f"unknown region type {region.type} (NONE=0, BOX=1, POINT=2)")
+
+
 def command_spec(command: ReferringCommand) -> TargetSpec:
-    """ADD/REPLACE command -> TargetSpec; an unknown mode raises ValueError (expression checks are the engine's)."""
+    """ADD/REPLACE command -> TargetSpec; an unknown mode or region type raises ValueError (expression and
+    region checks are the engine's: it knows the image size)."""
     mode = MODE_NAMES.get(command.mode)
     if mode is None:
         raise ValueError(f"unknown mode {command.mode} (MODE_MASK=0, MODE_POINT=1, MODE_BOTH=2)")
-    return TargetSpec(target_id=command.target_id.strip(), expression=command.expression, mode=mode)
+    return TargetSpec(target_id=command.target_id.strip(), expression=command.expression, mode=mode,
+                      region=region_from_msg(command.region))
 
 
 def apply_command(engine: StreamingEngine, command: ReferringCommand) -> str:
@@ -157,8 +185,6 @@ def apply_commands(engine: StreamingEngine, commands: Sequence[ReferringCommand]
     outcome = CommandOutcome()
     for i, command in enumerate(commands):
         name = ACTION_NAMES.get(command.action, str(command.action))
-        if command.region.type != RegionPrompt.NONE:
-            outcome.warnings.append(f"command {i} ({name}): region hints are not used by this model; ignored")
         try:
             outcome.target_ids.append(apply_command(engine, command))
         except (ValueError, KeyError) as exc:

@@ -5,7 +5,11 @@ A thin ROS shell over :class:`glus_ros.streaming.StreamingEngine`:
 * configure: load the model, create the engine, the (lifecycle) publishers, the target services
   (``~/set_targets``, ``~/clear_targets``, ``~/list_targets``) and the command topics
   (``/glus/command``: std_msgs/String, the text replaces target ``target_0``; ``/glus/commands``:
-  ReferringCommandArray). Targets can be set while inactive.
+  ReferringCommandArray). Targets can be set while inactive. A command's region (box or point in input-image
+  pixels) makes the target "track <region>": its bounds are checked against the newest image size (a bad
+  region is that command's error in SetTargets); before the first image they are checked when the target is
+  first grounded, which drops a target whose region does not fit (logged by the engine). A question
+  (expression ending in "?") is answered once and its answer published with every result.
 * activate: subscribe the camera (colour, or colour + depth matched by :mod:`glus_ros.ros.sync`, with
   the newest CameraInfo) and start the engine's worker. Image callbacks only decode and submit; the
   worker runs the model and publishes from its own thread, so a slow model drops frames (newest wins)

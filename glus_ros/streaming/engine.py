@@ -6,16 +6,31 @@ by SAM 2 with the target's own memory bank. The "fast" schedule re-grounds with 
 ``reground_every`` frames (or for new / replaced / low-score targets) and otherwise reuses the target's
 last prompt, so in between only SAM 2 memory propagation runs. Encoder outputs are cached per frame and
 dropped with the frame, so memory stays bounded however long the stream runs.
+
+Two kinds of target go another way through the MLLM (neither gets a grounding map nor point-head points):
+
+* a target with a ``region`` (box or point) is grounded with the question "track <region>", its
+  ``<region>`` token filled with the region's embedding. The region is in pixels of the frame that is
+  current when the target is added, and the embedding is computed once, from the newest frame the engine
+  holds when the target is first grounded (usually the next frame after the command; a live stream never
+  has the exact frame the user clicked on any more), then reused for every re-grounding. The expression is
+  only a label then.
+* a target whose expression is a question (ends with "?") gets a grounded answer: it is generated once,
+  on the target's first grounding frame, and kept; the mask tracks the answer's FIRST grounded phrase
+  (more phrases would need more targets: out of scope). Re-groundings teacher-force the kept answer on
+  the current window to refresh that phrase's [SEG] prompt. An answer without a grounded phrase has no
+  mask: the target stays "lost" and is never re-grounded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +40,7 @@ from glus_ros.model.glus import GLUSModel
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.point_head import decode_points
 from glus_ros.model.prompting import clean_expression
+from glus_ros.model.region import TRACK_REGION_QUESTION, Region
 from glus_ros.model.transforms import check_frame, clip_input, logits_to_frame, sam_input, to_tensor
 from glus_ros.sampling import StreamingSampler
 from glus_ros.streaming.geometry import lift_point, mask_bbox, mask_point
@@ -44,6 +60,7 @@ class EngineConfig:
     history: int = 64             # frames kept for context sampling (bounded)
     max_targets: int = 8
     dtype: str = "fp32"           # "fp32" or "bf16" (autocast)
+    answer_tokens: int = 64       # question targets: most tokens of the generated answer
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -56,6 +73,8 @@ class EngineConfig:
             raise ValueError(f"max_targets must be >= 1, got {self.max_targets}")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"unknown dtype '{self.dtype}' (fp32 or bf16)")
+        if self.answer_tokens < 1:
+            raise ValueError(f"answer_tokens must be >= 1, got {self.answer_tokens}")
 
 
 class UnknownTargetError(KeyError):
@@ -81,6 +100,45 @@ class _Target:
     score: float = 1.0
     since_ground: int = 0                # frames decoded since the last grounding
     needs_ground: bool = True
+    # region targets: (1, hidden) embedding of the region on the newest frame at the first grounding (then kept)
+    region_embed: torch.Tensor | None = None
+    # question targets: the answer generated on the first grounding (None: not yet), kept across re-groundings
+    answer_ids: list[int] | None = None
+    seg_slot: int | None = None          # the answer's [SEG] of its first grounded phrase (None: nothing grounded)
+    answer: str = ""
+    phrases: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """Which MLLM path grounds it: "region", "question" or "expression"."""
+        if self.spec.region is not None:
+            return "region"
+        return "question" if is_question(self.spec.expression) else "expression"
+
+
+def is_question(expression: str) -> bool:
+    """A question gets a grounded answer; anything else is a referring expression."""
+    return expression.rstrip().endswith("?")
+
+
+def check_region_shape(region: Region) -> None:
+    """What can be wrong with a region whatever the image size (ValueError); the bounds need the image."""
+    where = f"region {region.describe()}"
+    if region.kind not in ("box", "point"):
+        raise ValueError(f"region kind must be 'box' or 'point', got {region.kind!r}")
+    try:
+        coords = [float(v) for v in (region.x0, region.y0, region.x1, region.y1)]
+    except (TypeError, ValueError):
+        coords = [float("nan")]
+    if not all(math.isfinite(v) for v in coords):
+        raise ValueError(f"{where}: coordinates must be finite numbers")
+    if region.kind == "box":
+        if region.x1 < region.x0 or region.y1 < region.y0:
+            raise ValueError(f"{where}: x1 < x0 or y1 < y0 (give the top-left corner first)")
+        if region.x1 == region.x0 or region.y1 == region.y0:
+            raise ValueError(f"{where}: the box has zero area")
+    if region.x0 < 0 or region.y0 < 0:
+        raise ValueError(f"{where}: outside the image (negative coordinates)")
 
 
 class StreamingEngine:
@@ -118,17 +176,38 @@ class StreamingEngine:
             raise ValueError(f"target_id must be a string, got {type(spec.target_id).__name__}")
         if spec.mode not in MODES:
             raise ValueError(f"unknown mode '{spec.mode}' (one of {', '.join(MODES)})")
+        if spec.region is not None:  # the expression is only a label: it may be empty
+            region = self._checked_region(spec.region)
+            empty = isinstance(spec.expression, str) and not spec.expression.strip()
+            text = "" if empty else clean_expression(spec.expression)
+            return dataclasses.replace(spec, target_id=spec.target_id.strip(), expression=text, region=region)
         text = clean_expression(spec.expression)
         sampling = self.model.cfg.sampling
         with self._tokenizer_lock:  # token-length limit: fail now, not in the worker
             self.model.prompts.encode(text, sampling.num_context, sampling.num_query)
         return dataclasses.replace(spec, target_id=spec.target_id.strip(), expression=text)
 
+    def _checked_region(self, region: Region) -> Region:
+        """Bounds are checked against the newest frame's size when one was seen, else at the first grounding."""
+        if not isinstance(region, Region):
+            raise ValueError(f"region must be a Region, got {type(region).__name__}")
+        check_region_shape(region)
+        region = dataclasses.replace(region, frame=0)  # always "the current frame" here
+        size = self._size
+        if size is not None:
+            region.validate(size[1], size[0])
+        return region
+
     def _new_target(self, spec: TargetSpec) -> _Target:
         return _Target(spec, self.model.new_memory_bank())
 
     def add_target(self, spec: TargetSpec) -> str:
-        """Track a new target; an empty id gets ``target_<n>``. Returns the id."""
+        """Track a new target; an empty id gets ``target_<n>``. Returns the id.
+
+        A region outside the image or of zero area is a ValueError here when a frame was seen; before the
+        first frame its bounds are checked at its first grounding, where a bad region drops the target
+        (logged and counted in ``stats["errors"]``; the other targets go on).
+        """
         spec = self._checked_spec(spec)
         with self._targets_lock:
             if len(self._targets) >= self.config.max_targets:
@@ -145,7 +224,8 @@ class StreamingEngine:
         return spec.target_id
 
     def replace_target(self, spec: TargetSpec) -> None:
-        """New expression and/or mode for an existing target: it is re-grounded with a fresh memory."""
+        """New expression, region and/or mode for an existing target: re-grounded with a fresh memory (and a new
+        region embedding or answer)."""
         spec = self._checked_spec(spec)
         with self._targets_lock:
             if spec.target_id not in self._targets:
@@ -257,7 +337,10 @@ class StreamingEngine:
                     "clip_embeds": len(self._clip_embeds), "max_memory_entries": max(banks, default=0)}
 
     def reset(self) -> None:
-        """Forget history and every target's memory (targets stay and are re-grounded on the next frame)."""
+        """Forget history and every target's memory (targets stay and are re-grounded on the next frame).
+
+        Region embeddings and answers are kept: they say what the target is, not where it was.
+        """
         with self._model_lock:
             self._reset_locked()
 
@@ -316,6 +399,8 @@ class StreamingEngine:
                            frames_dropped=dropped, image=frame.image)
 
     def _due(self, target: _Target) -> bool:
+        if target.answer_ids is not None and target.seg_slot is None:
+            return False  # an answer that grounds nothing: no [SEG] to refresh
         if self.config.schedule == "full" or target.needs_ground or target.prompt is None:
             return True
         return target.since_ground >= self.config.reground_every or target.score < self.config.reground_below
@@ -337,17 +422,32 @@ class StreamingEngine:
         grounding = [t for t in active if self._due(t)]
         height, width = frame.image.shape[:2]
         head_points: dict[int, list[tuple[float, float]]] = {}
-        if grounding:
-            prompts, points = self._ground([t.spec.expression for t in grounding])
-            for i, target in enumerate(grounding):
+        maps: dict[int, torch.Tensor] = {}  # this frame's grounding maps, for the targets grounded on it
+        referring = [t for t in grounding if t.kind == "expression"]
+        if referring:
+            prompts, points, grid = self._ground([t.spec.expression for t in referring])
+            for i, target in enumerate(referring):
+                if grid is not None:
+                    maps[id(target)] = grid[i:i + 1]
                 target.prompt = prompts[i:i + 1]
-                target.needs_ground = False
-                target.since_ground = 0
                 if points is not None:
                     head_points[id(target)] = [(x * width, y * height) for x, y in points[i]]
+        dropped = self._ground_regions([t for t in grounding if t.kind == "region"], frame.image)
+        for target in grounding:
+            if target.kind == "question":
+                self._ground_question(target)
+        for target in grounding:
+            target.needs_ground = False
+            target.since_ground = 0
         outputs = []
         for target in active:
-            pred = model.track_step(features, target.prompt, target.bank)
+            if any(t is target for t in dropped):
+                continue
+            if target.prompt is None:  # a question whose answer grounds nothing
+                target.score, target.state = 0.0, "lost"
+                outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "lost", frame))
+                continue
+            pred = model.track_step(features, target.prompt, target.bank, maps.get(id(target)))
             score = float(torch.sigmoid(pred.object_score.float())[0, 0])
             target.score = score
             target.since_ground += 1
@@ -358,28 +458,91 @@ class StreamingEngine:
                 mask = np.zeros((height, width), dtype=bool)
                 state = "lost"
             target.state = state
-            outputs.append(self._output(target.spec, mask, score, state, frame, head_points.get(id(target))))
+            outputs.append(self._output(target, mask, score, state, frame, head_points.get(id(target))))
         return outputs
 
-    def _ground(self, expressions: list[str]) -> tuple[torch.Tensor, list[list[tuple[float, float]]] | None]:
-        """One batched MLLM pass over (context, query window) -> (B, prompt_dim) prompts for the newest frame,
-        and the point head's normalised points for it (None without a point head)."""
+    def _window(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Context (B, Nc, T, D) and query window (B, Nq, T, D) embeddings for ``batch`` prompts, and the
+        newest frame's query slot (padding repeats the newest frame, so any slot >= it works)."""
         context = self._sampler.context_frames()
         query = self._sampler.query_frames()
         num_query = self.model.cfg.sampling.num_query
-        query = query + [query[-1]] * (num_query - len(query))  # stream start: repeat the newest frame
-        embeds = self._embeds(context + query)
-        batch = len(expressions)
+        padded = query + [query[-1]] * (num_query - len(query))  # stream start: repeat the newest frame
+        embeds = self._embeds(context + padded)
         context_embeds = embeds[None, : len(context)].expand(batch, -1, -1, -1)
         query_embeds = embeds[None, len(context):].expand(batch, -1, -1, -1)
+        return context_embeds, query_embeds, len(query) - 1
+
+    def _ground(self, expressions: list[str]) -> tuple[torch.Tensor, list[list[tuple[float, float]]] | None,
+                                                       torch.Tensor | None]:
+        """One batched MLLM pass over (context, query window) -> (B, prompt_dim) prompts for the newest frame,
+        the point head's normalised points for it (None without a point head) and its grounding maps
+        (B, G, G) (None without one)."""
+        context_embeds, query_embeds, newest = self._window(len(expressions))
         with self._tokenizer_lock:
             out = self.model.seg_prompts(context_embeds, query_embeds, expressions)
-        newest = len(self._sampler.query_frames()) - 1  # padding repeats the newest frame, so any slot >= it works
         points = None
         if self.model.point_head is not None and self.model.cfg.points is not None:
-            raw = self.model.points_from_seg(out.seg_hidden[:, newest:newest + 1]).float()
+            states = out.query_states[:, newest:newest + 1] if out.query_states is not None else None
+            raw = self.model.points_from_seg(out.seg_hidden[:, newest:newest + 1], states).float()
             points = [frames[0] for frames in decode_points(raw, self.model.cfg.points.threshold)]
-        return out.prompts[:, newest], points
+        grid = out.grounding[:, newest] if out.grounding is not None else None
+        return out.prompts[:, newest], points, grid
+
+    def _ground_regions(self, targets: list[_Target], image: np.ndarray) -> list[_Target]:
+        """Prompts of "track <region>" for the newest frame in one batched MLLM pass; returns the targets dropped
+        because their region does not fit this frame (first grounding before any frame size was known)."""
+        dropped, ready = [], []
+        for target in targets:
+            if target.region_embed is None:  # first grounding: the newest frame is the one the region refers to
+                try:
+                    target.region_embed = self.model.encode_regions({0: image}, [target.spec.region])
+                except ValueError as exc:
+                    self._drop(target, exc)
+                    dropped.append(target)
+                    continue
+            ready.append(target)
+        if ready:
+            context_embeds, query_embeds, newest = self._window(len(ready))
+            with self._tokenizer_lock:
+                out = self.model.grounded_prompts(context_embeds, query_embeds, [TRACK_REGION_QUESTION] * len(ready),
+                                                  region_embeds=[t.region_embed for t in ready])
+            for target, prompts in zip(ready, out.prompts, strict=True):
+                target.prompt = prompts[newest:newest + 1]  # one [SEG] per query frame, as the referring path
+        return dropped
+
+    def _ground_question(self, target: _Target) -> None:
+        """The first grounding generates and keeps the answer; later ones teacher-force it on the current window
+        (one MLLM pass each) to refresh the first grounded phrase's [SEG] prompt."""
+        context_embeds, query_embeds, _newest = self._window(1)
+        question = target.spec.expression
+        with self._tokenizer_lock:
+            if target.answer_ids is None:
+                generated = self.model.generate_answer(context_embeds, query_embeds, question,
+                                                       self.config.answer_tokens)
+                grounded = generated.answer.grounded
+                target.answer_ids = list(generated.token_ids)
+                target.answer = generated.answer.text
+                target.phrases = [(p.text, p.start, p.end) for p in grounded]
+                target.seg_slot = grounded[0].seg_index if grounded else None
+                prompts = generated.prompts
+            elif target.seg_slot is not None:
+                prompts = self.model.grounded_prompts(context_embeds, query_embeds, question,
+                                                      answer_ids=[target.answer_ids]).prompts[0]
+            else:
+                return
+        slot = target.seg_slot
+        target.prompt = None if slot is None else prompts[slot:slot + 1]
+
+    def _drop(self, target: _Target, exc: Exception) -> None:
+        """Remove a target the worker cannot ground; reported like other worker errors, nothing else is lost."""
+        target_id = target.spec.target_id
+        log.error("dropping target '%s': %s", target_id, exc)
+        with self._targets_lock:
+            if self._targets.get(target_id) is target:  # not replaced meanwhile
+                del self._targets[target_id]
+        with self._cond:
+            self._stats["errors"] += 1
 
     def _embeds(self, steps: list[int]) -> torch.Tensor:
         missing = [s for s in dict.fromkeys(steps) if s not in self._clip_embeds]
@@ -390,12 +553,14 @@ class StreamingEngine:
         return torch.stack([self._clip_embeds[s] for s in steps])
 
     @staticmethod
-    def _output(spec: TargetSpec, mask: np.ndarray, score: float, state: str, frame: StreamFrame,
+    def _output(target: _Target, mask: np.ndarray, score: float, state: str, frame: StreamFrame,
                 head_points: list[tuple[float, float]] | None = None) -> TargetOutput:
+        spec = target.spec
         point = mask_point(mask)
         point_3d = None
         if point is not None and frame.depth is not None and frame.intrinsics is not None:
             point_3d = lift_point(point[0], point[1], frame.depth, frame.intrinsics)
         return TargetOutput(target_id=spec.target_id, expression=spec.expression, mask=mask, bbox=mask_bbox(mask),
                             point_2d=point, point_3d=point_3d, score=score, state=state, mode=spec.mode,
-                            points=head_points if head_points is not None else ([point] if point is not None else []))
+                            points=head_points if head_points is not None else ([point] if point is not None else []),
+                            answer=target.answer, phrases=list(target.phrases))

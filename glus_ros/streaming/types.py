@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from glus_ros.model.region import Region
+
 MODES = ("mask", "point", "both")
 STATES = ("grounding", "tracking", "lost")
 
@@ -32,9 +34,14 @@ class StreamFrame:
 
 @dataclass(frozen=True)
 class TargetSpec:
+    """What to track. With a ``region`` the target is "track <region>" (the expression is then only a label and
+    may be empty); an expression ending in "?" is a question that gets a grounded answer (see the engine)."""
+
     target_id: str
     expression: str
     mode: str = "mask"                         # one of MODES: what the caller wants published
+    # box or point in pixels of the frame that is current when the target is added (``frame`` is not used)
+    region: Region | None = None
 
 
 @dataclass
@@ -51,6 +58,10 @@ class TargetOutput:
     # every referred object's point (x, y) in pixels: the model's point head on grounding frames when it has
     # one (VideoMolmo pointing, any number of objects), else the mask's interior point
     points: list[tuple[float, float]] = field(default_factory=list)
+    # question targets: the grounded answer (generated once) and its grounded phrases (text, start, end) with
+    # ``answer[start:end] == text``, in the order of their [SEG] tokens; the mask tracks the first one
+    answer: str = ""
+    phrases: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 @dataclass
