@@ -16,6 +16,7 @@ from glus_ros.model.checkpoints import (
     load_glus_checkpoint,
     load_model_dir_weights,
     load_sam2_checkpoint,
+    resize_patch_embeddings,
     save_model_dir,
 )
 from glus_ros.model.config import load_config
@@ -197,3 +198,42 @@ def test_a_trained_folder_can_gain_a_head_through_overrides_but_stays_strict_oth
     (folder / "config.yaml").write_text((folder / "config.yaml").read_text() + "points: {max_points: 8}\n")
     with pytest.raises(CheckpointError, match="point_head"):
         load_model(folder)
+
+
+def test_finer_vision_input_resizes_the_patch_kernels(tmp_path):
+    """64 px in 8 px patches -> 128 px in 16 px patches: same token grid, the enlarged image reads the same."""
+    torch.manual_seed(0)
+    plain = GLUSModel.from_config("tiny").eval()
+    save_model_dir(plain, tmp_path / "plain")
+    finer = load_model(tmp_path / "plain", overrides={"vlm": {"image_size": 128, "vision": {"patch_size": 16}}})
+    assert finer.cfg.vlm.tokens_per_frame == plain.cfg.vlm.tokens_per_frame
+    kernel = next(v for k, v in finer.state_dict().items() if k.endswith("patch_embedding.weight"))
+    assert kernel.shape[-2:] == (16, 16)
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    enlarged = torch.nn.functional.interpolate(pixels, scale_factor=2, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        want = plain.encode_clip_frames(pixels)
+        got = finer.eval().encode_clip_frames(enlarged)
+        other = finer.encode_clip_frames(torch.rand(2, 3, 128, 128) * 2 - 1)
+    assert (got - want).abs().mean() < 0.6 * (other - want).abs().mean()   # random kernels resample roughly
+    # a smooth kernel resamples exactly: a constant patch reads the same at either size
+    state = {"x.embeddings.patch_embedding.weight": torch.full((128, 3, 8, 8), 0.5)}
+
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.x = torch.nn.Module()
+            self.x.embeddings = torch.nn.Module()
+            self.x.embeddings.patch_embedding = torch.nn.Conv2d(3, 128, 16, 16, bias=False)
+
+    assert resize_patch_embeddings(Holder(), state) == ["x.embeddings.patch_embedding.weight"]
+    resized = state["x.embeddings.patch_embedding.weight"]
+    assert resized.shape == (128, 3, 16, 16) and torch.allclose(resized.sum(dim=(2, 3)), torch.full((128, 3), 32.0))
+    # without an override nothing is resized: a folder whose kernels do not fit is an error, as before
+    finer_dir = tmp_path / "finer"
+    save_model_dir(finer, finer_dir)
+    config = finer_dir / "config.yaml"
+    config.write_text(config.read_text().replace("patch_size: 16", "patch_size: 8").replace("image_size: 128",
+                                                                                            "image_size: 64"))
+    with pytest.raises(CheckpointError, match="patch_embedding"):
+        load_model(finer_dir)

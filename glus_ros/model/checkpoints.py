@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -232,7 +233,34 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 ADDABLE_HEADS = ("point_head.", "key_frame.", "vlm.temporal.", "grounding_map.")
 
 
-def load_model_dir_weights(model: nn.Module, folder: Path, optional_missing: tuple[str, ...] = ()) -> LoadReport:
+PATCH_EMBEDDING = "embeddings.patch_embedding.weight"
+
+
+def resize_patch_embeddings(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Fit stored vision patch kernels to the model's patch size (a finer vision input, same token grid).
+
+    A (C, 3, p, p) kernel becomes (C, 3, q, q) by bilinear resampling scaled by (p / q)^2, so a q-pixel
+    patch of the image enlarged q/p times gives about the response the p-pixel patch gave (FlexiViT's
+    observation); training goes on from there. Returns the keys changed.
+    """
+    own = model.state_dict()
+    changed = []
+    for key, value in list(state.items()):
+        if not key.endswith(PATCH_EMBEDDING) or key not in own or own[key].shape == value.shape:
+            continue
+        want = own[key].shape
+        if value.dim() != 4 or tuple(value.shape[:2]) != tuple(want[:2]):
+            continue  # another width or depth: left for assign_state to report
+        resized = F.interpolate(value.float(), size=tuple(want[2:]), mode="bilinear", align_corners=False)
+        state[key] = (resized * (value.shape[2] * value.shape[3]) / (want[2] * want[3])).to(value.dtype)
+        changed.append(key)
+        log.info("%s: patch kernel resized %s -> %s", key, tuple(value.shape[2:]), tuple(want[2:]))
+    return changed
+
+
+def load_model_dir_weights(model: nn.Module, folder: Path, optional_missing: tuple[str, ...] = (),
+                           resize_patches: bool = False) -> LoadReport:
+    """A trained folder's weights; ``resize_patches`` lets an override change the vision patch size."""
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"model directory {folder} has no {WEIGHTS_FILE}")
@@ -240,4 +268,6 @@ def load_model_dir_weights(model: nn.Module, folder: Path, optional_missing: tup
         state = load_file(str(weights))
     except Exception as exc:
         raise CheckpointError(f"{weights}: cannot read safetensors: {exc}") from exc
+    if resize_patches:
+        resize_patch_embeddings(model, state)
     return assign_state(model, state, str(weights), strict=True, optional_missing=optional_missing)
