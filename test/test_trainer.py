@@ -111,6 +111,7 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
     rows = list(csv.DictReader((tmp_path / "split" / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert {r["batch"] for r in rows} == {"referring"}  # no grounded: section, no grounded steps
     # the exported model directory loads by path and carries the trained weights
     from glus_ros.inference import load_model
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from glus_ros.model.config import deep_update, read_yaml_mapping
+from glus_ros.training.data import GROUNDED_KINDS
 
 DATASET_KINDS = ("mevis", "refytvos", "synth", "synth_count")  # synth_count: the synthetic "how many" questions
 
@@ -32,6 +33,22 @@ class DatasetSpec:
     videos: int | None = None  # synth only: generate this many videos if the split is missing
     seed: int | None = None    # synth only: generator seed of the split
     max_videos: int | None = None  # use only the first N videos (evaluation subsets)
+
+
+@dataclass
+class GroundedSpec:
+    """GLaMM-style grounded samples (captions, "what is <region>?", "track <region>") mixed into training.
+
+    Every ``every``-th optimiser step (``step % every == every - 1``) trains on grounded samples of a synthetic
+    split (``synth_meta.json`` grounding keys) instead of referring clips, so one run learns both answers.
+    """
+
+    root: str                  # folder holding <split>/ (relative paths are relative to --data-root)
+    split: str = "train"
+    videos: int | None = None  # generate this many videos if the split is missing
+    seed: int | None = None    # generator seed of the split
+    every: int = 4
+    kinds: list[str] = field(default_factory=lambda: list(GROUNDED_KINDS))
 
 
 @dataclass
@@ -114,6 +131,7 @@ class TrainConfig:
     sam2_checkpoint: str | None = None  # official SAM 2 .pt to start from
     trainable: list[str] | None = None  # parameter groups (default: the model config's split)
     datasets: list[DatasetSpec] = field(default_factory=list)
+    grounded: GroundedSpec | None = None  # grounded batches mixed into the referring ones (GLaMM)
     samples_per_epoch: int = 1000
     loss: dict[str, float] = field(default_factory=dict)  # LossWeights fields (ce, bce, dice, contrastive, temperature)
     visibility_weight: float = 1.0
@@ -165,6 +183,21 @@ def _dataset(raw: Any, where: str) -> DatasetSpec:
     return spec
 
 
+def _grounded(raw: Any, where: str) -> GroundedSpec:
+    spec = _build(GroundedSpec, raw, where)
+    every = spec.every
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"{where}: every must be an integer >= 1 (every k-th step is grounded), got {every!r}")
+    kinds = spec.kinds
+    if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
+        raise ValueError(f"{where}: kinds must be a non-empty list of {list(GROUNDED_KINDS)}, got {kinds!r}")
+    unknown = [k for k in kinds if k not in GROUNDED_KINDS]
+    if unknown:
+        raise ValueError(f"{where}: unknown kinds {unknown}; known: {list(GROUNDED_KINDS)}")
+    spec.kinds = list(dict.fromkeys(kinds))
+    return spec
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: expected a mapping at the top level")
@@ -174,6 +207,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
     raw["datasets"] = [_dataset(d, f"{source}: datasets[{i}]") for i, d in enumerate(raw.get("datasets", []))]
     if not raw["datasets"]:
         raise ValueError(f"{source}: a recipe needs at least one entry under 'datasets'")
+    if raw.get("grounded") is not None:
+        raw["grounded"] = _grounded(raw["grounded"], f"{source}: grounded")
     for key, cls in (("lora", LoraSpec), ("optim", OptimSpec), ("aux", AuxSpec), ("key_frame", KeyFrameSpec),
                      ("points", PointsSpec)):
         raw[key] = _build(cls, raw.get(key, {}), f"{source}: {key}")

@@ -6,6 +6,10 @@ plain loop. Runs are exactly resumable: a checkpoint holds the trainable weights
 schedule, the contrastive bank, the RNG state and the data position (epoch, micro-batch), and every
 sample is a pure function of (seed, epoch, index), so an interrupted run continued from its last
 checkpoint ends with the same weights as one that never stopped.
+
+With a ``grounded:`` recipe section, every k-th optimiser step trains on GLaMM-style grounded samples
+(captions with a mask per phrase, region questions, "track <region>") instead of referring clips; they
+have their own data order and position, saved in the checkpoint like the referring one.
 """
 
 from __future__ import annotations
@@ -30,23 +34,27 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from glus_ros.data.grounding import GROUNDING_KEYS
+from glus_ros.datasets.base import read_json
 from glus_ros.datasets.mevis import MevisDataset
 from glus_ros.datasets.refytvos import RefYoutubeVosDataset
 from glus_ros.model.checkpoints import save_model_dir
 from glus_ros.model.glus import GLUSModel
 from glus_ros.training.aux_heads import AuxHeads, synth_attribute_labels
-from glus_ros.training.config import DatasetSpec, TrainConfig
+from glus_ros.training.config import DatasetSpec, GroundedSpec, TrainConfig
 from glus_ros.training.data import (
     GivenExpressions,
+    GroundedClipDataset,
     MixedClipDataset,
     ObjectKeyRegistry,
     ReferringClipDataset,
     VideoSubset,
     make_collate,
+    make_grounded_collate,
 )
 from glus_ros.training.lora import add_lora, merge_lora
 from glus_ros.training.losses import LossWeights, SegTokenBank
-from glus_ros.training.step import forward_clips
+from glus_ros.training.step import forward_clips, forward_grounded
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "trainable.safetensors"
 LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes", "points",
              "point_masks", "grounding")
+BATCH_KIND = "batch_kind"  # batch key: "grounded" routes the batch to forward_grounded, anything else is referring
 
 
 class TrainingModule(nn.Module):
@@ -71,18 +80,24 @@ class TrainingModule(nn.Module):
         self.grounding = (cfg.aux.grounding, cfg.aux.grounding_drop)
 
     def forward(self, batch: dict[str, Any], seg_bank: SegTokenBank | None = None) -> dict[str, torch.Tensor]:
+        # one forward for both batch kinds: DDP wraps this module once and syncs whichever path ran
+        if batch.get(BATCH_KIND) == "grounded":
+            return forward_grounded(self.model, batch, self.weights, self.visibility_weight)
         return forward_clips(self.model, batch, self.weights, seg_bank, self.visibility_weight,
                              self.aux_heads, self.aux_weights, self.point_weights, self.grounding)
 
 
-def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:
-    """The dataset reader of a recipe entry; a missing synthetic split is generated first."""
+def dataset_root(spec: DatasetSpec | GroundedSpec, data_root: Path) -> Path:
+    """The folder holding a recipe entry's split (relative roots are relative to ``--data-root``)."""
     root = Path(spec.root)
-    if not root.is_absolute():
-        root = data_root / root
+    return root if root.is_absolute() else data_root / root
+
+
+def synth_split_dir(spec: DatasetSpec | GroundedSpec, data_root: Path, generate: bool = True) -> Path:
+    """The split folder of a recipe entry; a missing synthetic split is generated first (``generate``)."""
+    root = dataset_root(spec, data_root)
     split_dir = root / spec.split
-    synthetic = spec.kind in ("synth", "synth_count")
-    if synthetic and not (split_dir / "meta_expressions.json").is_file():
+    if generate and not (split_dir / "meta_expressions.json").is_file():
         if spec.videos is None or spec.seed is None:
             raise FileNotFoundError(f"synthetic split {split_dir} is missing and the recipe gives no videos/seed "
                                     "to generate it")
@@ -90,6 +105,13 @@ def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:
 
         log.info("generating synthetic split %s (%d videos, seed %d)", split_dir, spec.videos, spec.seed)
         write_split(root, spec.split, spec.videos, spec.seed, SynthConfig())
+    return split_dir
+
+
+def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:
+    """The dataset reader of a recipe entry; a missing synthetic split is generated first."""
+    split_dir = synth_split_dir(spec, data_root, generate=spec.kind in ("synth", "synth_count"))
+    root = dataset_root(spec, data_root)
     reader: Any = RefYoutubeVosDataset(root, spec.split) if spec.kind == "refytvos" else MevisDataset(root, spec.split)
     if spec.kind == "synth_count":
         from glus_ros.data.grounding import count_expressions
@@ -98,6 +120,27 @@ def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:
     if spec.max_videos is not None:
         reader = VideoSubset(reader, spec.max_videos)
     return reader, split_dir
+
+
+def check_grounding_keys(split_dir: Path) -> None:
+    """Fail early, naming the file, when a split predates the grounding data (the dataset would fail mid-run)."""
+    path = split_dir / "synth_meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"grounded: {path} does not exist; grounded samples need a synthetic split written "
+                                "by `glus-ros synth` (or give grounded.videos/seed to generate one)")
+    data = read_json(path)
+    videos = data.get("videos") if isinstance(data, dict) else None
+    if not isinstance(videos, dict) or not videos:
+        raise ValueError(f"grounded: {path} has no 'videos' mapping; regenerate the split with `glus-ros synth`")
+    for video, entry in videos.items():
+        missing = [k for k in GROUNDING_KEYS if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise ValueError(
+                f"grounded: {path} has no grounding keys {missing} (video {video!r}): the split was written before "
+                f"the generator made grounding data; regenerate it (`glus-ros synth --out {split_dir.parent} "
+                f"--split {split_dir.name} --videos N --seed S --overwrite`, same seed: the other files come out "
+                "byte-identical)"
+            )
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -124,7 +167,7 @@ class TrainResult:
     output_dir: Path
     model_dir: Path | None
     steps: int
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # per step: numbers, and "batch" (its kind)
     evals: list[dict[str, float]] = field(default_factory=list)
     key_frame: dict[str, float] | None = None
 
@@ -141,9 +184,15 @@ class Trainer:
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("recipe asks for device 'cuda' but CUDA is not available on this machine")
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
+        handlers = []
+        if cfg.grounded is not None:  # a grounded step leaves the referring-only heads without gradients
+            from accelerate.utils import DistributedDataParallelKwargs
+
+            handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=handlers)
         self.step = 0
         self.position = DataPosition()
+        self.grounded_position = DataPosition()
         self._seed_everything(cfg.seed)
         self.model = self._build_model()
         self.module = TrainingModule(self.model, cfg)
@@ -155,6 +204,7 @@ class Trainer:
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         self.seg_bank = SegTokenBank(cfg.contrastive_bank) if LossWeights(**cfg.loss).contrastive > 0 else None
         self.dataset = self._build_data()
+        self.grounded = self._build_grounded()
 
     # --- construction -----------------------------------------------------------------------
     @staticmethod
@@ -193,11 +243,31 @@ class Trainer:
             parts.append((ds, spec.ratio))
         return MixedClipDataset(parts, cfg.samples_per_epoch, seed=cfg.seed)
 
+    def _build_grounded(self) -> GroundedClipDataset | None:
+        """The recipe's grounded samples (``grounded:``), or None; a missing split is generated like synth ones."""
+        spec = self.cfg.grounded
+        if spec is None:
+            return None
+        split_dir = synth_split_dir(spec, self.data_root)
+        check_grounding_keys(split_dir)
+        sampling = self.model.cfg.sampling
+        return GroundedClipDataset(dataset_root(spec, self.data_root), spec.split, f"grounded:{spec.root}:{spec.split}",
+                                   sampling.num_context, sampling.num_query, seed=self.cfg.seed, kinds=spec.kinds)
+
+    def is_grounded_step(self, step: int) -> bool:
+        """Whether optimiser step ``step`` (0-based) trains on grounded samples: every k-th, ``step % k == k - 1``."""
+        spec = self.cfg.grounded
+        return spec is not None and step % spec.every == spec.every - 1
+
     # --- data order -------------------------------------------------------------------------
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This process's micro-batches of an epoch: a seeded permutation, sharded by process rank."""
-        order = list(range(len(self.dataset)))
-        random.Random(f"order:{self.cfg.seed}:{epoch}").shuffle(order)
+    def _epoch_batches(self, epoch: int, size: int | None = None, stream: str = "order") -> list[list[int]]:
+        """This process's micro-batches of an epoch: a seeded permutation, sharded by process rank.
+
+        ``stream`` names the order (``order`` for the referring mix, ``grounded`` for grounded samples), so the
+        two sources never share a permutation; ``size`` is the source's length (default: the referring mix).
+        """
+        order = list(range(len(self.dataset) if size is None else size))
+        random.Random(f"{stream}:{self.cfg.seed}:{epoch}").shuffle(order)
         mine = order[self.accelerator.process_index::self.accelerator.num_processes]
         bs = self.cfg.optim.batch_size
         return [mine[i:i + bs] for i in range(0, len(mine) - bs + 1, bs)]
@@ -219,6 +289,25 @@ class Trainer:
                 yield batch
             self.position = DataPosition(self.position.epoch + 1, 0)
 
+    def _grounded_micro_batches(self) -> Iterator[dict[str, Any]]:
+        """Endless grounded micro-batches from ``self.grounded_position`` on (its own epochs and order)."""
+        assert self.grounded is not None
+        mcfg = self.model.cfg
+        collate = make_grounded_collate(mcfg.vlm.image_size, mcfg.sam_image_size)
+        while True:
+            batches = self._epoch_batches(self.grounded_position.epoch, len(self.grounded), "grounded")
+            if not batches:
+                raise ValueError(f"grounded split has {len(self.grounded)} samples, fewer than one batch "
+                                 f"({self.cfg.optim.batch_size} x {self.accelerator.num_processes} processes)")
+            self.grounded.set_epoch(self.grounded_position.epoch)
+            loader = DataLoader(self.grounded, batch_sampler=batches[self.grounded_position.batch:],
+                                collate_fn=collate, num_workers=self.cfg.num_workers)
+            for batch in loader:
+                self.grounded_position.batch += 1
+                batch[BATCH_KIND] = "grounded"
+                yield batch
+            self.grounded_position = DataPosition(self.grounded_position.epoch + 1, 0)
+
     # --- checkpoints ------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         module = self.accelerator.unwrap_model(self.module)
@@ -235,6 +324,7 @@ class Trainer:
         save_file(self._trainable_state(), str(tmp / WEIGHTS_FILE))
         torch.save({
             "step": self.step, "epoch": self.position.epoch, "batch": self.position.batch,
+            "grounded_epoch": self.grounded_position.epoch, "grounded_batch": self.grounded_position.batch,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "seg_bank": self.seg_bank.state_dict() if self.seg_bank is not None else None,
             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
@@ -273,6 +363,8 @@ class Trainer:
         np.random.set_state(state["numpy_rng"])
         self.step = int(state["step"])
         self.position = DataPosition(int(state["epoch"]), int(state["batch"]))
+        # checkpoints from before grounded batches existed hold no grounded position: start it from the beginning
+        self.grounded_position = DataPosition(int(state.get("grounded_epoch", 0)), int(state.get("grounded_batch", 0)))
         for name in ("metrics.csv", "eval.csv"):  # rows the interrupted run wrote after this checkpoint
             _truncate_csv(self.out / name, self.step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.step, *vars(self.position).values())
@@ -349,6 +441,7 @@ class Trainer:
         metrics_path, eval_path = self.out / "metrics.csv", self.out / "eval.csv"
         result = TrainResult(self.out, None, self.step)
         batches = self._micro_batches()
+        grounded_batches = self._grounded_micro_batches() if self.grounded is not None else None
         bar = tqdm(total=cfg.optim.max_steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.progress and self.accelerator.is_main_process))
         module = self.module
@@ -357,8 +450,10 @@ class Trainer:
             t0 = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
+            kind = "grounded" if self.is_grounded_step(self.step) else "referring"
+            source = grounded_batches if kind == "grounded" and grounded_batches is not None else batches
             for micro in range(cfg.optim.grad_accum):
-                batch = next(batches)
+                batch = next(source)
                 last = micro == cfg.optim.grad_accum - 1
                 with self.accelerator.no_sync(module) if not last else contextlib.nullcontext():
                     losses = module(batch, self.seg_bank)
@@ -375,7 +470,7 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             row = {"step": self.step, "epoch": self.position.epoch, "lr": self.scheduler.get_last_lr()[0],
-                   **sums, "step_s": time.perf_counter() - t0}
+                   "batch": kind, **sums, "step_s": time.perf_counter() - t0}
             result.history.append(row)
             if self.accelerator.is_main_process and (self.step % cfg.log_every == 0 or self.step == stop):
                 _append_csv(metrics_path, row)
@@ -401,10 +496,26 @@ class Trainer:
         return result
 
 
-def _append_csv(path: Path, row: dict[str, float]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    """Append a row under the file's header (empty where a row lacks a column, e.g. contrastive on a grounded
+    step); a row with a column the file lacks rewrites the file once with that column added."""
+    header: list[str] = []
+    if path.is_file():
+        with path.open(newline="") as fh:
+            header = next(csv.reader(fh), [])
+    new = not header
+    if new:
+        header = list(row)
+    elif not set(row) <= set(header):
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        header += [k for k in row if k not in header]
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+    with path.open("w" if new else "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header, restval="")
         if new:
             writer.writeheader()
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
