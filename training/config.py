@@ -81,6 +81,8 @@ class AuxSpec:
 
     ``point``: each [SEG] predicts its frame's target centre and visibility (from the masks, any dataset).
     ``attributes``: each [SEG] classifies the colour and shape of the target (synthetic data only).
+    ``cells``: each visual token the LLM reads classifies the colour and shape of the object in its cell
+    (synthetic data only; training/aux_heads.py says why).
     ``grounding``: BCE of the grounding map (model ``vlm.grounding_map``) against the cells the target
     covers; ``grounding_drop``: the share of batches decoded without the map, so SAM 2 also works from
     the sparse prompt alone (frames the MLLM did not see while streaming).
@@ -88,6 +90,7 @@ class AuxSpec:
 
     point: float = 0.0
     attributes: float = 0.0
+    cells: float = 0.0
     grounding: float = 0.0
     grounding_drop: float = 0.0
 

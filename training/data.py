@@ -62,6 +62,8 @@ class ClipSample:
     attributes: tuple[int, int] = (-100, -100)  # colour, shape class of the target (auxiliary; -100 unknown)
     # per query frame: one normalised (x, y) point per visible referred object (point supervision), or None
     query_points: list[list[tuple[float, float]]] | None = None
+    # (Nc + Nq, G, G, 2) colour / shape class of the object in each token cell of each frame (auxiliary), or None
+    cell_labels: np.ndarray | None = None
 
 
 class ObjectKeyRegistry:
@@ -103,6 +105,7 @@ class ReferringClipDataset(Dataset[ClipSample]):
         mask_cache_size: int = 4,
         attribute_labels: Sequence[tuple[int, int]] | None = None,
         object_points: bool = False,
+        cell_labels: Callable[[str, list[int]], np.ndarray] | None = None,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -127,6 +130,7 @@ class ReferringClipDataset(Dataset[ClipSample]):
             raise ValueError(f"{len(attribute_labels)} attribute labels for {len(self._expressions)} expressions")
         self._attributes = list(attribute_labels) if attribute_labels is not None else None
         self.object_points = object_points  # per-object point labels (deepest interior point of each object)
+        self.cell_labels = cell_labels      # (video, frame indices) -> (F, G, G, 2) per-cell classes
         # keys are registered up front so they do not depend on which samples a worker happens to load
         self._keys = [self.registry.key(name, e.video, e.obj_ids) for e in self._expressions]
         # samples skipped in this process (DataLoader workers each count their own)
@@ -219,6 +223,7 @@ class ReferringClipDataset(Dataset[ClipSample]):
             query_idx=query_idx,
             attributes=self._attributes[index] if self._attributes is not None else (-100, -100),
             query_points=self._query_points(exp, query_idx) if self.object_points else None,
+            cell_labels=self.cell_labels(exp.video, context_idx + query_idx) if self.cell_labels else None,
         )
 
     def _query_points(self, exp: Expression, query_idx: list[int]) -> list[list[tuple[float, float]]]:
@@ -351,6 +356,8 @@ def collate_clips(samples: Sequence[ClipSample], clip_size: int, sam_size: int) 
         "attributes": torch.tensor([s.attributes for s in samples], dtype=torch.long),
         "query_points": [s.query_points for s in samples] if all(s.query_points is not None for s in samples)
         else None,
+        "cell_labels": torch.from_numpy(np.stack([s.cell_labels for s in samples])).long()
+        if all(s.cell_labels is not None for s in samples) else None,
         "meta": [(s.dataset, s.video, list(s.query_idx)) for s in samples],
     }
 

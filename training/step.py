@@ -22,14 +22,15 @@ from glus_ros.training.point_losses import point_set_loss
 
 def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights | None = None,
                   seg_bank: SegTokenBank | None = None, visibility_weight: float = 1.0,
-                  aux_heads: AuxHeads | None = None, aux_weights: tuple[float, float] = (0.0, 0.0),
+                  aux_heads: AuxHeads | None = None, aux_weights: tuple[float, ...] = (0.0, 0.0, 0.0),
                   point_weights: tuple[float, float] = (0.0, 0.0),
                   grounding: tuple[float, float] = (0.0, 0.0)) -> dict[str, torch.Tensor]:
     """Losses for a collated batch (see ``glus_ros.training.data.collate_clips`` for its keys).
 
     Besides the paper's terms, the SAM 2 object-score head is supervised with whether the object is
     visible in the frame (as SAM 2 trains it): inference hides the mask when that score says absent.
-    ``aux_heads`` with ``aux_weights`` (point, attributes) add the auxiliary [SEG] terms (aux_heads.py).
+    ``aux_heads`` with ``aux_weights`` (point, attributes[, cells]) add the auxiliary terms (aux_heads.py); the
+    cell term needs ``batch["cell_labels"]``.
     ``point_weights`` (point head set loss, point-prompted masks) train pointing (VideoMolmo): the point
     head predicts one point per referred object, and SAM 2 learns to turn the true points into the mask.
     ``grounding`` (weight, drop share): the grounding-map BCE and the share of batches decoded without the
@@ -72,6 +73,12 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
         aux = aux_losses(aux_heads(out.seg_hidden.float()), targets, batch["attributes"])
         losses.update(aux)
         losses["total"] = losses["total"] + aux_weights[0] * aux["aux_point"] + aux_weights[1] * aux["aux_attributes"]
+        cell_weight = aux_weights[2] if len(aux_weights) > 2 else 0.0
+        if cell_weight > 0:
+            if batch.get("cell_labels") is None:
+                raise ValueError("the cell term needs cell labels in the batch (synthetic splits: SynthCellLabels)")
+            losses["aux_cells"] = aux_heads.cell_losses(embeds, batch["cell_labels"])
+            losses["total"] = losses["total"] + cell_weight * losses["aux_cells"]
     if point_weights[0] > 0 or point_weights[1] > 0:
         losses.update(_point_losses(model, batch, out.seg_hidden, out.query_states, sam_feats, targets,
                                     point_weights))

@@ -40,7 +40,7 @@ from glus_ros.datasets.mevis import MevisDataset
 from glus_ros.datasets.refytvos import RefYoutubeVosDataset
 from glus_ros.model.checkpoints import save_model_dir
 from glus_ros.model.glus import GLUSModel
-from glus_ros.training.aux_heads import AuxHeads, synth_attribute_labels
+from glus_ros.training.aux_heads import AuxHeads, SynthCellLabels, synth_attribute_labels
 from glus_ros.training.config import DatasetSpec, GroundedSpec, TrainConfig
 from glus_ros.training.data import (
     GivenExpressions,
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "trainable.safetensors"
 LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes", "points",
-             "point_masks", "grounding")
+             "point_masks", "grounding", "aux_cells")
 BATCH_KIND = "batch_kind"  # batch key: "grounded" routes the batch to forward_grounded, anything else is referring
 
 
@@ -71,11 +71,11 @@ class TrainingModule(nn.Module):
     def __init__(self, model: GLUSModel, cfg: TrainConfig) -> None:
         super().__init__()
         self.model = model
-        use_aux = cfg.aux.point > 0 or cfg.aux.attributes > 0
-        self.aux_heads = AuxHeads(model.vlm.hidden_size) if use_aux else None
+        use_aux = cfg.aux.point > 0 or cfg.aux.attributes > 0 or cfg.aux.cells > 0
+        self.aux_heads = AuxHeads(model.vlm.hidden_size, cells=cfg.aux.cells > 0) if use_aux else None
         self.weights = LossWeights(**cfg.loss)
         self.visibility_weight = cfg.visibility_weight
-        self.aux_weights = (cfg.aux.point, cfg.aux.attributes)
+        self.aux_weights = (cfg.aux.point, cfg.aux.attributes, cfg.aux.cells)
         self.point_weights = (cfg.points.weight, cfg.points.mask_weight)
         self.grounding = (cfg.aux.grounding, cfg.aux.grounding_drop)
 
@@ -234,12 +234,17 @@ class Trainer:
         for spec in cfg.datasets:
             reader, split_dir = open_reader(spec, self.data_root)
             labels = None
+            cells = None
+            if spec.kind in ("synth", "synth_count") and cfg.aux.cells > 0:
+                side = round(mcfg.vlm.tokens_per_frame**0.5)
+                cells = SynthCellLabels(split_dir, side)
             if spec.kind == "synth" and cfg.aux.attributes > 0:
                 labels = synth_attribute_labels(split_dir, reader.expressions())
             ds = ReferringClipDataset(reader, f"{spec.kind}:{spec.root}:{spec.split}", mcfg.sampling.num_context,
                                       mcfg.sampling.num_query, seed=cfg.seed, on_error=cfg.on_data_error,  # type: ignore[arg-type]
                                       registry=registry, attribute_labels=labels,
-                                      object_points=cfg.points.weight > 0 or cfg.points.mask_weight > 0)
+                                      object_points=cfg.points.weight > 0 or cfg.points.mask_weight > 0,
+                                      cell_labels=cells)
             parts.append((ds, spec.ratio))
         return MixedClipDataset(parts, cfg.samples_per_epoch, seed=cfg.seed)
 
