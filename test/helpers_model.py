@@ -53,3 +53,24 @@ def synthetic_batch(model: GLUSModel) -> dict:
         keys.append(seed)
     return {"context_clip": torch.stack(ctx), "query_clip": torch.stack(qry), "query_sam": torch.stack(qsam),
             "query_masks": torch.stack(masks), "expressions": exprs, "object_keys": torch.tensor(keys)}
+
+
+class MethodSpy:
+    """Wraps one method of a model instance while the ``with`` block runs; subclasses say what to observe.
+
+    The instance attribute shadows the class method; leaving the block deletes it, so the real method is back.
+    """
+
+    def __init__(self, model: GLUSModel, name: str) -> None:
+        self.model, self.name = model, name
+        self.original = getattr(model, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.original(*args, **kwargs)
+
+    def __enter__(self):
+        setattr(self.model, self.name, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        delattr(self.model, self.name)

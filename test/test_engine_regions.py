@@ -16,7 +16,7 @@ from glus_ros.model.glus import GLUSModel
 from glus_ros.model.region import Region
 from glus_ros.streaming import EngineConfig, FrameResult, StreamFrame, StreamingEngine, TargetOutput, TargetSpec
 
-from helpers_model import moving_disk_clip
+from helpers_model import MethodSpy, moving_disk_clip
 
 H, W = 96, 128
 CLIP = moving_disk_clip(12, H, W)
@@ -24,12 +24,11 @@ BOX = Region(20.0, 30.0, 50.0, 66.0)   # around the disk's first positions
 POINT = Region.point(25.0, 48.0)
 
 
-class Recorder:
+class Recorder(MethodSpy):
     """Records the arguments of one model method while calling the real method (and its results)."""
 
     def __init__(self, model: GLUSModel, name: str) -> None:
-        self.model, self.name = model, name
-        self.original = getattr(model, name)
+        super().__init__(model, name)
         self.calls: list[tuple[tuple, dict]] = []
         self.results: list = []
 
@@ -39,12 +38,6 @@ class Recorder:
         self.results.append(out)
         return out
 
-    def __enter__(self) -> Recorder:
-        setattr(self.model, self.name, self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        delattr(self.model, self.name)  # back to the class method
 
 
 @pytest.fixture(scope="module")

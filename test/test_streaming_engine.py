@@ -24,18 +24,17 @@ from glus_ros.streaming import (
     mask_bbox,
 )
 
-from helpers_model import moving_disk_clip
+from helpers_model import MethodSpy, moving_disk_clip
 
 H, W = 96, 128
 INTR = CameraIntrinsics(fx=100.0, fy=100.0, cx=64.0, cy=48.0)
 
 
-class CallCounter:
+class CallCounter(MethodSpy):
     """Counts calls of one model method (and batch sizes) while calling the real method."""
 
     def __init__(self, model: GLUSModel, name: str) -> None:
-        self.model, self.name = model, name
-        self.original = getattr(model, name)
+        super().__init__(model, name)
         self.batches: list[int] = []
         self.fail = threading.Event()  # set: the next call raises (fault injection)
 
@@ -46,12 +45,6 @@ class CallCounter:
         self.batches.append(int(args[0].shape[0]) if hasattr(args[0], "shape") else 1)
         return self.original(*args, **kwargs)
 
-    def __enter__(self) -> CallCounter:
-        setattr(self.model, self.name, self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        delattr(self.model, self.name)  # back to the class method
 
 
 @pytest.fixture(scope="module")
