@@ -238,3 +238,58 @@ def test_a_question_tracks_the_first_grounded_phrase_of_its_answer(seg_model: GL
     for args, kwargs in forced.calls:
         assert args[2] == "which object moves?" and kwargs["answer_ids"] == [[seg] * 3]
     assert all(out.points == ([out.point_2d] if out.point_2d is not None else []) for out in outs)
+
+
+def test_a_question_tracks_every_grounded_phrase_with_its_own_prompt_memory_and_output(seg_model: GLUSModel) -> None:
+    engine = StreamingEngine(seg_model, EngineConfig(schedule="fast", reground_every=2, reground_below=0.0,
+                                                     answer_tokens=3, max_targets=2))
+    engine.add_target(TargetSpec("q", "which object moves?", mode="both"))
+    engine.add_target(TargetSpec("disk", "the red disk"))  # max_targets counts targets, not phrases
+    with pytest.raises(ValueError, match="phrases of a question"):  # a user id may not look like a phrase id
+        engine.add_target(TargetSpec("q/phrase_1", "the red disk"))
+    ids = ["q", "q/phrase_1", "q/phrase_2"]
+    with Recorder(seg_model, "generate_answer") as generate, Recorder(seg_model, "grounded_prompts") as forced, \
+            Recorder(seg_model, "track_step") as track:
+        results = [engine.process(frame(i)) for i in range(5)]
+    # the answer is "[SEG] [SEG] [SEG]": three grounded phrases, one output each, then the plain target
+    for k, result in enumerate(results):
+        assert [t.target_id for t in result.targets] == [*ids, "disk"]
+        for out in result.targets[:3]:
+            assert out.expression == "which object moves?" and out.mode == "both"
+            assert out.answer == "" and out.phrases == [("", 0, 0)] * 3 and out.phrase_target_ids == ids
+            check_output(out, grounded=k % 2 == 0)
+        disk = result.targets[3]
+        assert disk.answer == "" and disk.phrases == [] and disk.phrase_target_ids == []
+    # the same MLLM passes as with one tracked phrase: one generate, one teacher-forced pass per re-grounding
+    assert len(generate.calls) == 1 and len(forced.calls) == 2
+    # every frame decodes each phrase with its own [SEG] prompt and its own memory bank, no grounding map
+    target = engine._targets["q"]
+    banks = [target.bank] + [p.bank for p in target.more]
+    assert len(banks) == 3 and len({id(b) for b in banks}) == 3 and all(b is not None for b in banks)
+    calls = [c for c in track.calls if any(c[0][2] is b for b in banks)]
+    assert len(calls) == 3 * 5
+    refreshed = {2: forced.results[0].prompts[0], 4: forced.results[1].prompts[0]}
+    for i in range(5):
+        source = generate.results[0].prompts if i < 2 else refreshed[2 if i < 4 else 4]
+        for k in range(3):
+            (_features, prompt, bank, grounding), _ = calls[3 * i + k]
+            assert bank is banks[k] and grounding is None
+            assert torch.equal(prompt, source[k:k + 1])
+    assert not torch.equal(source[0], source[1])  # different [SEG] tokens, different prompts
+    # each bank holds only its own phrase's memories: one entry per frame, as a single target's bank
+    single = StreamingEngine(seg_model, EngineConfig(schedule="fast", reground_every=2, reground_below=0.0))
+    single.add_target(TargetSpec("disk", "the red disk"))
+    for i in range(5):
+        single.process(frame(i))
+    assert [len(b) for b in banks] == [len(single._targets["disk"].bank)] * 3
+    assert engine.cache_sizes()["max_memory_entries"] == len(banks[1])
+    # a reset gives every phrase a fresh memory; the answer is kept and re-grounded by teacher forcing
+    engine.reset()
+    with Recorder(seg_model, "generate_answer") as generate, Recorder(seg_model, "grounded_prompts") as forced:
+        after = engine.process(frame(5))
+    assert [t.target_id for t in after.targets] == [*ids, "disk"]
+    assert generate.calls == []
+    assert [kwargs.get("answer_ids") for _args, kwargs in forced.calls] == [[[seg_model.prompts.seg_id] * 3]]
+    fresh = [target.bank] + [p.bank for p in target.more]
+    assert all(b is not old for b, old in zip(fresh, banks, strict=True)) and len({id(b) for b in fresh}) == 3
+    assert [len(b) for b in fresh] == [1, 1, 1]

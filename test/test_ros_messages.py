@@ -283,8 +283,9 @@ def test_answers_and_phrases_fill_the_target_result() -> None:
                        phrases=[("The red mug", 0, 11), ("the laptop", 23, 33)])
     msg = target_to_msg(out, Header(frame_id="cam"))
     assert msg.answer == answer
+    # built by hand without phrase_target_ids: the engine's naming (first phrase = the target's own id)
     assert [(p.text, p.start, p.end, p.target_id) for p in msg.phrases] == [
-        ("The red mug", 0, 11, "mug_1"), ("the laptop", 23, 33, "mug_1")]
+        ("The red mug", 0, 11, "mug_1"), ("the laptop", 23, 33, "mug_1/phrase_1")]
     assert all(msg.answer[p.start:p.end] == p.text for p in msg.phrases)
     plain = target_to_msg(TargetOutput("t", "the mug", np.zeros((6, 8), bool), None, None, None, 0.1, "lost",
                                        "mask"), Header())
@@ -296,3 +297,34 @@ def test_answers_and_phrases_fill_the_target_result() -> None:
     (target,) = frame_result_to_msg(result, Header(frame_id="cam"), 3.0).results
     assert target.answer == result.targets[0].answer
     assert [(p.text, p.start, p.end) for p in target.phrases] == result.targets[0].phrases
+
+
+def test_each_grounded_phrase_is_its_own_target_result_and_its_phrase_points_at_it() -> None:
+    from std_msgs.msg import Header
+
+    from glus_ros.ros.messages import frame_result_to_msg
+    from glus_ros.streaming import FrameResult, TargetOutput
+
+    answer = "The red mug is left of the laptop."
+    phrases = [("The red mug", 0, 11), ("the laptop", 23, 33)]
+    ids = ["q", "q/phrase_1"]
+    mug, laptop = np.zeros((6, 8), bool), np.zeros((6, 8), bool)
+    mug[1:3, 1:3] = True
+    laptop[3:5, 5:8] = True
+    outs = [TargetOutput(target_id=i, expression="where is the mug?", mask=m, bbox=b, point_2d=None, point_3d=None,
+                         score=0.9, state="tracking", mode="mask", answer=answer, phrases=list(phrases),
+                         phrase_target_ids=list(ids))
+            for i, m, b in (("q", mug, (1, 1, 2, 2)), ("q/phrase_1", laptop, (5, 3, 7, 4)))]
+    result = FrameResult(stamp=1.0, frame_id="cam", seq=1, width=8, height=6, targets=outs, latency_ms=1.0,
+                         frames_dropped=0, image=np.zeros((6, 8, 3), np.uint8))
+    msg = frame_result_to_msg(result, Header(frame_id="cam"), 1.0)
+    assert [r.target_id for r in msg.results] == ids
+    by_id = {r.target_id: r for r in msg.results}
+    for r in msg.results:
+        assert r.answer == answer
+        assert [(p.text, p.target_id) for p in r.phrases] == [("The red mug", "q"), ("the laptop", "q/phrase_1")]
+    # a subscriber finds each phrase's own mask through GroundedPhrase.target_id
+    for phrase, expected in zip(msg.results[0].phrases, (mug, laptop), strict=True):
+        own = by_id[phrase.target_id]
+        got = np.frombuffer(own.mask.data, dtype=np.uint8).reshape(own.mask.height, own.mask.width) > 0
+        np.testing.assert_array_equal(got, expected)

@@ -9,7 +9,9 @@ reports everything. An empty box has ``x_max < x_min`` (0, 0, -1, -1).
 
 A command's RegionPrompt (BOX or POINT, input-image pixels) becomes the target's ``Region``: the target
 is then "track <region>" and its expression only a label. A question (expression ending in "?") gets
-a grounded answer, published in ``TargetResult.answer`` / ``phrases`` on every frame.
+a grounded answer, published in ``TargetResult.answer`` / ``phrases`` on every frame; each grounded phrase is
+tracked as its own TargetResult and ``GroundedPhrase.target_id`` names it (the question's id for the first
+phrase, ``<id>/phrase_<k>`` for the others).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from std_msgs.msg import Header
 
 from glus_ros.model.region import Region
 from glus_ros.ros.image_conversion import mask_to_image
-from glus_ros.streaming.types import FrameResult, TargetOutput, TargetSpec
+from glus_ros.streaming.types import FrameResult, TargetOutput, TargetSpec, phrase_target_id
 
 if TYPE_CHECKING:
     from glus_ros.streaming.engine import StreamingEngine
@@ -88,8 +90,12 @@ def target_to_msg(target: TargetOutput, header: Header) -> TargetResult:
         msg.has_point_3d = True
         msg.point_3d = Point(x=float(target.point_3d[0]), y=float(target.point_3d[1]), z=float(target.point_3d[2]))
     msg.answer = target.answer
-    msg.phrases = [GroundedPhrase(text=text, start=int(start), end=int(end), target_id=target.target_id)
-                   for text, start, end in target.phrases]
+    ids = target.phrase_target_ids
+    if len(ids) != len(target.phrases):  # built by hand without ids: the engine's naming
+        base = target.target_id.split("/phrase_")[0]
+        ids = [phrase_target_id(base, k) for k in range(len(target.phrases))]
+    msg.phrases = [GroundedPhrase(text=text, start=int(start), end=int(end), target_id=phrase_id)
+                   for (text, start, end), phrase_id in zip(target.phrases, ids, strict=True)]
     return msg
 
 

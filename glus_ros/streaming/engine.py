@@ -16,10 +16,13 @@ Two kinds of target go another way through the MLLM (neither gets a grounding ma
   has the exact frame the user clicked on any more), then reused for every re-grounding. The expression is
   only a label then.
 * a target whose expression is a question (ends with "?") gets a grounded answer: it is generated once,
-  on the target's first grounding frame, and kept; the mask tracks the answer's FIRST grounded phrase
-  (more phrases would need more targets: out of scope). Re-groundings teacher-force the kept answer on
-  the current window to refresh that phrase's [SEG] prompt. An answer without a grounded phrase has no
-  mask: the target stays "lost" and is never re-grounded.
+  on the target's first grounding frame, and kept. EVERY grounded phrase of the answer is tracked, each
+  with its own [SEG] prompt and its own memory bank, and each gives its own output per frame: phrase 0
+  under the target's id, phrase k >= 1 under ``<target_id>/phrase_<k>`` (``phrase_target_id``); every
+  one of them carries the whole answer, its phrases and ``phrase_target_ids``. Re-groundings teacher-force
+  the kept answer on the current window (one MLLM pass for the whole target) to refresh all phrases'
+  prompts. An answer without a grounded phrase has no mask: the target gives one "lost" output and is
+  never re-grounded. ``max_targets`` counts targets, not phrases.
 """
 
 from __future__ import annotations
@@ -41,10 +44,20 @@ from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.point_head import decode_points
 from glus_ros.model.prompting import clean_expression
 from glus_ros.model.region import TRACK_REGION_QUESTION, Region
+from glus_ros.model.sam2_head import FrameFeatures
 from glus_ros.model.transforms import check_frame, clip_input, logits_to_frame, sam_input, to_tensor
 from glus_ros.sampling import StreamingSampler
 from glus_ros.streaming.geometry import lift_point, mask_bbox, mask_point
-from glus_ros.streaming.types import MODES, CameraIntrinsics, FrameResult, StreamFrame, TargetOutput, TargetSpec
+from glus_ros.streaming.types import (
+    MODES,
+    PHRASE_ID_MARK,
+    CameraIntrinsics,
+    FrameResult,
+    StreamFrame,
+    TargetOutput,
+    TargetSpec,
+    phrase_target_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +103,16 @@ class UnknownTargetError(KeyError):
 
 
 @dataclass(eq=False)
+class _Phrase:
+    """Tracking state of a question target's grounded phrase k >= 1 (phrase 0 lives in the target itself)."""
+
+    bank: MemoryBank | None
+    prompt: torch.Tensor | None = None   # (1, prompt_dim) the phrase's [SEG] projection from the last grounding
+    score: float = 1.0
+    state: str = "grounding"
+
+
+@dataclass(eq=False)
 class _Target:
     """A target's tracking state; mutated only by the thread that holds the model lock."""
 
@@ -104,9 +127,14 @@ class _Target:
     region_embed: torch.Tensor | None = None
     # question targets: the answer generated on the first grounding (None: not yet), kept across re-groundings
     answer_ids: list[int] | None = None
-    seg_slot: int | None = None          # the answer's [SEG] of its first grounded phrase (None: nothing grounded)
+    seg_slots: list[int] = field(default_factory=list)  # the answer's [SEG] of each grounded phrase, in order
     answer: str = ""
     phrases: list[tuple[str, int, int]] = field(default_factory=list)
+    more: list[_Phrase] = field(default_factory=list)   # phrases 1.. (own prompt and memory bank each)
+
+    def phrase_ids(self) -> list[str]:
+        """The output id each grounded phrase is tracked under (empty for other targets)."""
+        return [phrase_target_id(self.spec.target_id, k) for k in range(len(self.phrases))]
 
     @property
     def kind(self) -> str:
@@ -176,6 +204,9 @@ class StreamingEngine:
             raise ValueError(f"target_id must be a string, got {type(spec.target_id).__name__}")
         if spec.mode not in MODES:
             raise ValueError(f"unknown mode '{spec.mode}' (one of {', '.join(MODES)})")
+        if PHRASE_ID_MARK in spec.target_id:
+            raise ValueError(f"target_id {spec.target_id!r} contains '{PHRASE_ID_MARK}', which names the phrases of "
+                             "a question target's answer; choose another id")
         if spec.region is not None:  # the expression is only a label: it may be empty
             region = self._checked_region(spec.region)
             empty = isinstance(spec.expression, str) and not spec.expression.strip()
@@ -332,7 +363,8 @@ class StreamingEngine:
     def cache_sizes(self) -> dict[str, int]:
         """How much per-frame and per-target state is held (all bounded; for monitoring and tests)."""
         with self._model_lock, self._targets_lock:
-            banks = [len(t.bank) for t in self._targets.values() if t.bank is not None]
+            banks = [len(b) for t in self._targets.values() for b in [t.bank, *(p.bank for p in t.more)]
+                     if b is not None]
             return {"history": len(self._sampler), "clip_inputs": len(self._clip_inputs),
                     "clip_embeds": len(self._clip_embeds), "max_memory_entries": max(banks, default=0)}
 
@@ -359,6 +391,10 @@ class StreamingEngine:
                 target.needs_ground = True
                 target.since_ground = 0
                 target.score = 1.0
+                for phrase in target.more:
+                    phrase.bank = self.model.new_memory_bank()
+                    phrase.prompt = None
+                    phrase.score = 1.0
 
     def _worker(self, stop: threading.Event) -> None:
         while True:
@@ -399,11 +435,12 @@ class StreamingEngine:
                            frames_dropped=dropped, image=frame.image)
 
     def _due(self, target: _Target) -> bool:
-        if target.answer_ids is not None and target.seg_slot is None:
+        if target.answer_ids is not None and not target.seg_slots:
             return False  # an answer that grounds nothing: no [SEG] to refresh
         if self.config.schedule == "full" or target.needs_ground or target.prompt is None:
             return True
-        return target.since_ground >= self.config.reground_every or target.score < self.config.reground_below
+        score = min([target.score, *(p.score for p in target.more)])  # any phrase faded: re-ground them all
+        return target.since_ground >= self.config.reground_every or score < self.config.reground_below
 
     def _infer(self, frame: StreamFrame, active: list[_Target]) -> list[TargetOutput]:
         model = self.model
@@ -447,19 +484,29 @@ class StreamingEngine:
                 target.score, target.state = 0.0, "lost"
                 outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "lost", frame))
                 continue
-            pred = model.track_step(features, target.prompt, target.bank, maps.get(id(target)))
-            score = float(torch.sigmoid(pred.object_score.float())[0, 0])
-            target.score = score
+            grounded = any(t is target for t in grounding)
+            mask, score, state = self._decode(features, target, maps.get(id(target)), grounded, height, width)
             target.since_ground += 1
-            if score > VISIBLE_ABOVE:
-                mask = (logits_to_frame(pred.logits, height, width)[0] > 0).cpu().numpy()
-                state = "grounding" if any(t is target for t in grounding) else "tracking"
-            else:
-                mask = np.zeros((height, width), dtype=bool)
-                state = "lost"
-            target.state = state
             outputs.append(self._output(target, mask, score, state, frame, head_points.get(id(target))))
+            for k, phrase in enumerate(target.more, start=1):  # a question's further grounded phrases
+                mask, score, state = self._decode(features, phrase, None, grounded, height, width)
+                outputs.append(self._output(target, mask, score, state, frame,
+                                            output_id=phrase_target_id(target.spec.target_id, k)))
         return outputs
+
+    def _decode(self, features: FrameFeatures, track: _Target | _Phrase, grid: torch.Tensor | None,
+                grounded: bool, height: int, width: int) -> tuple[np.ndarray, float, str]:
+        """One SAM 2 step of a target (or phrase) with its own prompt and memory bank; updates its score/state."""
+        pred = self.model.track_step(features, track.prompt, track.bank, grid)
+        score = float(torch.sigmoid(pred.object_score.float())[0, 0])
+        if score > VISIBLE_ABOVE:
+            mask = (logits_to_frame(pred.logits, height, width)[0] > 0).cpu().numpy()
+            state = "grounding" if grounded else "tracking"
+        else:
+            mask = np.zeros((height, width), dtype=bool)
+            state = "lost"
+        track.score, track.state = score, state
+        return mask, score, state
 
     def _window(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Context (B, Nc, T, D) and query window (B, Nq, T, D) embeddings for ``batch`` prompts, and the
@@ -512,8 +559,9 @@ class StreamingEngine:
         return dropped
 
     def _ground_question(self, target: _Target) -> None:
-        """The first grounding generates and keeps the answer; later ones teacher-force it on the current window
-        (one MLLM pass each) to refresh the first grounded phrase's [SEG] prompt."""
+        """The first grounding generates and keeps the answer (and gives each grounded phrase after the first its
+        own memory bank); later ones teacher-force it on the current window (one MLLM pass each) to refresh every
+        grounded phrase's [SEG] prompt."""
         context_embeds, query_embeds, _newest = self._window(1)
         question = target.spec.expression
         with self._tokenizer_lock:
@@ -524,15 +572,21 @@ class StreamingEngine:
                 target.answer_ids = list(generated.token_ids)
                 target.answer = generated.answer.text
                 target.phrases = [(p.text, p.start, p.end) for p in grounded]
-                target.seg_slot = grounded[0].seg_index if grounded else None
+                target.seg_slots = [p.seg_index for p in grounded]
+                target.more = [_Phrase(self.model.new_memory_bank()) for _ in grounded[1:]]
                 prompts = generated.prompts
-            elif target.seg_slot is not None:
+            elif target.seg_slots:
                 prompts = self.model.grounded_prompts(context_embeds, query_embeds, question,
                                                       answer_ids=[target.answer_ids]).prompts[0]
             else:
                 return
-        slot = target.seg_slot
-        target.prompt = None if slot is None else prompts[slot:slot + 1]
+        if not target.seg_slots:
+            target.prompt = None
+            return
+        first, *rest = target.seg_slots
+        target.prompt = prompts[first:first + 1]
+        for phrase, slot in zip(target.more, rest, strict=True):
+            phrase.prompt = prompts[slot:slot + 1]
 
     def _drop(self, target: _Target, exc: Exception) -> None:
         """Remove a target the worker cannot ground; reported like other worker errors, nothing else is lost."""
@@ -554,13 +608,15 @@ class StreamingEngine:
 
     @staticmethod
     def _output(target: _Target, mask: np.ndarray, score: float, state: str, frame: StreamFrame,
-                head_points: list[tuple[float, float]] | None = None) -> TargetOutput:
+                head_points: list[tuple[float, float]] | None = None, output_id: str | None = None) -> TargetOutput:
         spec = target.spec
         point = mask_point(mask)
         point_3d = None
         if point is not None and frame.depth is not None and frame.intrinsics is not None:
             point_3d = lift_point(point[0], point[1], frame.depth, frame.intrinsics)
-        return TargetOutput(target_id=spec.target_id, expression=spec.expression, mask=mask, bbox=mask_bbox(mask),
-                            point_2d=point, point_3d=point_3d, score=score, state=state, mode=spec.mode,
+        return TargetOutput(target_id=output_id or spec.target_id, expression=spec.expression, mask=mask,
+                            bbox=mask_bbox(mask), point_2d=point, point_3d=point_3d, score=score, state=state,
+                            mode=spec.mode,
                             points=head_points if head_points is not None else ([point] if point is not None else []),
-                            answer=target.answer, phrases=list(target.phrases))
+                            answer=target.answer, phrases=list(target.phrases),
+                            phrase_target_ids=target.phrase_ids())

@@ -12,6 +12,15 @@ MODES = ("mask", "point", "both")
 STATES = ("grounding", "tracking", "lost")
 
 
+PHRASE_ID_MARK = "/phrase_"  # user target ids may not contain it
+
+
+def phrase_target_id(target_id: str, k: int) -> str:
+    """The output id of a question target's k-th grounded phrase: the target's own id for k = 0, else
+    ``<target_id>/phrase_<k>``."""
+    return target_id if k == 0 else f"{target_id}{PHRASE_ID_MARK}{k}"
+
+
 @dataclass(frozen=True)
 class CameraIntrinsics:
     """Pinhole intrinsics in pixels of the image they come with (ROS CameraInfo K)."""
@@ -59,9 +68,13 @@ class TargetOutput:
     # one (VideoMolmo pointing, any number of objects), else the mask's interior point
     points: list[tuple[float, float]] = field(default_factory=list)
     # question targets: the grounded answer (generated once) and its grounded phrases (text, start, end) with
-    # ``answer[start:end] == text``, in the order of their [SEG] tokens; the mask tracks the first one
+    # ``answer[start:end] == text``, in the order of their [SEG] tokens. Every phrase is tracked with its own
+    # mask and gives its own TargetOutput: phrase 0 under the question target's id, phrase k >= 1 under
+    # ``phrase_target_id(target_id, k)``; all of them carry the same answer, phrases and phrase_target_ids
     answer: str = ""
     phrases: list[tuple[str, int, int]] = field(default_factory=list)
+    # the output id each phrase is tracked under (same length as ``phrases``; empty for other targets)
+    phrase_target_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
