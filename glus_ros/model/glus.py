@@ -196,14 +196,11 @@ class GLUSModel(nn.Module):
         """
         batch, num_query = query_embeds.shape[0], query_embeds.shape[1]
         num_context = context_embeds.shape[1]
-        shown = num_query if self.cfg.sampling.query_in_prompt else 0
+        frames, shown = self._prompt_frames(context_embeds, query_embeds)
         encoded = [self.prompts.encode(e, num_context, num_query, None if answers is None else answers[i], shown)
                    for i, e in enumerate(expressions)]
         ids, mask, _labels = self.prompts.batch(encoded)
         ids, mask = ids.to(query_embeds.device), mask.to(query_embeds.device)
-        frames = torch.cat([context_embeds, query_embeds], dim=1) if shown else context_embeds
-        if self.vlm.temporal is not None:  # VideoMolmo temporal module, frames in the order given
-            frames = self.vlm.temporal(frames)
         logits, hidden_states = self.vlm(ids, mask, frames)
         hidden = hidden_states[self.cfg.vlm.seg_hidden_layer]
         seg_positions = ids == self.prompts.seg_id
@@ -256,7 +253,8 @@ class GLUSModel(nn.Module):
         return self.region_embeddings(torch.stack(pixels).to(self.device), torch.stack(boxes).to(self.device))
 
     def _prompt_frames(self, context_embeds: torch.Tensor, query_embeds: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The frame embeddings placed in the prompt and how many query frames are shown (as ``seg_prompts``)."""
+        """The frame embeddings placed in the prompt and how many query frames are shown (the VideoMolmo temporal
+        module, when configured, runs over them in the order given)."""
         num_query = query_embeds.shape[1]
         shown = num_query if self.cfg.sampling.query_in_prompt else 0
         frames = torch.cat([context_embeds, query_embeds], dim=1) if shown else context_embeds
