@@ -119,6 +119,35 @@ class KeyFrameSpec:
 
 
 @dataclass
+class VisionPretrainSpec:
+    """Vision pre-training before the main stage (training/vision_pretrain.py says why); off by default.
+
+    Trains on single frames of the recipe's first synthetic dataset.
+    """
+
+    enabled: bool = False
+    steps: int = 5000
+    batch_size: int = 32          # single frames per step
+    lr: float = 1.0e-3            # Adam, constant (what was measured)
+    held_out: int = 100           # the split's last N videos: never trained on, scored every eval_every steps
+    eval_every: int = 250
+    eval_frames: int = 256        # held-out frames scored (a fixed, seeded draw)
+
+    def check(self, where: str) -> None:
+        checks = [
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.held_out >= 1, f"held_out must be >= 1 (videos to score on), got {self.held_out}"),
+            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (self.eval_frames >= 1, f"eval_frames must be >= 1, got {self.eval_frames}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{where}: {message}")
+
+
+@dataclass
 class EvalSpec:
     dataset: DatasetSpec | None = None
     every_steps: int = 0            # 0: only at the end
@@ -143,6 +172,7 @@ class TrainConfig:
     optim: OptimSpec = field(default_factory=OptimSpec)
     aux: AuxSpec = field(default_factory=AuxSpec)
     key_frame: KeyFrameSpec = field(default_factory=KeyFrameSpec)
+    vision_pretrain: VisionPretrainSpec = field(default_factory=VisionPretrainSpec)
     points: PointsSpec = field(default_factory=PointsSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     output_dir: str = "runs/{name}"
@@ -213,8 +243,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
     if raw.get("grounded") is not None:
         raw["grounded"] = _grounded(raw["grounded"], f"{source}: grounded")
     for key, cls in (("lora", LoraSpec), ("optim", OptimSpec), ("aux", AuxSpec), ("key_frame", KeyFrameSpec),
-                     ("points", PointsSpec)):
+                     ("points", PointsSpec), ("vision_pretrain", VisionPretrainSpec)):
         raw[key] = _build(cls, raw.get(key, {}), f"{source}: {key}")
+    raw["vision_pretrain"].check(f"{source}: vision_pretrain")
     ev = dict(raw.get("eval", {}) or {})
     if ev.get("dataset") is not None:
         ev["dataset"] = _dataset(ev["dataset"], f"{source}: eval.dataset")

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "trainable.safetensors"
+VISION_DIR = "vision_pretrain"  # <out>/vision_pretrain/: the vision stage's weights and metrics.csv
 LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes", "points",
              "point_masks", "grounding", "aux_cells")
 BATCH_KIND = "batch_kind"  # batch key: "grounded" routes the batch to forward_grounded, anything else is referring
@@ -195,6 +196,7 @@ class Trainer:
         self.grounded_position = DataPosition()
         self._seed_everything(cfg.seed)
         self.model = self._build_model()
+        self.vision_pretrain: list[dict[str, float]] = []  # the vision stage's evaluation rows, when it ran here
         self.module = TrainingModule(self.model, cfg)
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.num_trainable = sum(p.numel() for p in params)
@@ -219,6 +221,10 @@ class Trainer:
         cfg = self.cfg
         model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu",
                            overrides=cfg.model_overrides or None)
+        if cfg.vision_pretrain.enabled:
+            model.to(self.accelerator.device)
+            self._pretrain_vision(model)
+            self._seed_everything(cfg.seed)  # the main stage starts alike whether the vision stage ran or was cached
         groups = list(cfg.trainable if cfg.trainable is not None else model.cfg.trainable)
         model.apply_trainable([g for g in groups if g != "llm_lora"])
         if "llm_lora" in groups:
@@ -226,6 +232,33 @@ class Trainer:
                 raise ValueError("trainable groups 'llm' and 'llm_lora' exclude each other (full LLM or LoRA)")
             add_lora(model.vlm.language_model, cfg.lora)
         return model.to(self.accelerator.device).train()
+
+    def _pretrain_vision(self, model: GLUSModel) -> None:
+        """The ``vision_pretrain`` stage, once per output folder: its weights are cached and reused on a re-run
+        or ``--resume`` (the main stage's checkpoints hold the vision tower only when it is trainable)."""
+        from glus_ros.training.vision_pretrain import load_vision_state, pretrain_vision, vision_state
+
+        cache = self.out / VISION_DIR / WEIGHTS_FILE
+        with self.accelerator.main_process_first():
+            if not cache.is_file() and self.accelerator.is_main_process:
+                spec = next((d for d in self.cfg.datasets if d.kind in ("synth", "synth_count")), None)
+                if spec is None:
+                    raise ValueError("vision_pretrain needs a synthetic dataset (kind synth or synth_count) in "
+                                     "'datasets': its per-cell labels come from synth_meta.json")
+                reader, split_dir = open_reader(spec, self.data_root)
+                labels = SynthCellLabels(split_dir, round(model.cfg.vlm.tokens_per_frame**0.5))
+                csv_path = self.out / VISION_DIR / "metrics.csv"
+                csv_path.unlink(missing_ok=True)  # rows of an interrupted earlier attempt
+                csv_path.parent.mkdir(parents=True, exist_ok=True)
+                self.vision_pretrain = pretrain_vision(
+                    model, reader, labels, self.cfg.vision_pretrain, self.cfg.seed, self.cfg.on_data_error,
+                    self.progress, on_row=lambda row: _append_csv(csv_path, row))
+                tmp = cache.with_name(cache.name + ".tmp")
+                save_file(vision_state(model), str(tmp))
+                tmp.rename(cache)
+            else:
+                log.info("vision pre-training: using the cached weights in %s", cache)
+                load_vision_state(model, load_file(str(cache)))
 
     def _build_data(self) -> MixedClipDataset:
         cfg, mcfg = self.cfg, self.model.cfg

@@ -1,0 +1,149 @@
+"""The vision pre-training stage (training/vision_pretrain.py) on a real tiny model and generated videos."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import glus_ros.training.vision_pretrain as vision_pretrain_module
+from glus_ros.data.synth import write_split
+from glus_ros.datasets.mevis import MevisDataset
+from glus_ros.inference import load_model
+from glus_ros.training.aux_heads import COLOUR_NAMES, IGNORE, AuxHeads, SynthCellLabels
+from glus_ros.training.config import VisionPretrainSpec, config_from_dict
+from glus_ros.training.trainer import VISION_DIR, WEIGHTS_FILE, Trainer
+from glus_ros.training.vision_pretrain import (
+    cell_accuracy,
+    load_vision_state,
+    pretrain_vision,
+    stage_parameters,
+    vision_state,
+)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth_vision")
+    write_split(root, "train", 6, seed=21)
+    return root
+
+
+def _labels(model, split_dir: Path) -> SynthCellLabels:
+    return SynthCellLabels(split_dir, round(model.cfg.vlm.tokens_per_frame**0.5))
+
+
+def test_cell_accuracy_counts_only_cells_that_hold_an_object():
+    heads = AuxHeads(4, cells=True)
+    split = len(COLOUR_NAMES) + 1
+    with torch.no_grad():
+        heads.cells.weight.zero_()
+        heads.cells.bias.zero_()
+        heads.cells.bias[1] = 5.0          # always colour 1
+        heads.cells.bias[split + 2] = 5.0  # always shape 2
+    labels = torch.full((1, 2, 2, 2), IGNORE)
+    labels[0, 0, 0] = torch.tensor([1, 0])                     # colour right, shape wrong
+    labels[0, 0, 1] = torch.tensor([2, 2])                     # colour wrong, shape right
+    labels[0, 1, 0] = torch.tensor([len(COLOUR_NAMES), 3])     # no object: not scored
+    colour, shape = cell_accuracy(heads, torch.zeros(1, 4, 4), labels)
+    assert (colour, shape) == (0.5, 0.5)
+
+
+def test_pretraining_fits_the_cells_and_touches_only_the_vision_side(data_root: Path):
+    model = load_model("tiny")
+    reader = MevisDataset(data_root, "train")
+    llm_before = {n: p.clone() for n, p in model.vlm.language_model.named_parameters()}
+    sam_before = {n: p.clone() for n, p in model.sam.named_parameters()}
+    vision_before = vision_state(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    spec = VisionPretrainSpec(enabled=True, steps=120, batch_size=8, lr=3e-3, held_out=1, eval_every=30,
+                              eval_frames=16)
+    rows = pretrain_vision(model, reader, _labels(model, data_root / "train"), spec, seed=0, progress=False)
+    assert [r["step"] for r in rows] == [30, 60, 90, 120]
+    assert rows[-1]["loss"] < 0.7 * rows[0]["loss"], rows
+    assert all(0.0 <= r["held_out_colour"] <= 1.0 and 0.0 <= r["held_out_shape"] <= 1.0 for r in rows)
+    assert any(not torch.equal(vision_before[n], v) for n, v in vision_state(model).items())
+    assert all(torch.equal(llm_before[n], p) for n, p in model.vlm.language_model.named_parameters())
+    assert all(torch.equal(sam_before[n], p) for n, p in model.sam.named_parameters())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+
+
+def test_held_out_must_leave_training_videos_and_frames_must_fit(data_root: Path):
+    model = load_model("tiny")
+    reader = MevisDataset(data_root, "train")
+    with pytest.raises(ValueError, match="held_out 6 leaves no training videos"):
+        pretrain_vision(model, reader, _labels(model, data_root / "train"),
+                        VisionPretrainSpec(enabled=True, steps=1, held_out=6), progress=False)
+    other = load_model("tiny", overrides={"vlm": {"image_size": 128, "vision": {"patch_size": 16}}})
+    with pytest.raises(ValueError, match="does not fit"):
+        load_vision_state(other, vision_state(model))
+    state = vision_state(model)
+    state.pop(next(iter(state)))
+    with pytest.raises(ValueError, match="missing"):
+        load_vision_state(model, state)
+
+
+def test_corrupt_frames_are_skipped_and_counted_or_raised(tmp_path: Path):
+    write_split(tmp_path, "train", 3, seed=22)
+    reader = MevisDataset(tmp_path, "train")
+    broken = reader.videos()[0]
+    for path in (tmp_path / "train" / "JPEGImages" / broken).glob("*.jpg"):
+        path.write_bytes(b"not a jpeg")
+    model = load_model("tiny")
+    spec = VisionPretrainSpec(enabled=True, steps=4, batch_size=8, held_out=1, eval_every=4, eval_frames=4)
+    rows = pretrain_vision(model, reader, _labels(model, tmp_path / "train"), spec, progress=False)
+    assert rows[-1]["skipped"] > 0
+    with pytest.raises(ValueError, match=broken):
+        pretrain_vision(model, reader, _labels(model, tmp_path / "train"), spec, on_error="raise", progress=False)
+
+
+def _recipe(data_root: Path, **vision: object) -> dict:
+    return {
+        "name": "vision",
+        "model": "tiny",
+        "datasets": [{"kind": "synth", "root": str(data_root), "split": "train"}],
+        "samples_per_epoch": 4,
+        "optim": {"lr": 1e-3, "warmup_steps": 0, "batch_size": 1, "grad_accum": 1, "max_steps": 1},
+        "vision_pretrain": {"enabled": True, "steps": 6, "batch_size": 2, "held_out": 1, "eval_every": 3,
+                            "eval_frames": 4, **vision},
+    }
+
+
+def test_trainer_runs_the_stage_once_and_reuses_its_weights(data_root: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    cfg = config_from_dict(_recipe(data_root), "vision.yaml")
+    out = tmp_path / "run"
+    first = Trainer(cfg, output_dir=out, progress=False)
+    cache = out / VISION_DIR / WEIGHTS_FILE
+    assert cache.is_file()
+    with (out / VISION_DIR / "metrics.csv").open() as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [3, 6]
+    saved = load_file(str(cache))
+    assert all(torch.equal(saved[n], p.detach()) for n, p in stage_parameters(first.model).items())
+    assert any(not torch.equal(saved[n], p) for n, p in vision_state(load_model("tiny")).items())
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached vision stage ran again")
+
+    monkeypatch.setattr(vision_pretrain_module, "pretrain_vision", must_not_run)
+    again = Trainer(cfg, output_dir=out, progress=False)
+    # same starting point whether the stage ran or came from the cache: the main stage's run is reproducible
+    a, b = first._trainable_state(), again._trainable_state()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    result = again.train()
+    assert result.steps == 1 and result.model_dir is not None and (result.model_dir / "config.yaml").is_file()
+
+
+def test_recipe_errors_of_the_stage(data_root: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="vision_pretrain: steps must be >= 1"):
+        config_from_dict(_recipe(data_root, steps=0), "vision.yaml")
+    with pytest.raises(ValueError, match=r"vision_pretrain: unknown keys \['step'\]"):
+        config_from_dict(_recipe(data_root, step=3), "vision.yaml")
+    (tmp_path / "mevis" / "train").mkdir(parents=True)
+    raw = _recipe(data_root)
+    raw["datasets"] = [{"kind": "mevis", "root": str(tmp_path / "mevis"), "split": "train"}]
+    with pytest.raises(ValueError, match="needs a synthetic dataset"):
+        Trainer(config_from_dict(raw, "vision.yaml"), output_dir=tmp_path / "run", progress=False)
