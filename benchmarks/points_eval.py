@@ -1,6 +1,7 @@
-"""Pointing scores of a model with a point head on a synthetic split: referring expressions and counting.
+"""Pointing scores of a model on a synthetic split: referring expressions and counting.
 
     python benchmarks/points_eval.py --model runs/synth_tiny_points/model --data data/synth_points --max-videos 20
+    python benchmarks/points_eval.py --model glus-tiny-synth --source mask   # points from the [SEG] masks
 
 Referring expressions: point accuracy (points matched 1:1 to the referred objects' masks), count
 accuracy per frame and J&F of the point-prompted masks. "How many ...?" questions (the split's
@@ -21,6 +22,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/synth_points"))
     parser.add_argument("--split", default="valid")
     parser.add_argument("--max-videos", type=int, default=20)
+    parser.add_argument("--source", choices=["auto", "head", "mask"], default="auto",
+                        help="points from the point head, from the [SEG] masks' components, or auto")
     args = parser.parse_args()
 
     from glus_ros.data.grounding import count_expressions
@@ -35,7 +38,7 @@ def main() -> None:
     questions = [e for e in count_expressions(args.data / args.split) if e.video in keep]
     for name, reader in (("referring", base), ("counting", GivenExpressions(base, questions))):
         t0 = time.perf_counter()
-        result = evaluate_points(model, reader, progress=True)
+        result = evaluate_points(model, reader, progress=True, source=args.source)
         print(f"{name}: {len(result.expressions)} expressions on {args.max_videos} videos, "
               f"{(time.perf_counter() - t0) / 60:.1f} min")
         counting = "-" if result.counting_accuracy is None else f"{result.counting_accuracy:.3f}"

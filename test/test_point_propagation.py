@@ -156,7 +156,9 @@ def test_predictor_points_and_point_prompted_segmentation(clip):
     assert result.anchors == [0, 3, 6] and result.sources[4] == (("forward", 3), ("backward", 6))
     assert result.masks.shape == (7, H, W)
     with pytest.raises(ValueError, match="no point head"):
-        PointPredictor(tiny_model())
+        PointPredictor(tiny_model(), source="head")
+    with pytest.raises(ValueError, match="point source must be one of"):
+        PointPredictor(model, source="text")
 
 
 def test_anchor_frame_choice():

@@ -37,8 +37,9 @@ def test_segment_points_writes_masks_and_normalised_points(tmp_path: Path, point
     for frame_points in points.values():
         assert all(0.0 <= c <= 1.0 for point in frame_points for c in point)
     assert len(list(out.glob("*.png"))) == 6
-    # errors: a model without a point head, a bad anchor stride
-    assert cli_main(["segment", "--video", str(frames_dir), "--expr", "x", "--out", str(out), "--points"]) == 2
+    # errors: the point head asked of a model without one, a bad anchor stride
+    assert cli_main(["segment", "--video", str(frames_dir), "--expr", "x", "--out", str(out), "--points",
+                     "--point-source", "head"]) == 2
     assert "has no point head" in capsys.readouterr().err
     assert cli_main(["segment", "--video", str(frames_dir), "--expr", "x", "--out", str(out), "--points",
                      "--model", str(pointing_model), "--anchors", "0"]) == 2

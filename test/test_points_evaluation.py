@@ -77,6 +77,6 @@ def test_point_and_count_scores(dataset):
 def test_counting_expressions_and_errors(dataset):
     assert is_counting_expression("How many cars are parked?") and not is_counting_expression("the many cars")
     with pytest.raises(ValueError, match="no point head"):
-        evaluate_points(load_model("tiny"), dataset)
+        evaluate_points(load_model("tiny"), dataset, source="head")
     with pytest.raises(ValueError, match="no expressions"):
         evaluate_points(_pointing_model([]), dataset, expressions=[])

@@ -23,6 +23,7 @@ from glus_ros.streaming import (
     lift_point,
     mask_bbox,
 )
+from glus_ros.streaming.geometry import component_points
 
 from helpers_model import MethodSpy, moving_disk_clip
 
@@ -363,7 +364,7 @@ def test_point_head_points_on_grounding_frames_mask_points_in_between() -> None:
             assert len(out.points) == pointing.cfg.points.max_points
             assert all(0 <= x <= W and 0 <= y <= H for x, y in out.points)
         else:
-            assert out.points == ([out.point_2d] if out.point_2d is not None else [])
+            assert out.points == component_points(out.mask)  # between groundings: the mask's components
     # the head's decoding is what the engine reports (same normalised points, scaled to pixels)
     raw = torch.zeros(1, 1, 2, 3)
     raw[0, 0, 0] = torch.tensor([0.0, 0.0, 5.0])     # (0.5, 0.5), present

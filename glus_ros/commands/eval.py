@@ -35,8 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     parser.add_argument("--out", type=Path, help="--model: prediction folder (default: ./eval_pred_<split>)")
     parser.add_argument("--points", action="store_true",
                         help="--model: score pointing instead (point accuracy, count accuracy, J&F of "
-                             "point-prompted masks); needs a model with a point head")
+                             "point-prompted masks); points from --point-source")
     parser.add_argument("--anchors", default="key", help="--points: 'key' or a frame stride K")
+    parser.add_argument("--point-source", choices=["auto", "head", "mask"], default="auto",
+                        help="--points: the point head, the [SEG] masks' components, or auto (head if present)")
     parser.set_defaults(func=run)
 
 
@@ -89,9 +91,10 @@ def _run_points(args: argparse.Namespace, dataset: ReferringDataset) -> int:
 
     anchors: str | int = args.anchors if args.anchors == "key" else int(args.anchors)
     model = load_model(args.model, device=args.device)
-    if model.point_head is None:
-        raise ValueError(f"--points: model {args.model} has no point head")
-    result = evaluate_points(model, dataset, anchors, progress=True)  # type: ignore[arg-type]
+    if args.point_source == "head" and model.point_head is None:
+        raise ValueError(f"--point-source head: model {args.model} has no point head")
+    result = evaluate_points(model, dataset, anchors, progress=True,  # type: ignore[arg-type]
+                             source=args.point_source)
     print(f"point accuracy: {result.point_accuracy:.3f}")
     print(f"count accuracy (every frame): {result.count_accuracy:.3f}")
     if result.counting_accuracy is not None:

@@ -35,8 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     parser.add_argument("--key-frame", action="store_true",
                         help="let the model's key-frame selector choose the start frame (overrides --start-frame)")
     parser.add_argument("--points", action="store_true",
-                        help="answer with points (the model's point head) and build the masks from them with "
-                             "SAM 2 point prompts propagated both ways (VideoMolmo); writes points.json")
+                        help="answer with points and build the masks from them with SAM 2 point prompts "
+                             "propagated both ways (VideoMolmo); writes points.json")
+    parser.add_argument("--point-source", choices=["auto", "head", "mask"], default="auto",
+                        help="--points: the model's point head, one point per component of its [SEG] mask, "
+                             "or auto (the head when the model has one)")
     parser.add_argument("--anchors", default="key",
                         help="--points: 'key' (the most confident frame) or a stride K (points every K frames)")
     parser.add_argument("--max-frames", type=int, help="only the first N frames")
@@ -61,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--start-frame {args.start_frame} outside the video's {len(frames)} frames")
     check_regions_on_video([region] if region is not None else [], frames)
     model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device)
-    if args.points and model.point_head is None:
-        raise ValueError(f"--points: model {args.model} has no point head")
+    if args.points and args.point_source == "head" and model.point_head is None:
+        raise ValueError(f"--point-source head: model {args.model} has no point head")
     if args.key_frame and model.key_frame is None:
         raise ValueError(f"--key-frame: model {args.model} has no trained key-frame selector")
     segmenter = VideoSegmenter(model, dtype=args.dtype)
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
         anchors = "key" if args.anchors == "key" else _stride(args.anchors)
         t0 = time.perf_counter()
-        pointed, predicted = PointPredictor(model, args.dtype).segment(frames, expression, anchors)
+        pointed, predicted = PointPredictor(model, args.dtype, args.point_source).segment(frames, expression, anchors)
         took = time.perf_counter() - t0
         result = VideoSegmentation(pointed.masks, pointed.scores, min(pointed.anchors, default=0),
                                    {"total_s": took, "per_frame_s": took / len(frames)})

@@ -86,11 +86,14 @@ class PointsEvaluation:
 
 def evaluate_points(model: GLUSModel, reader: PointDataset, anchors: str | int = "key",
                     expressions: Sequence[Expression] | None = None, split: Literal["ids", "components"] = "ids",
-                    dtype: str = "fp32", progress: bool = False) -> PointsEvaluation:
-    """Score ``model``'s pointing on ``reader`` (all its expressions unless ``expressions`` is given)."""
+                    dtype: str = "fp32", progress: bool = False, source: str = "auto") -> PointsEvaluation:
+    """Score ``model``'s pointing on ``reader`` (all its expressions unless ``expressions`` is given).
+
+    ``source``: where the points come from (``PointPredictor``: the point head, the [SEG] masks, or auto).
+    """
     from tqdm import tqdm
 
-    predictor = PointPredictor(model, dtype)
+    predictor = PointPredictor(model, dtype, source)
     todo = list(reader.expressions() if expressions is None else expressions)
     if not todo:
         raise ValueError("no expressions to evaluate")

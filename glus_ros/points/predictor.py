@@ -1,8 +1,10 @@
 """The model's points for every frame of a video, and the point-prompted video masks built from them.
 
-Points come from the point head on each query frame's [SEG] state: the video is read in
-consecutive windows of ``num_query`` frames with the fixed context frames (as ``VideoSegmenter``),
-one MLLM pass per window. Anchors for the mask propagation are either the single most confident
+Two sources of points (``source``): ``"head"``, the point head on each query frame's [SEG] state (the
+video read in consecutive windows of ``num_query`` frames with the fixed context frames, one MLLM pass
+per window), or ``"mask"``, one point per connected component of the frame's [SEG] mask
+(``glus_ros.streaming.geometry.component_points``; works for every model); ``"auto"`` takes the head when the model has
+one. Anchors for the mask propagation are either the single most confident
 frame ("key") or every ``k``-th frame (VideoMolmo points on sampled frames); an anchor frame
 without points says the object is absent there.
 """
@@ -16,12 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from glus_ros.inference import FrameCache, autocast_context
+from glus_ros.inference import FrameCache, VideoSegmenter, autocast_context
 from glus_ros.model.point_head import decode_points
 from glus_ros.model.prompting import clean_expression
-from glus_ros.points.coords import Point
+from glus_ros.points.coords import Point, to_normalised
 from glus_ros.points.propagation import PointPropagator, PointSegmentation, normalised_anchors
 from glus_ros.sampling import context_frame_indices
+from glus_ros.streaming.geometry import component_points
 
 if TYPE_CHECKING:
     from glus_ros.model.glus import GLUSModel
@@ -46,19 +49,43 @@ def anchor_frames(confidence: np.ndarray, anchors: str | int) -> list[int]:
     raise ValueError(f"anchors must be 'key' or a frame stride >= 1, got {anchors!r}")
 
 
+POINT_SOURCES = ("auto", "head", "mask")
+
+
 class PointPredictor:
-    def __init__(self, model: GLUSModel, dtype: str = "fp32") -> None:
-        if model.point_head is None or model.cfg.points is None:
-            raise ValueError("this model has no point head (add 'points: {}' to its config and train it)")
+    def __init__(self, model: GLUSModel, dtype: str = "fp32", source: str = "auto", min_area: int = 4) -> None:
+        if source not in POINT_SOURCES:
+            raise ValueError(f"point source must be one of {list(POINT_SOURCES)}, got {source!r}")
+        has_head = model.point_head is not None and model.cfg.points is not None
+        if source == "head" and not has_head:
+            raise ValueError("this model has no point head (add 'points: {}' to its config and train it, "
+                             "or take points from its masks: source 'mask')")
+        if min_area < 1:
+            raise ValueError(f"min_area must be >= 1 pixel, got {min_area}")
         self.model = model.eval()
         self.dtype = dtype
+        self.source = source if source != "auto" else ("head" if has_head else "mask")
+        self.min_area = min_area
 
-    @torch.inference_mode()
     def frame_points(self, frames: Sequence[np.ndarray], expression: str) -> FramePoints:
-        """Points of every frame (normalised), from windows of ``num_query`` consecutive frames."""
+        """Points of every frame (normalised) from the predictor's source."""
         if len(frames) == 0:
             raise ValueError("the video has no frames")
         expression = clean_expression(expression)
+        if self.source == "mask":
+            return self._mask_points(frames, expression)
+        return self._head_points(frames, expression)
+
+    def _mask_points(self, frames: Sequence[np.ndarray], expression: str) -> FramePoints:
+        """One point per connected component of each frame's [SEG] mask; confidence = SAM 2's object score."""
+        seg = VideoSegmenter(self.model, self.dtype).segment(frames, expression)
+        height, width = seg.masks.shape[1:]
+        points = [to_normalised(component_points(m, self.min_area), height, width) for m in seg.masks]
+        return FramePoints(points, seg.scores.astype(np.float32))
+
+    @torch.inference_mode()
+    def _head_points(self, frames: Sequence[np.ndarray], expression: str) -> FramePoints:
+        """The point head's points, from windows of ``num_query`` consecutive frames."""
         cfg = self.model.cfg
         assert cfg.points is not None
         num_frames, num_query = len(frames), cfg.sampling.num_query

@@ -47,7 +47,7 @@ from glus_ros.model.region import TRACK_REGION_QUESTION, Region
 from glus_ros.model.sam2_head import FrameFeatures
 from glus_ros.model.transforms import check_frame, clip_input, logits_to_frame, sam_input, to_tensor
 from glus_ros.sampling import StreamingSampler
-from glus_ros.streaming.geometry import lift_point, mask_bbox, mask_point
+from glus_ros.streaming.geometry import component_points, lift_point, mask_bbox, mask_point
 from glus_ros.streaming.types import (
     MODES,
     PHRASE_ID_MARK,
@@ -617,6 +617,6 @@ class StreamingEngine:
         return TargetOutput(target_id=output_id or spec.target_id, expression=spec.expression, mask=mask,
                             bbox=mask_bbox(mask), point_2d=point, point_3d=point_3d, score=score, state=state,
                             mode=spec.mode,
-                            points=head_points if head_points is not None else ([point] if point is not None else []),
+                            points=head_points if head_points is not None else component_points(mask),
                             answer=target.answer, phrases=list(target.phrases),
                             phrase_target_ids=target.phrase_ids())

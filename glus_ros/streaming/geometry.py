@@ -44,6 +44,29 @@ def mask_point(mask: np.ndarray) -> tuple[float, float] | None:
     return float(xs[best] + x0), float(ys[best] + y0)
 
 
+def component_points(mask: np.ndarray, min_area: int = 4) -> list[tuple[float, float]]:
+    """Pixel (x, y) points of an (H, W) mask: one per connected component (8-connected) of at least ``min_area``
+    pixels, at its ``mask_point``, largest component first.
+
+    How a mask answers with points: each component is one object and the number of points is the count
+    (the tracker's published points without a point head, and ``PointPredictor(source="mask")``).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask: expected an (H, W) array, got shape {mask.shape}")
+    if min_area < 1:
+        raise ValueError(f"min_area must be >= 1 pixel, got {min_area}")
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    order = [k + 1 for k in np.argsort(-areas, kind="stable") if areas[k] >= min_area]
+    points = []
+    for k in order:
+        point = mask_point(labels == k)
+        assert point is not None  # a component is never empty
+        points.append(point)
+    return points
+
+
 def lift_point(x: float, y: float, depth: np.ndarray, intrinsics: CameraIntrinsics,
                window: int = 2) -> tuple[float, float, float] | None:
     """Back-project pixel (x, y) to the camera optical frame (metres) using the median valid depth nearby.

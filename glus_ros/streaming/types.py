@@ -65,7 +65,8 @@ class TargetOutput:
     state: str                                 # "grounding" | "tracking" | "lost"
     mode: str
     # every referred object's point (x, y) in pixels: the model's point head on grounding frames when it has
-    # one (VideoMolmo pointing, any number of objects), else the mask's interior point
+    # one (VideoMolmo pointing, any number of objects), else one interior point per connected component of the
+    # mask, largest first (geometry.component_points)
     points: list[tuple[float, float]] = field(default_factory=list)
     # question targets: the grounded answer (generated once) and its grounded phrases (text, start, end) with
     # ``answer[start:end] == text``, in the order of their [SEG] tokens. Every phrase is tracked with its own
