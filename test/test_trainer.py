@@ -77,6 +77,15 @@ def test_recipe_errors_name_the_problem(tmp_path: Path, data_root: Path):
         config_from_dict(recipe(data_root, optim={"lr": 0}), "r.yaml")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_train_config(tmp_path / "missing.yaml")
+    # YAML 1.1 reads 6e-4 (no dot) as text: numbers given so still work, other text is a clear error
+    written = tmp_path / "r.yaml"
+    written.write_text(yaml.safe_dump(recipe(data_root)))
+    cfg = load_train_config(written, ["optim.lr=6e-4", "loss.bce=2e0", "vision_pretrain.lr=1e-3"])
+    assert (cfg.optim.lr, cfg.loss["bce"], cfg.vision_pretrain.lr) == (6e-4, 2.0, 1e-3)
+    with pytest.raises(ValueError, match="optim: lr must be a number, got 'fast'"):
+        config_from_dict(recipe(data_root, optim={"lr": "fast"}), "r.yaml")
+    with pytest.raises(ValueError, match=r"loss\.bce must be a number"):
+        config_from_dict(recipe(data_root, loss={"bce": "x"}), "r.yaml")
     with pytest.raises(ValueError, match="not key=value"):
         parse_override("optim.lr")
     assert parse_override("optim.max_steps=7") == {"optim": {"max_steps": 7}}

@@ -202,9 +202,23 @@ def _check_keys(cls: type, raw: Any, where: str) -> None:
         raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
 
 
+def _numbers(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Float fields given as text read as numbers: YAML 1.1 reads ``6e-4`` (no dot) as a string; text that is
+    no number is an error naming the key, never a TypeError deep in the run."""
+    out = dict(raw)
+    for f in dataclasses.fields(cls):
+        value = out.get(f.name)
+        if isinstance(value, str) and str(f.type).split(" |")[0] == "float":
+            try:
+                out[f.name] = float(value)
+            except ValueError:
+                raise ValueError(f"{where}: {f.name} must be a number, got {value!r}") from None
+    return out
+
+
 def _build(cls: type, raw: Any, where: str) -> Any:
     _check_keys(cls, raw, where)
-    return cls(**raw)
+    return cls(**_numbers(cls, raw, where))
 
 
 def _dataset(raw: Any, where: str) -> DatasetSpec:
@@ -250,7 +264,16 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
     if ev.get("dataset") is not None:
         ev["dataset"] = _dataset(ev["dataset"], f"{source}: eval.dataset")
     raw["eval"] = _build(EvalSpec, ev, f"{source}: eval")
-    cfg = TrainConfig(**raw)
+    loss = raw.get("loss") or {}
+    if not isinstance(loss, dict):
+        raise ValueError(f"{source}: loss: expected a mapping of term -> weight")
+    for key, value in loss.items():
+        if isinstance(value, str):
+            try:
+                loss[key] = float(value)
+            except ValueError:
+                raise ValueError(f"{source}: loss.{key} must be a number, got {value!r}") from None
+    cfg = TrainConfig(**_numbers(TrainConfig, raw, source))
     o = cfg.optim
     o.betas = (float(o.betas[0]), float(o.betas[1]))
     checks = [
