@@ -15,9 +15,8 @@ from glus_ros.inference import load_model
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.region import Region
 from glus_ros.streaming import EngineConfig, FrameResult, StreamFrame, StreamingEngine, TargetOutput, TargetSpec
-from glus_ros.streaming.geometry import component_points
 
-from helpers_model import MethodSpy, moving_disk_clip
+from helpers_model import MethodSpy, assert_mask_points, moving_disk_clip
 
 H, W = 96, 128
 CLIP = moving_disk_clip(12, H, W)
@@ -100,7 +99,7 @@ def test_box_and_point_regions_track_with_the_embedding_of_their_first_grounding
         for out in (box, pt):
             check_output(out, grounded=k % 2 == 0)
             assert out.answer == "" and out.phrases == []
-        assert pt.points == component_points(pt.mask)
+        assert_mask_points(pt)
     encode = recorders["encode_regions"]
     assert len(encode.calls) == 2  # once per target, on its first grounding frame only
     assert [regions for (_images, regions), _ in encode.calls] == [[BOX], [POINT]]
@@ -238,7 +237,8 @@ def test_a_question_tracks_the_first_grounded_phrase_of_its_answer(seg_model: GL
     assert len(forced.calls) == 2
     for args, kwargs in forced.calls:
         assert args[2] == "which object moves?" and kwargs["answer_ids"] == [[seg] * 3]
-    assert all(out.points == component_points(out.mask) for out in outs)
+    for out in outs:
+        assert_mask_points(out)
 
 
 def test_a_question_tracks_every_grounded_phrase_with_its_own_prompt_memory_and_output(seg_model: GLUSModel) -> None:

@@ -23,9 +23,8 @@ from glus_ros.streaming import (
     lift_point,
     mask_bbox,
 )
-from glus_ros.streaming.geometry import component_points
 
-from helpers_model import MethodSpy, moving_disk_clip
+from helpers_model import MethodSpy, assert_mask_points, moving_disk_clip
 
 H, W = 96, 128
 INTR = CameraIntrinsics(fx=100.0, fy=100.0, cx=64.0, cy=48.0)
@@ -364,7 +363,7 @@ def test_point_head_points_on_grounding_frames_mask_points_in_between() -> None:
             assert len(out.points) == pointing.cfg.points.max_points
             assert all(0 <= x <= W and 0 <= y <= H for x, y in out.points)
         else:
-            assert out.points == component_points(out.mask)  # between groundings: the mask's components
+            assert_mask_points(out)  # between groundings: the mask's components
     # the head's decoding is what the engine reports (same normalised points, scaled to pixels)
     raw = torch.zeros(1, 1, 2, 3)
     raw[0, 0, 0] = torch.tensor([0.0, 0.0, 5.0])     # (0.5, 0.5), present

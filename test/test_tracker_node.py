@@ -180,7 +180,8 @@ def test_lifecycle_results_and_outputs(ros: Harness, expression: str) -> None:
             ys, xs = np.nonzero(mask)
             assert (result.bbox.x_min, result.bbox.y_min, result.bbox.x_max, result.bbox.y_max) == (
                 xs.min(), ys.min(), xs.max(), ys.max())
-            assert len(result.points_2d) == 1 and mask[int(result.points_2d[0].y), int(result.points_2d[0].x)]
+            # one point per connected component of the mask, each on it
+            assert result.points_2d and all(mask[int(p.y), int(p.x)] for p in result.points_2d)
         else:
             assert result.state == TargetResult.LOST and result.bbox.x_max < result.bbox.x_min
     assert (masks[0].width, masks[0].height, masks[0].encoding) == (WIDTH, HEIGHT, "mono8")

@@ -610,13 +610,16 @@ class StreamingEngine:
     def _output(target: _Target, mask: np.ndarray, score: float, state: str, frame: StreamFrame,
                 head_points: list[tuple[float, float]] | None = None, output_id: str | None = None) -> TargetOutput:
         spec = target.spec
-        point = mask_point(mask)
+        # one point per connected component, largest first; the representative point is the largest one's
+        # (a mask of specks below component_points' min_area still gets its interior point)
+        mask_points = component_points(mask) or [p for p in [mask_point(mask)] if p is not None]
+        point = mask_points[0] if mask_points else None
         point_3d = None
         if point is not None and frame.depth is not None and frame.intrinsics is not None:
             point_3d = lift_point(point[0], point[1], frame.depth, frame.intrinsics)
         return TargetOutput(target_id=output_id or spec.target_id, expression=spec.expression, mask=mask,
                             bbox=mask_bbox(mask), point_2d=point, point_3d=point_3d, score=score, state=state,
                             mode=spec.mode,
-                            points=head_points if head_points is not None else component_points(mask),
+                            points=head_points if head_points is not None else mask_points,
                             answer=target.answer, phrases=list(target.phrases),
                             phrase_target_ids=target.phrase_ids())
