@@ -121,6 +121,7 @@ def test_trainer_runs_the_stage_once_and_reuses_its_weights(data_root: Path, tmp
     assert cache.is_file()
     with (out / VISION_DIR / "metrics.csv").open() as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [3, 6]
+    assert [r["step"] for r in first.vision_pretrain] == [3, 6]
     saved = load_file(str(cache))
     assert all(torch.equal(saved[n], p.detach()) for n, p in stage_parameters(first.model).items())
     assert any(not torch.equal(saved[n], p) for n, p in vision_state(load_model("tiny")).items())
@@ -130,6 +131,7 @@ def test_trainer_runs_the_stage_once_and_reuses_its_weights(data_root: Path, tmp
 
     monkeypatch.setattr(vision_pretrain_module, "pretrain_vision", must_not_run)
     again = Trainer(cfg, output_dir=out, progress=False)
+    assert again.vision_pretrain == []  # loaded, not run
     # same starting point whether the stage ran or came from the cache: the main stage's run is reproducible
     a, b = first._trainable_state(), again._trainable_state()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -195,8 +195,8 @@ class Trainer:
         self.position = DataPosition()
         self.grounded_position = DataPosition()
         self._seed_everything(cfg.seed)
-        self.model = self._build_model()
         self.vision_pretrain: list[dict[str, float]] = []  # the vision stage's evaluation rows, when it ran here
+        self.model = self._build_model()
         self.module = TrainingModule(self.model, cfg)
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.num_trainable = sum(p.numel() for p in params)
