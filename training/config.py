@@ -142,9 +142,7 @@ class VisionPretrainSpec:
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.eval_frames >= 1, f"eval_frames must be >= 1, got {self.eval_frames}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{where}: {message}")
+        require(checks, where)
 
 
 @dataclass
@@ -202,17 +200,30 @@ def _check_keys(cls: type, raw: Any, where: str) -> None:
         raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
 
 
+def require(checks: list[tuple[bool, str]], where: str) -> None:
+    """The first failed (ok, message) check is a ValueError naming where it was found."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"{where}: {message}")
+
+
+def _number(value: Any, where: str, key: str) -> Any:
+    """A number given as text read as one: YAML 1.1 reads ``6e-4`` (no dot) as a string; text that is no
+    number is an error naming the key, never a TypeError deep in the run. Other values pass unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{where}: {key} must be a number, got {value!r}") from None
+
+
 def _numbers(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """Float fields given as text read as numbers: YAML 1.1 reads ``6e-4`` (no dot) as a string; text that is
-    no number is an error naming the key, never a TypeError deep in the run."""
+    """``raw`` with the float fields of ``cls`` read by :func:`_number`."""
     out = dict(raw)
     for f in dataclasses.fields(cls):
-        value = out.get(f.name)
-        if isinstance(value, str) and str(f.type).split(" |")[0] == "float":
-            try:
-                out[f.name] = float(value)
-            except ValueError:
-                raise ValueError(f"{where}: {f.name} must be a number, got {value!r}") from None
+        if f.name in out and str(f.type).split(" |")[0] == "float":
+            out[f.name] = _number(out[f.name], where, f.name)
     return out
 
 
@@ -268,11 +279,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
     if not isinstance(loss, dict):
         raise ValueError(f"{source}: loss: expected a mapping of term -> weight")
     for key, value in loss.items():
-        if isinstance(value, str):
-            try:
-                loss[key] = float(value)
-            except ValueError:
-                raise ValueError(f"{source}: loss.{key} must be a number, got {value!r}") from None
+        loss[key] = _number(value, source, f"loss.{key}")
     cfg = TrainConfig(**_numbers(TrainConfig, raw, source))
     o = cfg.optim
     o.betas = (float(o.betas[0]), float(o.betas[1]))
@@ -288,9 +295,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
         (cfg.on_data_error in ("skip", "raise"), "on_data_error must be 'skip' or 'raise'"),
         (cfg.lora.rank >= 1, "lora.rank must be >= 1"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(f"{source}: {message}")
+    require(checks, source)
     return cfg
 
 
