@@ -34,7 +34,7 @@ from std_msgs.msg import Header
 
 from glus_ros.model.region import Region
 from glus_ros.ros.image_conversion import mask_to_image
-from glus_ros.streaming.types import FrameResult, TargetOutput, TargetSpec, phrase_target_id
+from glus_ros.streaming.types import PHRASE_ID_MARK, FrameResult, TargetOutput, TargetSpec, phrase_target_id
 
 if TYPE_CHECKING:
     from glus_ros.streaming.engine import StreamingEngine
@@ -92,7 +92,7 @@ def target_to_msg(target: TargetOutput, header: Header) -> TargetResult:
     msg.answer = target.answer
     ids = target.phrase_target_ids
     if len(ids) != len(target.phrases):  # built by hand without ids: the engine's naming
-        base = target.target_id.split("/phrase_")[0]
+        base = target.target_id.split(PHRASE_ID_MARK)[0]
         ids = [phrase_target_id(base, k) for k in range(len(target.phrases))]
     msg.phrases = [GroundedPhrase(text=text, start=int(start), end=int(end), target_id=phrase_id)
                    for (text, start, end), phrase_id in zip(target.phrases, ids, strict=True)]
