@@ -230,7 +230,7 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # heads a config override may add to a trained model; they start from their initialisation
-ADDABLE_HEADS = ("point_head.", "key_frame.", "vlm.temporal.", "grounding_map.")
+ADDABLE_HEADS = ("point_head.", "key_frame.", "vlm.temporal.", "grounding_map.", "vlm.visual_position.")
 
 
 PATCH_EMBEDDING = "embeddings.patch_embedding.weight"

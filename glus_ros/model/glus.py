@@ -145,7 +145,8 @@ class GLUSModel(nn.Module):
             "llm": llm,
             "llm_lora": [],  # LoRA adapters are added by the trainer (peft); the base LLM stays frozen
             "projections": [*self.vlm.projector.parameters(), *self.seg_projection.parameters(),
-                            *(self.grounding_map.parameters() if self.grounding_map is not None else [])],
+                            *(self.grounding_map.parameters() if self.grounding_map is not None else []),
+                            *(self.vlm.visual_position.parameters() if self.vlm.visual_position is not None else [])],
             "image_encoder": list(sam.image_encoder.parameters()),
             "prompt_encoder": list(sam.sam_prompt_encoder.parameters()),
             "mask_decoder": list(sam.sam_mask_decoder.parameters()),

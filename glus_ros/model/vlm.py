@@ -14,6 +14,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from glus_ros.model.config import VLMConfig, _pool_side
 from glus_ros.model.temporal import TemporalModule
+from glus_ros.model.visual_position import VisualPositionEmbedding
 
 
 class VisionLanguageModel(nn.Module):
@@ -45,6 +46,9 @@ class VisionLanguageModel(nn.Module):
         if cfg.temporal_module:
             with torch.random.fork_rng(devices=[]):  # the other modules initialise as without it
                 self.temporal = TemporalModule(self.hidden_size, int(text.get("num_attention_heads", 1)))
+        self.visual_position: VisualPositionEmbedding | None = None
+        if cfg.visual_position:
+            self.visual_position = VisualPositionEmbedding(cfg.tokens_per_frame, self.hidden_size)
 
     @property
     def vision_tower(self) -> nn.Module:
@@ -68,7 +72,8 @@ class VisionLanguageModel(nn.Module):
         if pool > 1:
             grid = feats.transpose(1, 2).reshape(n, d, side, side)
             feats = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
-        return self.projector(feats)
+        tokens = self.projector(feats)
+        return tokens if self.visual_position is None else self.visual_position(tokens)
 
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) CLIP-normalised frames -> (N, G, G, vision hidden) un-pooled patch grid (row = y).
