@@ -71,6 +71,20 @@ def test_pretraining_fits_the_cells_and_touches_only_the_vision_side(data_root: 
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
 
 
+def test_the_stage_ignores_the_visual_position_option(data_root: Path):
+    """The cell code is an LLM-input detail: the stage (and its cache) is the same with the option on or off."""
+    reader = MevisDataset(data_root, "train")
+    spec = VisionPretrainSpec(enabled=True, steps=6, batch_size=4, lr=3e-3, held_out=1, eval_every=3, eval_frames=4)
+    states = []
+    for overrides in ({}, {"vlm": {"visual_position": True}}):
+        model = load_model("tiny", overrides=overrides)
+        rows = pretrain_vision(model, reader, _labels(model, data_root / "train"), spec, seed=0, progress=False)
+        states.append((rows, vision_state(model)))
+    (rows_off, off), (rows_on, on) = states
+    assert rows_off == rows_on
+    assert off.keys() == on.keys() and all(torch.equal(off[n], on[n]) for n in off)
+
+
 def test_held_out_must_leave_training_videos_and_frames_must_fit(data_root: Path):
     model = load_model("tiny")
     reader = MevisDataset(data_root, "train")

@@ -6,7 +6,9 @@ slow signal (a cell cuts objects at arbitrary offsets): trained on the cell task
 memorises 500 videos (0.94 on training frames, 0.50 on unseen ones) but generalises from 2,000
 (0.85-0.89 after 5,000 steps of 32 frames). This stage trains only the vision tower, the projector and
 a per-cell colour/shape head (``AuxHeads.cells``, dropped afterwards) on single frames of a synthetic
-split, before the main stage; it is cheap (no LLM, no SAM 2: ~0.1 s per step on 2 CPU cores).
+split, before the main stage; it is cheap (no LLM, no SAM 2: ~0.1 s per step on 2 CPU cores). The
+per-cell position code (``vlm.visual_position``) is left out: the stage and its cache are the same with
+or without that option.
 
 Every ``eval_every`` steps it reports colour and shape accuracy on the object cells of frames from
 videos it does not train on (the split's last ``held_out`` videos), so a run shows whether the tower
@@ -142,7 +144,7 @@ def pretrain_vision(model: GLUSModel, reader: Any, labels: SynthCellLabels, spec
     try:
         for step in range(1, spec.steps + 1):
             px, y = train.batch(spec.batch_size, rng)
-            loss = heads.cell_losses(vlm.encode_frames(px.to(device))[:, None], y[:, None])
+            loss = heads.cell_losses(vlm.encode_frames(px.to(device), position=False)[:, None], y[:, None])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -151,7 +153,7 @@ def pretrain_vision(model: GLUSModel, reader: Any, labels: SynthCellLabels, spec
             if step % spec.eval_every == 0 or step == spec.steps:
                 vlm.eval()
                 with torch.no_grad():
-                    colour, shape = cell_accuracy(heads, vlm.encode_frames(held_px.to(device)), held_y)
+                    colour, shape = cell_accuracy(heads, vlm.encode_frames(held_px.to(device), position=False), held_y)
                 vlm.train()
                 row = {"step": step, "loss": float(np.mean(losses)), "held_out_colour": colour,
                        "held_out_shape": shape, "skipped": train.skipped + held.skipped}

@@ -62,8 +62,12 @@ class VisionLanguageModel(nn.Module):
     def language_model(self) -> nn.Module:
         return self.llava.model.language_model
 
-    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) CLIP-normalised frames -> (N, tokens_per_frame, hidden) LLM inputs."""
+    def encode_frames(self, pixel_values: torch.Tensor, position: bool = True) -> torch.Tensor:
+        """(N, 3, S, S) CLIP-normalised frames -> (N, tokens_per_frame, hidden) LLM inputs.
+
+        ``position=False`` leaves out the cell code (``vlm.visual_position``): what the vision tower and
+        projector alone make of the frame (vision pre-training).
+        """
         out = self.vision_tower(pixel_values, output_hidden_states=True)
         feats = out.hidden_states[self.cfg.vision_feature_layer][:, 1:]  # drop CLS ("default" strategy)
         n, p, d = feats.shape
@@ -73,7 +77,7 @@ class VisionLanguageModel(nn.Module):
             grid = feats.transpose(1, 2).reshape(n, d, side, side)
             feats = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
         tokens = self.projector(feats)
-        return tokens if self.visual_position is None else self.visual_position(tokens)
+        return tokens if self.visual_position is None or not position else self.visual_position(tokens)
 
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) CLIP-normalised frames -> (N, G, G, vision hidden) un-pooled patch grid (row = y).
