@@ -102,6 +102,32 @@ def test_learning_rate_warms_up_then_decays(data_root: Path):
     assert factors[12] == pytest.approx(0.1)
 
 
+def test_positive_pairs_share_a_batch_and_turn_on_the_contrastive_loss(tmp_path: Path, data_root: Path):
+    raw = recipe(data_root, samples_per_epoch=8, optim={"batch_size": 4, "grad_accum": 1, "max_steps": 2})
+    plain = Trainer(config_from_dict(raw), output_dir=tmp_path / "plain", progress=False)
+    cfg = config_from_dict({**raw, "positive_pairs": True})
+    paired = Trainer(cfg, output_dir=tmp_path / "paired", progress=False)
+    batches = paired._epoch_batches(0)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    source = paired.dataset.datasets[0]
+    has_pair = []
+    for batch in batches:                         # whole pairs (2i, 2i + 1), side by side
+        assert all(batch[j] % 2 == 0 and batch[j + 1] == batch[j] + 1 for j in range(0, len(batch), 2))
+        keys = [paired.dataset[i].object_key for i in batch]
+        anchors = [paired.dataset.source(i)[1] for i in batch[::2]]
+        pairs = [keys[2 * n] == keys[2 * n + 1] for n in range(len(anchors))]
+        # a partner of the same object set whenever the anchor's object has another expression
+        assert all(same for same, a in zip(pairs, anchors, strict=True) if source.positives(a))
+        has_pair.append(any(pairs))
+    assert any(has_pair)
+    assert sorted(i for b in plain._epoch_batches(0) for i in b) == list(range(8))
+    paired.train()
+    rows = list(csv.DictReader((tmp_path / "paired" / "metrics.csv").open()))
+    assert [float(r["contrastive"]) > 0 for r in rows] == has_pair
+    with pytest.raises(ValueError, match=r"even optim\.batch_size"):
+        config_from_dict({**raw, "positive_pairs": True, "optim": {**raw["optim"], "batch_size": 3}})
+
+
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path: Path, data_root: Path):
     cfg = config_from_dict(recipe(data_root))
     whole = Trainer(cfg, output_dir=tmp_path / "whole", progress=False)

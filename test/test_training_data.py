@@ -236,6 +236,26 @@ def test_mixing_ratios(synth_reader: MevisDataset, ytvos_reader: RefYoutubeVosDa
             MixedClipDataset([(a, 1.0), (b, bad)], length=10)
 
 
+def test_positive_pairs_repeat_the_object_set_of_the_sample_before(ytvos_reader: RefYoutubeVosDataset) -> None:
+    ds = ReferringClipDataset(ytvos_reader, "refytvos")
+    keys = [ds.object_key(i) for i in range(len(ds))]
+    for i in range(len(ds)):
+        assert sorted(ds.positives(i)) == [j for j in range(len(ds)) if j != i and keys[j] == keys[i]]
+    assert any(ds.positives(i) for i in range(len(ds))) and any(not ds.positives(i) for i in range(len(ds)))
+    plain = MixedClipDataset([(ds, 1.0)], length=200, seed=4)
+    paired = MixedClipDataset([(ds, 1.0)], length=200, seed=4, positive_pairs=True)
+    with_partner = 0
+    for i in range(0, 200, 2):
+        anchor, partner = paired.source(i), paired.source(i + 1)
+        assert anchor == plain.source(i)          # even indices draw as without pairs
+        if ds.positives(anchor[1]):
+            assert partner[1] != anchor[1] and keys[partner[1]] == keys[anchor[1]]
+            with_partner += 1
+        else:                                      # no other expression of that object: a plain draw
+            assert partner == plain.source(i + 1)
+    assert with_partner > 20
+
+
 def test_collate_mixed_sizes(synth_reader: MevisDataset, ytvos_reader: RefYoutubeVosDataset) -> None:
     a = ReferringClipDataset(synth_reader, "mevis", num_context=3, num_query=2)
     b = ReferringClipDataset(ytvos_reader, "refytvos", num_context=3, num_query=2)

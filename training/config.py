@@ -163,6 +163,7 @@ class TrainConfig:
     datasets: list[DatasetSpec] = field(default_factory=list)
     grounded: GroundedSpec | None = None  # grounded batches mixed into the referring ones (GLaMM)
     samples_per_epoch: int = 1000
+    positive_pairs: bool = False        # batches of (expression, another expression of its object set) pairs
     loss: dict[str, float] = field(default_factory=dict)  # LossWeights fields (ce, bce, dice, contrastive, temperature)
     visibility_weight: float = 1.0
     contrastive_bank: int = 256
@@ -290,6 +291,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
         (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (o.schedule in ("linear", "cosine", "constant"), f"optim.schedule {o.schedule!r} not linear|cosine|constant"),
         (cfg.samples_per_epoch >= 1, "samples_per_epoch must be >= 1"),
+        (not cfg.positive_pairs or o.batch_size % 2 == 0,
+         f"positive_pairs needs an even optim.batch_size (whole pairs per batch), got {o.batch_size}"),
         (cfg.save_every >= 1, "save_every must be >= 1"),
         (cfg.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {cfg.mixed_precision!r}"),
         (cfg.on_data_error in ("skip", "raise"), "on_data_error must be 'skip' or 'raise'"),

@@ -133,6 +133,9 @@ class ReferringClipDataset(Dataset[ClipSample]):
         self.cell_labels = cell_labels      # (video, frame indices) -> (F, G, G, 2) per-cell classes
         # keys are registered up front so they do not depend on which samples a worker happens to load
         self._keys = [self.registry.key(name, e.video, e.obj_ids) for e in self._expressions]
+        self._by_key: dict[int, list[int]] = {}
+        for i, key in enumerate(self._keys):
+            self._by_key.setdefault(key, []).append(i)
         # samples skipped in this process (DataLoader workers each count their own)
         self.skipped = 0
         self.skip_reasons: Counter[str] = Counter()  # error message (names the file) -> count
@@ -148,6 +151,10 @@ class ReferringClipDataset(Dataset[ClipSample]):
 
     def object_key(self, index: int) -> int:
         return self._keys[index]
+
+    def positives(self, index: int) -> list[int]:
+        """The other expressions of sample ``index``'s object set (contrastive positives)."""
+        return [j for j in self._by_key[self._keys[index]] if j != index]
 
     def _rng(self, index: int) -> random.Random:
         # string seeds hash with SHA-512: the same in every process, unlike hash() of a tuple of strings
@@ -273,7 +280,8 @@ class VideoSubset:
 class MixedClipDataset(Dataset[ClipSample]):
     """A fixed-length mix of datasets in given ratios (GLUS mixes MeViS and Ref-YouTube-VOS 1:1)."""
 
-    def __init__(self, datasets: Sequence[tuple[Dataset[ClipSample], float]], length: int, seed: int = 0) -> None:
+    def __init__(self, datasets: Sequence[tuple[Dataset[ClipSample], float]], length: int, seed: int = 0,
+                 positive_pairs: bool = False) -> None:
         if not datasets:
             raise ValueError("MixedClipDataset needs at least one (dataset, ratio) pair")
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
@@ -292,6 +300,9 @@ class MixedClipDataset(Dataset[ClipSample]):
         self.length = length
         self.seed = seed
         self.epoch = 0
+        # odd indices repeat the object set of the index before them (another expression of it), so a
+        # batch of whole pairs always holds positives for the object contrastive loss
+        self.positive_pairs = positive_pairs
 
     def __len__(self) -> int:
         return self.length
@@ -307,6 +318,15 @@ class MixedClipDataset(Dataset[ClipSample]):
         """(which dataset, index inside it) that sample ``index`` comes from; cheap, loads nothing."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a mix of {self.length} samples")
+        if self.positive_pairs and index % 2 == 1:
+            k, anchor = self._draw(index - 1)
+            positives = getattr(self.datasets[k], "positives", None)
+            choices = positives(anchor) if positives is not None else []
+            if choices:
+                return k, random.Random(f"pair:{self.seed}:{self.epoch}:{index}").choice(choices)
+        return self._draw(index)
+
+    def _draw(self, index: int) -> tuple[int, int]:
         rng = random.Random(f"mix:{self.seed}:{self.epoch}:{index}")
         k = bisect.bisect_right(self._cumulative, rng.random() * self._cumulative[-1])
         k = min(k, len(self.datasets) - 1)

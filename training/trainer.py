@@ -279,7 +279,7 @@ class Trainer:
                                       object_points=cfg.points.weight > 0 or cfg.points.mask_weight > 0,
                                       cell_labels=cells)
             parts.append((ds, spec.ratio))
-        return MixedClipDataset(parts, cfg.samples_per_epoch, seed=cfg.seed)
+        return MixedClipDataset(parts, cfg.samples_per_epoch, seed=cfg.seed, positive_pairs=cfg.positive_pairs)
 
     def _build_grounded(self) -> GroundedClipDataset | None:
         """The recipe's grounded samples (``grounded:``), or None; a missing split is generated like synth ones."""
@@ -303,10 +303,14 @@ class Trainer:
 
         ``stream`` names the order (``order`` for the referring mix, ``grounded`` for grounded samples), so the
         two sources never share a permutation; ``size`` is the source's length (default: the referring mix).
+        With ``positive_pairs`` the referring mix is shuffled and sharded in pairs (2i, 2i + 1), which stay
+        side by side in one batch.
         """
-        order = list(range(len(self.dataset) if size is None else size))
-        random.Random(f"{stream}:{self.cfg.seed}:{epoch}").shuffle(order)
-        mine = order[self.accelerator.process_index::self.accelerator.num_processes]
+        unit = 2 if stream == "order" and self.cfg.positive_pairs else 1
+        units = list(range((len(self.dataset) if size is None else size) // unit))
+        random.Random(f"{stream}:{self.cfg.seed}:{epoch}").shuffle(units)
+        mine_units = units[self.accelerator.process_index::self.accelerator.num_processes]
+        mine = [u * unit + i for u in mine_units for i in range(unit)]
         bs = self.cfg.optim.batch_size
         return [mine[i:i + bs] for i in range(0, len(mine) - bs + 1, bs)]
 
