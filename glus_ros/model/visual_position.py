@@ -18,7 +18,7 @@ from torch import nn
 
 def grid_sincos(side: int, hidden: int) -> torch.Tensor:
     """(side * side, hidden) row-major 2D sine-cosine code: channels [0, hidden/2) encode the row,
-    the rest the column; frequencies from one period over the grid down to a period of 2 cells."""
+    the rest the column; periods from 2 cells up to 4 times the grid side."""
     if side < 1:
         raise ValueError(f"visual position: the token grid needs a side >= 1, got {side}")
     if hidden < 4 or hidden % 4:
