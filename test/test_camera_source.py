@@ -100,6 +100,8 @@ def test_synthetic_camera_streams_consistent_rgbd(ros_test_env: RosTestEnv) -> N
         np.round(cv2.resize(d, (640, 480), interpolation=cv2.INTER_NEAREST) * 1000).astype(np.uint16)
         for d in video.depth
     ]
+    # the newest image whose depth and info arrived (the last few may still be in flight at shutdown)
+    msg = next(m for _, m in reversed(images) if _stamp(m) in depth_by_stamp and _stamp(m) in info_by_stamp)
     depth_msg = depth_by_stamp[_stamp(msg)]
     assert (depth_msg.encoding, depth_msg.width, depth_msg.height) == ("16UC1", 640, 480)
     depth_mm = np.frombuffer(depth_msg.data, np.uint16).reshape(480, 640)
