@@ -68,24 +68,22 @@ class VisionLanguageModel(nn.Module):
         ``position=False`` leaves out the cell code (``vlm.visual_position``): what the vision tower and
         projector alone make of the frame (vision pre-training).
         """
-        out = self.vision_tower(pixel_values, output_hidden_states=True)
-        feats = out.hidden_states[self.cfg.vision_feature_layer][:, 1:]  # drop CLS ("default" strategy)
-        n, p, d = feats.shape
-        side = round(p**0.5)
+        grid = self.patch_features(pixel_values)                  # (N, G, G, D)
         pool = _pool_side(self.cfg.visual_token_pool)
         if pool > 1:
-            grid = feats.transpose(1, 2).reshape(n, d, side, side)
-            feats = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
+            feats = F.avg_pool2d(grid.permute(0, 3, 1, 2), pool).flatten(2).transpose(1, 2)
+        else:
+            feats = grid.flatten(1, 2)
         tokens = self.projector(feats)
         return tokens if self.visual_position is None or not position else self.visual_position(tokens)
 
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) CLIP-normalised frames -> (N, G, G, vision hidden) un-pooled patch grid (row = y).
 
-        The layer and CLS handling of :meth:`encode_frames`, before its pooling and projection (region prompts).
+        What :meth:`encode_frames` pools and projects, and what region prompts read.
         """
         out = self.vision_tower(pixel_values, output_hidden_states=True)
-        feats = out.hidden_states[self.cfg.vision_feature_layer][:, 1:]
+        feats = out.hidden_states[self.cfg.vision_feature_layer][:, 1:]  # drop CLS ("default" strategy)
         n, p, d = feats.shape
         side = round(p**0.5)
         return feats.reshape(n, side, side, d)
