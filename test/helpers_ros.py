@@ -171,6 +171,27 @@ def spin_until(
     return done()
 
 
+def call_idempotent(
+    executor: Any, client: Any, request: Any, timeout_s: float, child: RosChild | None = None, retry_s: float = 2.0
+) -> Any:
+    """Call a query service, re-sending the request every ``retry_s`` until one answer arrives.
+
+    ``service_is_ready`` only says the request path has matched; the server's reply writer may not yet
+    have matched this client's reply reader, and Fast DDS then drops the answer ("failed to send
+    response (timeout)"). Re-sending is safe only for services without side effects. Returns the
+    response, or None on timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        future = client.call_async(request)
+        if spin_until(executor, future.done, min(retry_s, deadline - time.monotonic()), child):
+            return future.result()
+        client.remove_pending_request(future)
+        if child is not None and not child.alive():
+            break
+    return None
+
+
 def udp_ports(pid: int) -> set[int]:
     """Local ports of the UDP sockets (IPv4 and IPv6) held by process ``pid`` (Linux /proc)."""
     inodes: set[str] = set()

@@ -19,7 +19,15 @@ from glus_ros.ros_env import (
     user_has_dds_settings,
 )
 
-from helpers_ros import RosTestEnv, rclpy_context, ros_session, spdp_multicast_port, spin_until, udp_ports
+from helpers_ros import (
+    RosTestEnv,
+    call_idempotent,
+    rclpy_context,
+    ros_session,
+    spdp_multicast_port,
+    spin_until,
+    udp_ports,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 NS = {"f": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
@@ -164,9 +172,8 @@ def test_list_targets_service_across_processes(ros_test_env: RosTestEnv) -> None
         executor.add_node(node)
         client = node.create_client(ListTargets, service)
         assert spin_until(executor, client.service_is_ready, WAIT_S, child), child.describe()
-        future = client.call_async(ListTargets.Request())
-        assert spin_until(executor, future.done, WAIT_S, child), child.describe()
-    response = future.result()
+        response = call_idempotent(executor, client, ListTargets.Request(), WAIT_S, child)
+        assert response is not None, child.describe()
     assert list(response.target_ids) == ["mug_1", "person_2"]
     assert list(response.expressions) == ["the red mug", "the person waving"]
     assert list(response.states) == [TargetResult.TRACKING, TargetResult.LOST]
