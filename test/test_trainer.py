@@ -82,6 +82,11 @@ def test_recipe_errors_name_the_problem(tmp_path: Path, data_root: Path):
     written.write_text(yaml.safe_dump(recipe(data_root)))
     cfg = load_train_config(written, ["optim.lr=6e-4", "loss.bce=2e0", "vision_pretrain.lr=1e-3"])
     assert (cfg.optim.lr, cfg.loss["bce"], cfg.vision_pretrain.lr) == (6e-4, 2.0, 1e-3)
+    # and a bare `no` as false: `mixed_precision: no` means no mixed precision, anything else is an error
+    assert load_train_config(written, ["mixed_precision=no"]).mixed_precision == "no"
+    assert load_train_config(written, ["mixed_precision=bf16"]).mixed_precision == "bf16"
+    with pytest.raises(ValueError, match="mixed_precision must be 'no' or 'bf16', got 'fp16'"):
+        load_train_config(written, ["mixed_precision=fp16"])
     with pytest.raises(ValueError, match="optim: lr must be a number, got 'fast'"):
         config_from_dict(recipe(data_root, optim={"lr": "fast"}), "r.yaml")
     with pytest.raises(ValueError, match=r"loss\.bce must be a number"):

@@ -282,6 +282,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
     for key, value in loss.items():
         loss[key] = _number(value, source, f"loss.{key}")
     cfg = TrainConfig(**_numbers(TrainConfig, raw, source))
+    if cfg.mixed_precision is False:  # YAML 1.1 reads a bare `no` as false
+        cfg.mixed_precision = "no"
     o = cfg.optim
     o.betas = (float(o.betas[0]), float(o.betas[1]))
     checks = [
