@@ -259,6 +259,24 @@ def test_bank_is_bounded_fifo_and_detached():
     assert not stored.requires_grad
 
 
+def test_bank_state_round_trip_lands_on_the_training_device():
+    """A resumed run reads its checkpoint onto the CPU; the bank must follow the model to its device
+    (on CUDA a CPU bank beside new CUDA embeddings failed the next stack). 'meta' stands in for a GPU here."""
+    bank = SegTokenBank(capacity=3)
+    bank.add(torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 2]))
+    state = bank.state_dict()
+    same = SegTokenBank(capacity=3)
+    same.load_state_dict(state)
+    assert torch.equal(same.tensors()[0], bank.tensors()[0]) and same.tensors()[1].tolist() == [0, 1, 2]
+    moved = SegTokenBank(capacity=3)
+    moved.load_state_dict(state, torch.device("meta"))
+    moved.add(torch.ones(1, 2, device="meta"), torch.tensor([3]))
+    stored, ids = moved.tensors()
+    assert stored.device.type == "meta" and stored.shape == (3, 2) and ids.device.type == "meta"
+    with pytest.raises(ValueError, match="capacity 3 in the checkpoint, 4 configured"):
+        SegTokenBank(capacity=4).load_state_dict(state)
+
+
 def test_bank_frozenset_ids_skip_no_object_and_reject_bad_input():
     bank = SegTokenBank(capacity=4)
     bank.add(torch.ones(3, 2), [frozenset({1}), frozenset(), frozenset({1, 2})])

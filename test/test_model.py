@@ -27,6 +27,16 @@ def _decode_query_window(model, num_decoded):
     return [model.track_step(feats.select(slice(i, i + 1)), out.prompts[:, i], bank) for i in range(num_decoded)]
 
 
+
+def test_preprocessing_stays_on_the_frames_device():
+    """The normalisation constants follow the frames (CUDA inference failed on CPU constants; 'meta' stands in)."""
+    frames = torch.rand(2, 3, 10, 12)
+    for convert, mean in ((clip_input, 0.48145466), (sam_input, 0.485)):
+        out = convert(frames, 8)
+        assert out.shape == (2, 3, 8, 8) and out.device.type == "cpu"
+        assert convert(torch.full((1, 3, 4, 4), mean), 4)[0, 0].abs().max().item() < 1e-5  # mean -> 0
+        assert convert(frames.to("meta"), 8).device.type == "meta"
+
 def test_one_prompt_per_query_frame_and_they_differ():
     model = tiny_model()
     frames = moving_disk_clip(8)

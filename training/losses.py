@@ -267,10 +267,12 @@ class SegTokenBank:
         return {"capacity": self.capacity, "emb": [e.clone() for e in self._emb], "ids": list(self._ids),
                 "kind": self._kind, "dim": self._dim}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+        """Restore a saved bank; ``device``: where training runs (checkpoints are read onto the CPU)."""
         if int(state["capacity"]) != self.capacity:
             raise ValueError(f"bank capacity {state['capacity']} in the checkpoint, {self.capacity} configured")
-        self._emb = deque(state["emb"], maxlen=self.capacity)
+        emb = state["emb"] if device is None else [e.to(device) for e in state["emb"]]
+        self._emb = deque(emb, maxlen=self.capacity)
         self._ids = deque(state["ids"], maxlen=self.capacity)
         self._kind, self._dim = state["kind"], state["dim"]
 

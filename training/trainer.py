@@ -399,7 +399,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.seg_bank is not None and state["seg_bank"] is not None:
-            self.seg_bank.load_state_dict(state["seg_bank"])
+            self.seg_bank.load_state_dict(state["seg_bank"], self.accelerator.device)
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         np.random.set_state(state["numpy_rng"])

@@ -32,8 +32,8 @@ def to_tensor(frames: list[np.ndarray] | np.ndarray) -> torch.Tensor:
 def resize_normalise(images: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] -> (N, 3, size, size), normalised (square resize, as SAM 2 does)."""
     out = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    m = torch.tensor(mean, dtype=out.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=out.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=out.dtype, device=out.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=out.dtype, device=out.device).view(1, 3, 1, 1)
     return (out - m) / s
 
 
