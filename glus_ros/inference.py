@@ -172,8 +172,9 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
 
     ``overrides`` change config values that do not change the weights' shapes (e.g. ablations:
     ``{"sampling": {"num_context": 0}}`` or ``{"memory": {"enabled": False}}``), add heads to a trained
-    folder (``ADDABLE_HEADS``), or give its vision tower a finer input with the same token grid
-    (``{"vlm": {"image_size": 128, "vision": {"patch_size": 16}}}``: the patch kernels are resized).
+    folder (``ADDABLE_HEADS``), give its vision tower a finer input with the same token grid
+    (``{"vlm": {"image_size": 128, "vision": {"patch_size": 16}}}``: the patch kernels are resized), or
+    deepen its LLM (``{"vlm": {"text": {"num_hidden_layers": 8}}}``: new layers start as the identity).
     """
     from glus_ros.model.checkpoints import (
         ADDABLE_HEADS,
@@ -192,7 +193,8 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
                                       overrides)
     folder = model_dir_of(spec)  # a trained model folder, given by path or by name (models/<name>/)
     if folder is not None:  # heads added by overrides (e.g. a point head for a pointing stage) start fresh
-        load_model_dir_weights(model, folder, ADDABLE_HEADS if overrides else (), resize_patches=bool(overrides))
+        load_model_dir_weights(model, folder, ADDABLE_HEADS if overrides else (), resize_patches=bool(overrides),
+                               grow_layers=bool(overrides))
     if sam2_checkpoint is not None:
         load_sam2_checkpoint(model.sam.sam, Path(sam2_checkpoint))
     if ckpt_dir is not None:

@@ -237,3 +237,36 @@ def test_finer_vision_input_resizes_the_patch_kernels(tmp_path):
                                                                                             "image_size: 64"))
     with pytest.raises(CheckpointError, match="patch_embedding"):
         load_model(finer_dir)
+
+
+def test_deeper_llm_override_grows_identity_layers(tmp_path):
+    """4 -> 6 LLM layers on a trained folder: the grown model computes what the stored one did, and
+    only the new layers' residual outputs start at zero (so they learn from there)."""
+    torch.manual_seed(0)
+    plain = GLUSModel.from_config("tiny").eval()
+    save_model_dir(plain, tmp_path / "plain")
+    deeper = load_model(tmp_path / "plain", overrides={"vlm": {"text": {"num_hidden_layers": 6}}}).eval()
+    layers = deeper.vlm.language_model.layers
+    assert len(layers) == 6 and len(plain.vlm.language_model.layers) == 4
+    for new in layers[4:]:
+        assert torch.count_nonzero(new.self_attn.o_proj.weight) == 0
+        assert torch.count_nonzero(new.mlp.down_proj.weight) == 0
+        assert torch.count_nonzero(new.self_attn.q_proj.weight) > 0 and torch.count_nonzero(new.mlp.up_proj.weight) > 0
+    for old, same in zip(plain.vlm.language_model.layers, layers[:4], strict=True):
+        pairs = zip(old.state_dict().values(), same.state_dict().values(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
+    embeds = torch.randn(2, 9, plain.cfg.vlm.text["hidden_size"])
+    with torch.no_grad():
+        want = plain.vlm.language_model(inputs_embeds=embeds).last_hidden_state
+        got = deeper.vlm.language_model(inputs_embeds=embeds).last_hidden_state
+    assert torch.allclose(got, want, atol=1e-5)
+    # the grown layers train: a loss on the output reaches their residual outputs
+    deeper.train()
+    deeper.vlm.language_model(inputs_embeds=embeds).last_hidden_state.square().mean().backward()
+    assert layers[5].mlp.down_proj.weight.grad.abs().sum() > 0
+    # without an override a folder with fewer layers than its config asks for stays an error
+    folder = tmp_path / "plain"
+    config = folder / "config.yaml"
+    config.write_text(config.read_text().replace("num_hidden_layers: 4", "num_hidden_layers: 6"))
+    with pytest.raises(CheckpointError, match=r"layers\.4\."):
+        load_model(folder)

@@ -258,9 +258,39 @@ def resize_patch_embeddings(model: nn.Module, state: dict[str, torch.Tensor]) ->
     return changed
 
 
+LLM_LAYERS = "vlm.llava.model.language_model.layers."
+# a residual branch's last projection: zero makes a new decoder layer pass its input through unchanged
+RESIDUAL_OUTPUTS = ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias")
+
+
+def _llm_layer(key: str) -> int | None:
+    return int(key[len(LLM_LAYERS):].split(".", 1)[0]) if key.startswith(LLM_LAYERS) else None
+
+
+def grow_llm_layers(model: nn.Module, state: dict[str, torch.Tensor]) -> list[int]:
+    """Fill the decoder layers a deeper LLM config adds on top of stored ones; returns their indices.
+
+    Each new layer keeps its fresh initialisation except its residual outputs, which start at zero, so
+    the grown model computes exactly what the stored one did and training deepens it from there (the
+    zero-init residual branch of function-preserving growth). A state with no LLM layers is left alone.
+    """
+    stored = {i for i in map(_llm_layer, state) if i is not None}
+    if not stored:
+        return []
+    own = model.state_dict()
+    added = sorted({i for i in map(_llm_layer, own) if i is not None and i > max(stored)})
+    for key, value in own.items():
+        if _llm_layer(key) in added:
+            state[key] = torch.zeros_like(value) if key.endswith(RESIDUAL_OUTPUTS) else value.clone()
+    if added:
+        log.info("LLM grown from %d to %d layers (new layers start as the identity)", max(stored) + 1, max(added) + 1)
+    return added
+
+
 def load_model_dir_weights(model: nn.Module, folder: Path, optional_missing: tuple[str, ...] = (),
-                           resize_patches: bool = False) -> LoadReport:
-    """A trained folder's weights; ``resize_patches`` lets an override change the vision patch size."""
+                           resize_patches: bool = False, grow_layers: bool = False) -> LoadReport:
+    """A trained folder's weights; an override may change the vision patch size (``resize_patches``) or
+    deepen the LLM (``grow_layers``)."""
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"model directory {folder} has no {WEIGHTS_FILE}")
@@ -270,4 +300,6 @@ def load_model_dir_weights(model: nn.Module, folder: Path, optional_missing: tup
         raise CheckpointError(f"{weights}: cannot read safetensors: {exc}") from exc
     if resize_patches:
         resize_patch_embeddings(model, state)
+    if grow_layers:
+        grow_llm_layers(model, state)
     return assign_state(model, state, str(weights), strict=True, optional_missing=optional_missing)
