@@ -15,6 +15,7 @@ import yaml
 from glus_ros.cli import main as cli_main
 from glus_ros.data.synth import write_split
 from glus_ros.model.checkpoints import WEIGHTS_FILE
+from glus_ros.model.config import load_config
 from glus_ros.training.config import config_from_dict, load_train_config, parse_override
 from glus_ros.training.trainer import Trainer, lr_factor
 
@@ -310,3 +311,22 @@ def test_counting_questions_are_a_training_source(tmp_path: Path, data_root: Pat
     zero = next(i for i, e in enumerate(inner.reader.expressions()) if not e.obj_ids)
     assert not inner[zero].query_masks.any()  # "how many ... ?" with answer 0: nothing to segment
     assert np.isfinite(trainer.train().history[0]["total"])
+
+
+def test_an_identity_module_left_frozen_is_named_in_a_warning(tmp_path: Path, data_root: Path, caplog):
+    """`temporal_module: true` by override without 'temporal' in trainable would train nothing of it."""
+    frozen = config_from_dict(recipe(data_root, model_overrides={"vlm": {"temporal_module": True}}), "r.yaml")
+    with caplog.at_level("WARNING", logger="glus_ros.training.trainer"):
+        trainer = Trainer(frozen, output_dir=tmp_path / "frozen", progress=False)
+    assert "'temporal' module but 'trainable' does not list it" in caplog.text
+    module = trainer.accelerator.unwrap_model(trainer.module).model
+    assert not any(p.requires_grad for p in module.vlm.temporal.parameters())
+    caplog.clear()
+    groups = [*load_config("tiny").trainable, "temporal"]
+    listed = config_from_dict(recipe(data_root, model_overrides={"vlm": {"temporal_module": True}}, trainable=groups),
+                              "r.yaml")
+    with caplog.at_level("WARNING", logger="glus_ros.training.trainer"):
+        trainer = Trainer(listed, output_dir=tmp_path / "listed", progress=False)
+    assert "does not list it" not in caplog.text
+    module = trainer.accelerator.unwrap_model(trainer.module).model
+    assert all(p.requires_grad for p in module.vlm.temporal.parameters())

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "trainable.safetensors"
+# option modules that start as the identity: switched on by an override but left frozen, they do nothing
+IDENTITY_AT_INIT = ("temporal",)
 VISION_DIR = "vision_pretrain"  # <out>/vision_pretrain/: the vision stage's weights and metrics.csv
 LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes", "points",
              "point_masks", "grounding", "aux_cells")
@@ -227,6 +229,11 @@ class Trainer:
             self._seed_everything(cfg.seed)  # the main stage starts alike whether the vision stage ran or was cached
         groups = list(cfg.trainable if cfg.trainable is not None else model.cfg.trainable)
         model.apply_trainable([g for g in groups if g != "llm_lora"])
+        table = model.parameter_groups()
+        for group in IDENTITY_AT_INIT:
+            if table[group] and group not in groups:
+                log.warning("the model has a '%s' module but 'trainable' does not list it: it stays as loaded "
+                            "(a new one is the identity) - add '%s' to the recipe's trainable groups", group, group)
         if "llm_lora" in groups:
             if "llm" in groups:
                 raise ValueError("trainable groups 'llm' and 'llm_lora' exclude each other (full LLM or LoRA)")
