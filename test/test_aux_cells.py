@@ -89,3 +89,44 @@ def test_cell_term_trains_the_visual_tokens_and_needs_labels():
         forward_clips(model, batch, aux_heads=heads, aux_weights=(0.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="no cell head"):
         AuxHeads(8).cell_losses(torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 2, 2, 2, dtype=torch.long))
+
+
+def test_offset_bins_say_where_in_its_cell_the_centre_lies(tmp_path):
+    _meta(tmp_path, {
+        "0": _obj("red", "circle", (0.05, 0.20)),     # cell (0, 0): x 0.2 of the cell, y 0.8
+        "1": _obj("blue", "square", (0.74, 0.26)),    # cell (1, 2): x 0.96, y 0.04
+        "2": _obj("green", "circle", (0.6, 0.9)),     # cell (3, 2), alone
+        "3": _obj("green", "square", (0.65, 0.85)),   # same cell: both ignored
+    })
+    plain = SynthCellLabels(tmp_path, 4)("v", [0])
+    labels = SynthCellLabels(tmp_path, 4, offset_bins=5)("v", [0])
+    assert labels.shape == (1, 4, 4, 4)
+    assert np.array_equal(labels[..., :2], plain)                 # the classes are unchanged
+    assert tuple(labels[0, 0, 0, 2:]) == (1, 4)
+    assert tuple(labels[0, 1, 2, 2:]) == (4, 0)
+    assert (labels[0, 3, 2] == IGNORE).all()
+    assert labels[0, 2, 0, 0] == len(COLOUR_NAMES) and (labels[0, 2, 0, 2:] == IGNORE).all()  # background: no offset
+    with pytest.raises(ValueError, match="offset_bins"):
+        SynthCellLabels(tmp_path, 4, offset_bins=-1)
+
+
+def test_offset_head_learns_the_bins_and_rejects_labels_without_them():
+    torch.manual_seed(0)
+    heads = AuxHeads(8, cells=True, offset_bins=4)
+    tokens = torch.randn(1, 1, 16, 8)
+    labels = torch.full((1, 1, 4, 4, 4), IGNORE)
+    labels[0, 0, 1, 1] = torch.tensor([0, 0, 3, 1])                # one object cell, its centre bins (3, 1)
+    optim = torch.optim.Adam(heads.parameters(), lr=0.05)
+    first = float(heads.cell_losses(tokens, labels).detach())
+    for _ in range(50):
+        loss = heads.cell_losses(tokens, labels)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    assert float(loss.detach()) < 0.1 * first
+    parts = heads.cell_parts(heads.cells(tokens[0, 0, 5:6]))
+    assert [int(p.argmax()) for p, _ in parts[2:]] == [3, 1]
+    with pytest.raises(ValueError, match="4"):
+        heads.cell_losses(tokens, labels[..., :2])
+    with pytest.raises(ValueError, match="cell head"):
+        AuxHeads(8, offset_bins=4)

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import glus_ros.training.vision_pretrain as vision_pretrain_module
+from glus_ros.data.shapes import SHAPES
 from glus_ros.data.synth import write_split
 from glus_ros.datasets.mevis import MevisDataset
 from glus_ros.inference import load_model
@@ -18,6 +19,7 @@ from glus_ros.training.config import VisionPretrainSpec, config_from_dict
 from glus_ros.training.trainer import VISION_DIR, WEIGHTS_FILE, Trainer
 from glus_ros.training.vision_pretrain import (
     cell_accuracy,
+    cell_scores,
     load_vision_state,
     pretrain_vision,
     stage_parameters,
@@ -163,3 +165,20 @@ def test_recipe_errors_of_the_stage(data_root: Path, tmp_path: Path):
     raw["datasets"] = [{"kind": "mevis", "root": str(tmp_path / "mevis"), "split": "train"}]
     with pytest.raises(ValueError, match="needs a synthetic dataset"):
         Trainer(config_from_dict(raw, "vision.yaml"), output_dir=tmp_path / "run", progress=False)
+
+
+def test_cell_scores_count_offsets_within_one_bin():
+    heads = AuxHeads(4, cells=True, offset_bins=4)
+    shapes = len(COLOUR_NAMES) + 1 + len(SHAPES) + 1
+    with torch.no_grad():
+        heads.cells.weight.zero_()
+        heads.cells.bias.zero_()
+        heads.cells.bias[shapes + 2] = 5.0        # x bin 2
+        heads.cells.bias[shapes + 4 + 0] = 5.0    # y bin 0
+    labels = torch.full((1, 2, 2, 4), IGNORE)
+    labels[0, 0, 0] = torch.tensor([1, 0, 3, 1])                  # within one bin on both axes
+    labels[0, 0, 1] = torch.tensor([2, 2, 0, 0])                  # x two bins off
+    labels[0, 1, 0] = torch.tensor([len(COLOUR_NAMES), 3, IGNORE, IGNORE])   # no object: not scored
+    scores = cell_scores(heads, torch.zeros(1, 4, 4), labels)
+    assert scores["offset"] == 0.5 and set(scores) == {"colour", "shape", "offset"}
+    assert "offset" not in cell_scores(AuxHeads(4, cells=True), torch.zeros(1, 4, 4), labels)

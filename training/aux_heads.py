@@ -35,24 +35,42 @@ COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
 
 class AuxHeads(nn.Module):
-    def __init__(self, hidden: int, cells: bool = False) -> None:
+    def __init__(self, hidden: int, cells: bool = False, offset_bins: int = 0) -> None:
         super().__init__()
+        if offset_bins < 0 or (offset_bins and not cells):
+            raise ValueError(f"offset_bins must be >= 0 and needs the cell head, got {offset_bins} (cells={cells})")
         self.point = nn.Linear(hidden, 3)                 # x, y (normalised, sigmoid), visibility logit
         self.colour = nn.Linear(hidden, len(COLOUR_NAMES))
         self.shape = nn.Linear(hidden, len(SHAPES))
-        # per visual token: colour and shape classes plus "no object" for each
-        self.cells = nn.Linear(hidden, len(COLOUR_NAMES) + 1 + len(SHAPES) + 1) if cells else None
+        self.offset_bins = offset_bins
+        # per visual token: colour and shape classes plus "no object" for each, then (if offset_bins) the
+        # x and y bin of the object's centre inside the cell
+        width = len(COLOUR_NAMES) + 1 + len(SHAPES) + 1 + 2 * offset_bins
+        self.cells = nn.Linear(hidden, width) if cells else None
+
+    def cell_parts(self, logits: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        """Split flat cell logits (N, width) into (logits, label column) pairs: colour, shape[, x bin, y bin]."""
+        split = len(COLOUR_NAMES) + 1
+        shapes = split + len(SHAPES) + 1
+        parts = [(logits[:, :split], 0), (logits[:, split:shapes], 1)]
+        if self.offset_bins:
+            bins = self.offset_bins
+            parts += [(logits[:, shapes:shapes + bins], 2), (logits[:, shapes + bins:shapes + 2 * bins], 3)]
+        return parts
 
     def cell_losses(self, frame_tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """frame_tokens (B, F, T, D) LLM inputs, labels (B, F, G, G, 2) with G*G = T -> colour + shape CE."""
+        """frame_tokens (B, F, T, D) LLM inputs, labels (B, F, G, G, C) with G*G = T -> colour + shape CE, plus
+        the centre's x / y bin CE when the head has ``offset_bins`` (labels then have C = 4 columns)."""
         if self.cells is None:
             raise ValueError("these auxiliary heads have no cell head (AuxHeads(hidden, cells=True))")
+        need = 4 if self.offset_bins else 2
+        if labels.shape[-1] < need:
+            raise ValueError(f"cell labels have {labels.shape[-1]} columns; this head needs {need} "
+                             "(SynthCellLabels(..., offset_bins) for the offset bins)")
         logits = self.cells(frame_tokens.float()).flatten(0, 2)
         target = labels.to(logits.device).flatten(0, 3)
-        split = len(COLOUR_NAMES) + 1
-        zero = logits.sum() * 0.0
-        out = zero
-        for part, column in ((logits[:, :split], 0), (logits[:, split:], 1)):
+        out = logits.sum() * 0.0
+        for part, column in self.cell_parts(logits):
             if (target[:, column] != IGNORE).any():
                 out = out + F.cross_entropy(part, target[:, column], ignore_index=IGNORE)
         return out
@@ -117,25 +135,33 @@ class SynthCellLabels:
     A cell holding exactly one visible object's centre gets its classes; cells the object's disc reaches
     without holding its centre, or holding several centres, are ignored; the rest are "no object"
     (class index len(COLOUR_NAMES) / len(SHAPES)). Cells follow the token grid: row = y, row-major.
+
+    ``offset_bins`` > 0 adds two columns: where in the cell that centre lies (x bin, y bin of
+    ``offset_bins`` equal bins; ``IGNORE`` in every other cell). Why: objects move about a third of a
+    4x4 cell over a clip, so motion and "the leftmost of two look-alikes" live below the token grid.
     """
 
-    def __init__(self, split_dir: Path, grid: int) -> None:
+    def __init__(self, split_dir: Path, grid: int, offset_bins: int = 0) -> None:
         meta_path = Path(split_dir) / "synth_meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: cell supervision needs a synthetic split")
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
+        if offset_bins < 0:
+            raise ValueError(f"offset_bins must be >= 0, got {offset_bins}")
         self.videos = json.loads(meta_path.read_text())["videos"]
         self.grid = grid
+        self.offset_bins = offset_bins
 
     def __call__(self, video: str, frames: list[int]) -> np.ndarray:
         g = self.grid
         meta = self.videos[video]
         height, width = meta["size"]
-        out = np.full((len(frames), g, g, 2), IGNORE, dtype=np.int64)
+        bins = self.offset_bins
+        out = np.full((len(frames), g, g, 4 if bins else 2), IGNORE, dtype=np.int64)
         for i, t in enumerate(frames):
             free = np.ones((g, g), dtype=bool)
-            centres: dict[tuple[int, int], list[tuple[int, int]]] = {}
+            centres: dict[tuple[int, int], list[tuple[int, ...]]] = {}
             for obj in meta["objects"].values():
                 if obj["visibility"][t] < 0.5:
                     continue
@@ -145,8 +171,12 @@ class SynthCellLabels:
                 y0, y1 = int(max(0.0, cy - ry) * g), int(min(0.999, cy + ry) * g)
                 free[y0:y1 + 1, x0:x1 + 1] = False
                 cell = (min(g - 1, int(cy * g)), min(g - 1, int(cx * g)))
-                centres.setdefault(cell, []).append((COLOUR_NAMES.index(obj["colour"]), SHAPES.index(obj["shape"])))
-            out[i][free] = (len(COLOUR_NAMES), len(SHAPES))
+                classes: tuple[int, ...] = (COLOUR_NAMES.index(obj["colour"]), SHAPES.index(obj["shape"]))
+                if bins:
+                    fx, fy = cx * g - cell[1], cy * g - cell[0]   # where in its cell, in [0, 1)
+                    classes += (min(bins - 1, max(0, int(fx * bins))), min(bins - 1, max(0, int(fy * bins))))
+                centres.setdefault(cell, []).append(classes)
+            out[i][free, :2] = (len(COLOUR_NAMES), len(SHAPES))
             for (row, col), classes in centres.items():
                 if len(classes) == 1:
                     out[i, row, col] = classes[0]

@@ -132,9 +132,11 @@ class VisionPretrainSpec:
     held_out: int = 100           # the split's last N videos: never trained on, scored every eval_every steps
     eval_every: int = 250
     eval_frames: int = 256        # held-out frames scored (a fixed, seeded draw)
+    offset_bins: int = 0          # > 0: tokens also learn where in their cell the object's centre lies
 
     def check(self, where: str) -> None:
         checks = [
+            (self.offset_bins >= 0, f"offset_bins must be >= 0, got {self.offset_bins}"),
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),

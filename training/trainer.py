@@ -253,7 +253,8 @@ class Trainer:
                     raise ValueError("vision_pretrain needs a synthetic dataset (kind synth or synth_count) in "
                                      "'datasets': its per-cell labels come from synth_meta.json")
                 reader, split_dir = open_reader(spec, self.data_root)
-                labels = SynthCellLabels(split_dir, round(model.cfg.vlm.tokens_per_frame**0.5))
+                labels = SynthCellLabels(split_dir, round(model.cfg.vlm.tokens_per_frame**0.5),
+                                         self.cfg.vision_pretrain.offset_bins)
                 csv_path = self.out / VISION_DIR / "metrics.csv"
                 csv_path.unlink(missing_ok=True)  # rows of an interrupted earlier attempt
                 csv_path.parent.mkdir(parents=True, exist_ok=True)

@@ -88,23 +88,34 @@ class CellFrames:
         raise RuntimeError("vision pre-training: 100 frames in a row could not be read; is the split corrupt?")
 
     def batch(self, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(size, 3, S, S) CLIP-normalised frames and (size, G, G, 2) colour/shape labels."""
+        """(size, 3, S, S) CLIP-normalised frames and (size, G, G, C) per-cell labels (SynthCellLabels)."""
         pairs = [self._one(rng) for _ in range(size)]
         return torch.stack([p for p, _ in pairs]), torch.from_numpy(np.stack([y for _, y in pairs])).long()
 
 
 def cell_accuracy(heads: AuxHeads, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Colour and shape accuracy on the cells that hold an object (tokens (N, T, D), labels (N, G, G, 2))."""
+    """Colour and shape accuracy on the cells that hold an object (tokens (N, T, D), labels (N, G, G, C))."""
+    scores = cell_scores(heads, tokens, labels)
+    return scores["colour"], scores["shape"]
+
+
+def cell_scores(heads: AuxHeads, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Per-column accuracy on the cells that hold an object: colour, shape and, with offset bins, the share
+    of centres placed within one bin of the truth on both axes (``offset``)."""
     assert heads.cells is not None
     logits = heads.cells(tokens.float()).flatten(0, 1)
     target = labels.to(logits.device).flatten(0, 2)
-    split = len(COLOUR_NAMES) + 1
     object_cells = (target[:, 0] != IGNORE) & (target[:, 0] < len(COLOUR_NAMES))
     if not bool(object_cells.any()):
-        return float("nan"), float("nan")
-    colour = logits[:, :split].argmax(-1)[object_cells] == target[object_cells, 0]
-    shape = logits[:, split:].argmax(-1)[object_cells] == target[object_cells, 1]
-    return float(colour.float().mean()), float(shape.float().mean())
+        return {"colour": float("nan"), "shape": float("nan")} | ({"offset": float("nan")} if heads.offset_bins else {})
+    picked = {column: part.argmax(-1)[object_cells] for part, column in heads.cell_parts(logits)}
+    truth = target[object_cells]
+    scores = {"colour": float((picked[0] == truth[:, 0]).float().mean()),
+              "shape": float((picked[1] == truth[:, 1]).float().mean())}
+    if heads.offset_bins:
+        near = ((picked[2] - truth[:, 2]).abs() <= 1) & ((picked[3] - truth[:, 3]).abs() <= 1)
+        scores["offset"] = float(near.float().mean())
+    return scores
 
 
 def pretrain_vision(model: GLUSModel, reader: Any, labels: SynthCellLabels, spec: VisionPretrainSpec, seed: int = 0,
@@ -129,7 +140,7 @@ def pretrain_vision(model: GLUSModel, reader: Any, labels: SynthCellLabels, spec
     held_px, held_y = held.batch(spec.eval_frames, np.random.default_rng(seed + 1))
     with torch.random.fork_rng(devices=[]):  # the head's initialisation leaves the caller's RNG as it was
         torch.manual_seed(seed)
-        heads = AuxHeads(vlm.hidden_size, cells=True).to(device)
+        heads = AuxHeads(vlm.hidden_size, cells=True, offset_bins=spec.offset_bins).to(device)
     before = {n: p.requires_grad for n, p in vlm.named_parameters()}
     params = list(stage_parameters(model).values())
     for p in params:
@@ -153,13 +164,14 @@ def pretrain_vision(model: GLUSModel, reader: Any, labels: SynthCellLabels, spec
             if step % spec.eval_every == 0 or step == spec.steps:
                 vlm.eval()
                 with torch.no_grad():
-                    colour, shape = cell_accuracy(heads, vlm.encode_frames(held_px.to(device), position=False), held_y)
+                    scores = cell_scores(heads, vlm.encode_frames(held_px.to(device), position=False), held_y)
                 vlm.train()
-                row = {"step": step, "loss": float(np.mean(losses)), "held_out_colour": colour,
-                       "held_out_shape": shape, "skipped": train.skipped + held.skipped}
+                row = {"step": step, "loss": float(np.mean(losses)),
+                       **{f"held_out_{name}": value for name, value in scores.items()},
+                       "skipped": train.skipped + held.skipped}
                 losses = []
                 rows.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", colour=f"{colour:.2f}", shape=f"{shape:.2f}")
+                bar.set_postfix(loss=f"{row['loss']:.3f}", **{k: f"{v:.2f}" for k, v in scores.items()})
                 if on_row is not None:
                     on_row(row)
     finally:
