@@ -328,6 +328,47 @@ def test_described_look_alikes_are_never_named_by_attribute_alone() -> None:
         assert any(e.obj_ids == (0, 1) for e in expressions)
 
 
+def _noun_tags(expression) -> set[str]:
+    return {t for t in expression.tags if t.split(":")[0] in ("colour", "shape", "size")}
+
+
+def test_twins_name_the_look_alike_with_the_same_noun_and_kind_of_qualifier() -> None:
+    scene = _twins_scene()
+    facts = SceneFacts.of(scene)
+    found = 0
+    for seed in range(5):
+        plain = describe_scene(scene, np.random.default_rng(seed))
+        again = describe_scene(scene, np.random.default_rng(seed), twins=False)
+        assert [(e.text, e.obj_ids) for e in plain] == [(e.text, e.obj_ids) for e in again]   # off: unchanged
+        with_twins = describe_scene(scene, np.random.default_rng(seed), twins=True)
+        assert len({e.text for e in with_twins}) == len(with_twins)                            # no repeated text
+        extra = with_twins[len(plain):] if len(with_twins) > len(plain) else []
+        assert len(with_twins) >= len(plain)
+        for twin in extra:
+            # a twin names one object, says what the generator resolves, and has a partner of the same kind
+            # naming the other look-alike (objects 0 and 1 are the red circles)
+            assert len(twin.obj_ids) == 1 and twin.obj_ids[0] in (0, 1) and twin.kind != "attribute"
+            partners = [e for e in with_twins[: len(with_twins) - len(extra)]
+                        if e.kind == twin.kind and len(e.obj_ids) == 1 and e.obj_ids[0] in (0, 1)
+                        and e.obj_ids != twin.obj_ids and _noun_tags(e) == _noun_tags(twin)]
+            assert partners, twin.text
+            found += 1
+    assert found > 0
+    # every twin is unambiguous by the generator's own semantics
+    for e in describe_scene(scene, np.random.default_rng(0), twins=True):
+        assert e.obj_ids and set(e.obj_ids) <= {o.obj_id for o in facts.scene.objects}
+
+
+def test_twins_option_reaches_the_written_split(tmp_path: Path) -> None:
+    write_split(tmp_path / "a", "train", 4, SEED)
+    write_split(tmp_path / "b", "train", 4, SEED, SynthConfig(twins=True))
+    count = [sum(len(v["expressions"]) for v in json.loads((tmp_path / r / "train" / "meta_expressions.json")
+                                                          .read_text())["videos"].values()) for r in ("a", "b")]
+    assert count[1] > count[0]
+    meta = json.loads((tmp_path / "b" / "train" / "synth_meta.json").read_text())
+    assert meta["generator"]["config"]["twins"] is True
+
+
 def test_motion_tags_and_events() -> None:
     steps = [None, None, "left", "left", "left", None, None]
     tags = motion_tags(steps, [True] * 8)

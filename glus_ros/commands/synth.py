@@ -23,12 +23,15 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     parser.add_argument(
         "--frames", type=int, default=SynthConfig.frames, help=f"frames per video (>= 8; default {SynthConfig.frames})"
     )
+    parser.add_argument("--twins", action="store_true",
+                        help="also write, for each expression that tells a look-alike apart, its twin naming the "
+                        "look-alike with the same noun and kind of qualifier ('on the left' / 'on the right')")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing split written by synth")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = SynthConfig(frames=args.frames)
+    config = SynthConfig(frames=args.frames, twins=args.twins)
     split_dir = write_split(args.out, args.split, args.videos, args.seed, config, overwrite=args.overwrite)
     print(f"wrote {args.videos} synthetic videos to {split_dir}")
     return 0

@@ -32,6 +32,8 @@ class SynthConfig:
     p_occluder: float = 0.7
     max_expressions: int = 12
     expressions_per_object: int = 3
+    # also write, for each look-alike expression, its twin naming the look-alike (describe_scene)
+    twins: bool = False
     fov_deg: float = 60.0
     jpeg_quality: int = 95
 

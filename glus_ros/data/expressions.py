@@ -336,12 +336,15 @@ def _diverse_order(items: list[tuple[float, Description]], rng: np.random.Genera
 
 
 def describe_scene(
-    scene: Scene, rng: np.random.Generator, max_expressions: int = 12, per_object: int = 3
+    scene: Scene, rng: np.random.Generator, max_expressions: int = 12, per_object: int = 3, twins: bool = False
 ) -> list[SynthExpression]:
     """Unambiguous expressions for ``scene``: several per object where possible, some about several objects.
 
     Objects take turns, so every describable object gets one expression before any gets a second;
-    expressions about several objects get about a quarter of the budget.
+    expressions about several objects get about a quarter of the budget. ``twins`` adds, beyond the
+    budget, for each picked expression that tells a look-alike apart, one with the same noun and the
+    same kind of qualifier naming the look-alike ("the circle on the left" / "the circle on the
+    right"): only the qualifier words differ, so they alone carry the training signal.
     """
     facts = SceneFacts.of(scene)
     groups: dict[tuple[int, ...], list[tuple[float, Description]]] = {}
@@ -358,10 +361,12 @@ def describe_scene(
     order = [(r, k) for r in range(per_object) for k in singles if r < len(queues[k])]
     picks = order[: max_expressions - multi_budget]
     picks += [(0, k) for k in multis[: max_expressions - len(picks)]]
+    chosen = [(queues[key][round_], key) for round_, key in picks]
+    if twins:
+        chosen += _twin_descriptions(chosen, groups, facts, rng)
     out: list[SynthExpression] = []
     texts: set[str] = set()
-    for round_, key in picks:
-        desc = queues[key][round_]
+    for desc, key in chosen:
         text = render_text(desc, len(key), rng)
         if text in texts:
             continue
@@ -372,6 +377,34 @@ def describe_scene(
                 tags=_tags(desc, key, facts), event=event_range(desc, key, facts),
             )
         )
+    return out
+
+
+def _twin_descriptions(
+    chosen: list[tuple[Description, tuple[int, ...]]],
+    groups: dict[tuple[int, ...], list[tuple[float, Description]]],
+    facts: SceneFacts,
+    rng: np.random.Generator,
+) -> list[tuple[Description, tuple[int, ...]]]:
+    """For each chosen one-object description with a qualifier, one of the same noun and qualifier kind
+    that names a look-alike of its object (same colour and shape), when the scene has one."""
+    by_id = {o.obj_id: o for o in facts.scene.objects}
+    taken = {(desc, key) for desc, key in chosen}
+    out: list[tuple[Description, tuple[int, ...]]] = []
+    for desc, key in chosen:
+        if len(key) != 1 or desc.kind(False) == "attribute":
+            continue
+        target = by_id[key[0]]
+        for other in facts.scene.objects:
+            if other.obj_id == target.obj_id or (other.colour, other.shape) != (target.colour, target.shape):
+                continue
+            twin_key = (other.obj_id,)
+            options = [d for _, d in groups.get(twin_key, [])
+                       if d.noun == desc.noun and d.kind(False) == desc.kind(False) and (d, twin_key) not in taken]
+            if options:
+                pick = options[int(rng.integers(len(options)))]
+                taken.add((pick, twin_key))
+                out.append((pick, twin_key))
     return out
 
 

@@ -198,7 +198,8 @@ def generate_video(seed: int, index: int = 0, config: SynthConfig | None = None)
         rendered = render_scene(scene, rng, config.fov_deg)
         if min(float(v.max()) for v in rendered.visibility.values()) < _MIN_VISIBILITY:
             continue  # an object hidden for the whole clip cannot be referred to
-        expressions = describe_scene(scene, rng, config.max_expressions, config.expressions_per_object)
+        expressions = describe_scene(scene, rng, config.max_expressions, config.expressions_per_object,
+                                     config.twins)
         if not expressions:
             continue
         facts = SceneFacts.of(scene)
