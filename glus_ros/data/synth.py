@@ -303,8 +303,11 @@ def write_split(
     stream = split_seed(seed, split)
     meta: dict[str, Any] = {"videos": {}}
     masks: dict[str, list[dict | None]] = {}
+    recorded = asdict(config)
+    if not config.twins:  # options added later are recorded only when on: older splits stay byte-identical
+        del recorded["twins"]
     extra: dict[str, Any] = {
-        "generator": {"seed": seed, "split": split, "config": asdict(config)},
+        "generator": {"seed": seed, "split": split, "config": recorded},
         "videos": {},
     }
     next_anno = 0
