@@ -37,8 +37,21 @@ def mirrored(text: str) -> str | None:
 
 def cell_of(obj: dict, t: int, side: int) -> tuple[int, int]:
     """(row, column) of the token cell holding the object's centre in frame ``t``."""
-    cx, cy = obj["centroid"][t]
-    return min(side - 1, int(cy * side)), min(side - 1, int(cx * side))
+    from glus_ros.training.aux_heads import centre_cell
+
+    return centre_cell(*obj["centroid"][t], side)
+
+
+class VideoFrames:
+    """The frames of the video last asked for (expressions come grouped by video)."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.video, self.frames = reader, None, []
+
+    def __call__(self, video: str) -> list[np.ndarray]:
+        if video != self.video:
+            self.video, self.frames = video, [self.reader.load_frame(video, f) for f in self.reader.frames(video)]
+        return self.frames
 
 
 def mirror_test(model, reader, meta: dict, limit: int) -> tuple[float, float, float, int]:
@@ -46,13 +59,14 @@ def mirror_test(model, reader, meta: dict, limit: int) -> tuple[float, float, fl
     from glus_ros.inference import VideoSegmenter
 
     segmenter = VideoSegmenter(model, "fp32")
+    video_frames = VideoFrames(reader)
     ious, on_written, on_mirrored = [], [], []
     for expr in reader.expressions():
         kind = meta[expr.video]["expressions"][str(expr.exp_id)]["kind"]
         other = mirrored(expr.text)
         if kind != "position" or other is None:
             continue
-        frames = [reader.load_frame(expr.video, f) for f in reader.frames(expr.video)]
+        frames = video_frames(expr.video)
         a = segmenter.segment(frames, expr.text).masks
         b = segmenter.segment(frames, other).masks
         target = reader.gt_masks(expr).astype(bool)
@@ -75,6 +89,8 @@ def grounding_test(model, reader, meta: dict, limit: int) -> dict[str, tuple[flo
     side = round(model.cfg.vlm.tokens_per_frame**0.5)
     num_query = model.cfg.sampling.num_query
     wins: dict[str, list[bool]] = defaultdict(list)
+    video_frames = VideoFrames(reader)
+    embedded_video, embeds = None, torch.empty(0)  # the frame tokens of the video last encoded
     done = 0
     for expr in reader.expressions():
         entry = meta[expr.video]
@@ -86,8 +102,10 @@ def grounding_test(model, reader, meta: dict, limit: int) -> dict[str, tuple[flo
                  and o["colour"] == target["colour"] and o["shape"] == target["shape"]]
         if not twins:
             continue
-        frames = [reader.load_frame(expr.video, f) for f in reader.frames(expr.video)]
-        embeds = model.encode_clip_frames(clip_input(to_tensor(frames), model.cfg.vlm.image_size))
+        frames = video_frames(expr.video)
+        if embedded_video != expr.video:
+            embedded_video = expr.video
+            embeds = model.encode_clip_frames(clip_input(to_tensor(frames), model.cfg.vlm.image_size))
         context = context_frame_indices(len(frames), model.cfg.sampling.num_context)
         for start in range(0, len(frames) - num_query + 1, num_query):
             query = list(range(start, start + num_query))

@@ -129,6 +129,11 @@ def synth_attribute_labels(split_dir: Path, expressions: Sequence[Expression]) -
     return labels
 
 
+def centre_cell(cx: float, cy: float, grid: int) -> tuple[int, int]:
+    """(row, column) of the ``grid`` x ``grid`` token cell that holds the normalised centre (cx, cy)."""
+    return min(grid - 1, int(cy * grid)), min(grid - 1, int(cx * grid))
+
+
 class SynthCellLabels:
     """Per-cell colour / shape classes of a synthetic split's frames, from ``synth_meta.json`` (centroids, sizes).
 
@@ -170,7 +175,7 @@ class SynthCellLabels:
                 x0, x1 = int(max(0.0, cx - rx) * g), int(min(0.999, cx + rx) * g)
                 y0, y1 = int(max(0.0, cy - ry) * g), int(min(0.999, cy + ry) * g)
                 free[y0:y1 + 1, x0:x1 + 1] = False
-                cell = (min(g - 1, int(cy * g)), min(g - 1, int(cx * g)))
+                cell = centre_cell(cx, cy, g)
                 classes: tuple[int, ...] = (COLOUR_NAMES.index(obj["colour"]), SHAPES.index(obj["shape"]))
                 if bins:
                     fx, fy = cx * g - cell[1], cy * g - cell[0]   # where in its cell, in [0, 1)

@@ -274,11 +274,16 @@ def _priority(desc: Description, objs: frozenset[int], facts: SceneFacts) -> flo
     if len(_noun_matches(desc.noun, facts)) <= 1:
         return 1.0  # qualifier is redundant: the noun alone picks the object
     (obj_id,) = objs
-    target = next(o for o in facts.scene.objects if o.obj_id == obj_id)
-    twins = [o for o in facts.scene.objects if (o.colour, o.shape) == (target.colour, target.shape)]
-    if len(twins) > 1:  # a look-alike: only the qualifier can tell it apart
+    if _look_alikes(obj_id, facts):  # only the qualifier can tell it apart
         return 4.0 if desc.motion is not None else 3.0
     return 2.0
+
+
+def _look_alikes(obj_id: int, facts: SceneFacts) -> list[SceneObject]:
+    """The other objects of the scene with the same colour and shape as ``obj_id``."""
+    target = next(o for o in facts.scene.objects if o.obj_id == obj_id)
+    return [o for o in facts.scene.objects
+            if o.obj_id != obj_id and (o.colour, o.shape) == (target.colour, target.shape)]
 
 
 def render_text(desc: Description, count: int, rng: np.random.Generator) -> str:
@@ -388,16 +393,12 @@ def _twin_descriptions(
 ) -> list[tuple[Description, tuple[int, ...]]]:
     """For each chosen one-object description with a qualifier, one of the same noun and qualifier kind
     that names a look-alike of its object (same colour and shape), when the scene has one."""
-    by_id = {o.obj_id: o for o in facts.scene.objects}
     taken = {(desc, key) for desc, key in chosen}
     out: list[tuple[Description, tuple[int, ...]]] = []
     for desc, key in chosen:
         if len(key) != 1 or desc.kind(False) == "attribute":
             continue
-        target = by_id[key[0]]
-        for other in facts.scene.objects:
-            if other.obj_id == target.obj_id or (other.colour, other.shape) != (target.colour, target.shape):
-                continue
+        for other in _look_alikes(key[0], facts):
             twin_key = (other.obj_id,)
             options = [d for _, d in groups.get(twin_key, [])
                        if d.noun == desc.noun and d.kind(False) == desc.kind(False) and (d, twin_key) not in taken]
