@@ -18,7 +18,6 @@ from glus_ros.training.aux_heads import COLOUR_NAMES, IGNORE, AuxHeads, SynthCel
 from glus_ros.training.config import VisionPretrainSpec, config_from_dict
 from glus_ros.training.trainer import VISION_DIR, WEIGHTS_FILE, Trainer
 from glus_ros.training.vision_pretrain import (
-    cell_accuracy,
     cell_scores,
     load_vision_state,
     pretrain_vision,
@@ -38,7 +37,7 @@ def _labels(model, split_dir: Path) -> SynthCellLabels:
     return SynthCellLabels(split_dir, round(model.cfg.vlm.tokens_per_frame**0.5))
 
 
-def test_cell_accuracy_counts_only_cells_that_hold_an_object():
+def test_cell_scores_count_only_cells_that_hold_an_object():
     heads = AuxHeads(4, cells=True)
     split = len(COLOUR_NAMES) + 1
     with torch.no_grad():
@@ -50,7 +49,8 @@ def test_cell_accuracy_counts_only_cells_that_hold_an_object():
     labels[0, 0, 0] = torch.tensor([1, 0])                     # colour right, shape wrong
     labels[0, 0, 1] = torch.tensor([2, 2])                     # colour wrong, shape right
     labels[0, 1, 0] = torch.tensor([len(COLOUR_NAMES), 3])     # no object: not scored
-    colour, shape = cell_accuracy(heads, torch.zeros(1, 4, 4), labels)
+    scores = cell_scores(heads, torch.zeros(1, 4, 4), labels)
+    colour, shape = scores["colour"], scores["shape"]
     assert (colour, shape) == (0.5, 0.5)
 
 

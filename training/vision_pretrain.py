@@ -93,12 +93,6 @@ class CellFrames:
         return torch.stack([p for p, _ in pairs]), torch.from_numpy(np.stack([y for _, y in pairs])).long()
 
 
-def cell_accuracy(heads: AuxHeads, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Colour and shape accuracy on the cells that hold an object (tokens (N, T, D), labels (N, G, G, C))."""
-    scores = cell_scores(heads, tokens, labels)
-    return scores["colour"], scores["shape"]
-
-
 def cell_scores(heads: AuxHeads, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Per-column accuracy on the cells that hold an object: colour, shape and, with offset bins, the share
     of centres placed within one bin of the truth on both axes (``offset``)."""
