@@ -8,7 +8,7 @@ import torch
 from glus_ros.inference import VideoSegmenter, load_model
 from glus_ros.model.checkpoints import save_model_dir
 from glus_ros.model.glus import GLUSModel
-from glus_ros.model.grounding_map import GroundingMap, grid_targets, mask_prompt
+from glus_ros.model.grounding_map import GroundingMap, cell_centres, grid_targets, grounding_pick_loss, mask_prompt
 from glus_ros.model.point_head import PointHead, decode_points
 from glus_ros.model.transforms import clip_input, sam_input, to_tensor
 from glus_ros.training.step import forward_clips
@@ -169,3 +169,132 @@ def test_attending_head_learns_to_point_at_the_marked_cell():
     hits = [len(p[0]) == 1 and int(p[0][0][0] * 4) + 4 * int(p[0][0][1] * 4) == int(c)
             for p, c in zip(points, cells, strict=True)]
     assert np.mean(hits) > 0.9
+
+
+# --- spatial terms: position and relation words as geometry ----------------------------------------
+
+def _look_alike_frames(gen: torch.Generator, vocab: torch.Tensor, n: int, relation: bool):
+    """Frames of a 4x4 grid holding two identical "circle" tokens (and a "square" anchor for relations);
+    [SEG] = circle + the word; target = the circle the word picks (left/right, or near/far from the square).
+    ``vocab`` rows: empty cell, circle, square, word 0, word 1, the noun "square"."""
+    seg, tokens, target, rival = [], [], [], []
+    while len(seg) < n:
+        a, b, s = torch.randperm(16, generator=gen)[:3].tolist()
+        centres = {c: torch.tensor([c % 4, c // 4], dtype=torch.float32) for c in (a, b, s)}
+        word = int(torch.randint(2, (1,), generator=gen))
+        if relation:
+            da, db = (float((centres[c] - centres[s]).norm()) for c in (a, b))
+            if abs(da - db) < 1.0:
+                continue
+            pick = a if (da < db) == (word == 0) else b          # word 0: near, word 1: far
+        else:
+            if centres[a][0] == centres[b][0]:
+                continue
+            pick = a if (centres[a][0] < centres[b][0]) == (word == 0) else b   # word 0: left, word 1: right
+        frame = vocab[0].repeat(16, 1)
+        frame[a], frame[b] = vocab[1], vocab[1]
+        if relation:
+            frame[s] = vocab[2]
+        seg.append(vocab[1] + vocab[3 + word] + (vocab[5] if relation else 0))
+        tokens.append(frame)
+        target.append(pick)
+        rival.append(b if pick == a else a)
+    return torch.stack(seg), torch.stack(tokens), torch.tensor(target), torch.tensor(rival)
+
+
+def _strict_pick_rate(head: GroundingMap, data) -> float:
+    seg, tokens, target, rival = data
+    with torch.no_grad():
+        logits = head(seg, tokens).flatten(-2)
+    rows = torch.arange(len(target))
+    return float((logits[rows, target] > logits[rows, rival] + 1e-4).float().mean())
+
+
+@pytest.mark.parametrize("relation", [False, True], ids=["left-right", "near-far"])
+def test_spatial_terms_learn_to_tell_identical_look_alikes_apart(relation):
+    gen = torch.Generator().manual_seed(3)
+    vocab = torch.randn(6, 16, generator=gen)
+    train = _look_alike_frames(gen, vocab, 512, relation)
+    held_out = _look_alike_frames(gen, vocab, 256, relation)
+    heads = {}
+    for spatial in (False, True):
+        torch.manual_seed(0)
+        head = heads[spatial] = GroundingMap(16, dim=8, spatial=spatial)
+        optim = torch.optim.Adam(head.parameters(), lr=1e-2)
+        seg, tokens, target, _ = train
+        cells = torch.nn.functional.one_hot(target, 16).float()
+        for _ in range(300):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(seg, tokens).flatten(-2), cells)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+    # matching alone scores identical tokens identically; the ramp / anchor nearness tells them apart
+    assert _strict_pick_rate(heads[False], held_out) == 0.0
+    assert _strict_pick_rate(heads[True], held_out) >= 0.9
+
+
+def test_spatial_terms_start_at_zero_and_read_the_cell_geometry():
+    torch.manual_seed(0)
+    plain = GroundingMap(8, dim=4)
+    torch.manual_seed(0)
+    spatial = GroundingMap(8, dim=4, spatial=True)
+    seg, tokens = torch.randn(2, 3, 8), torch.randn(2, 3, 16, 8)
+    assert torch.equal(plain(seg, tokens), spatial(seg, tokens))      # a trained map gains them unchanged
+    assert cell_centres(2).tolist() == [[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]]
+    with torch.no_grad():
+        spatial.spatial.direction.bias.copy_(torch.tensor([-1.0, 0.0]))  # a < 0: the left wins
+        left = spatial(seg, tokens) - plain(seg, tokens)
+    assert torch.allclose(left[..., :, 0] - left[..., :, 3], torch.full_like(left[..., :, 0], 1.5))
+    with pytest.raises(ValueError, match="grid side"):
+        cell_centres(0)
+
+
+def test_spatial_terms_need_the_map_and_a_trained_folder_gains_them(tmp_path):
+    with pytest.raises(ValueError, match="grounding_spatial"):
+        GLUSModel.from_config("tiny", overrides={"vlm": {"grounding_spatial": True}})
+    model = _grounded_tiny()
+    save_model_dir(model, tmp_path / "map")
+    grown = load_model(tmp_path / "map", overrides={"vlm": {"grounding_spatial": True}})
+    assert grown.grounding_map.spatial is not None
+    with torch.no_grad():
+        embeds, _ = _window(model)
+        before = model.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the circle on the left"]).grounding
+        after = grown.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the circle on the left"]).grounding
+    assert torch.allclose(before, after, atol=1e-5)
+    save_model_dir(grown, tmp_path / "grown")
+    assert load_model(tmp_path / "grown").grounding_map.spatial is not None
+
+
+def test_pick_loss_is_the_cross_entropy_of_the_cells_against_the_target():
+    flat = torch.zeros(1, 2, 2)
+    one = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    two = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    assert torch.isclose(grounding_pick_loss(flat, one), torch.log(torch.tensor(4.0)))
+    assert torch.isclose(grounding_pick_loss(flat, two), torch.log(torch.tensor(2.0)))   # any target cell may win
+    on_target = torch.tensor([[[8.0, 0.0], [0.0, 0.0]]])
+    on_look_alike = torch.tensor([[[0.0, 8.0], [0.0, 0.0]]])
+    assert grounding_pick_loss(on_target, one) < 0.01 < 7.0 < grounding_pick_loss(on_look_alike, one)
+    # maps whose target is absent are left out of the mean, and a batch of only those gives 0 (with a gradient)
+    mixed = grounding_pick_loss(torch.cat([flat, on_look_alike]), torch.cat([one, torch.zeros(1, 2, 2)]))
+    assert torch.isclose(mixed, torch.log(torch.tensor(4.0)))
+    logits = torch.randn(3, 2, 2, requires_grad=True)
+    empty = grounding_pick_loss(logits, torch.zeros(3, 2, 2))
+    empty.backward()
+    assert float(empty.detach()) == 0.0 and logits.grad is not None
+
+
+def test_training_step_adds_the_pick_term_and_it_learns():
+    torch.manual_seed(0)
+    model = GLUSModel.from_config("tiny", overrides={"vlm": {"grounding_map": True, "grounding_spatial": True}}).train()
+    batch = synthetic_batch(model)
+    optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(20):
+        losses = forward_clips(model, batch, grounding=(0.0, 0.0, 1.0))
+        optim.zero_grad()
+        losses["total"].backward()
+        optim.step()
+        history.append(float(losses["grounding_pick"].detach()))
+    assert "grounding" not in losses
+    assert history[-1] < 0.5 * history[0]
+    assert "grounding_pick" not in forward_clips(model, batch, grounding=(1.0, 0.0))

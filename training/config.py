@@ -86,6 +86,8 @@ class AuxSpec:
     ``grounding``: BCE of the grounding map (model ``vlm.grounding_map``) against the cells the target
     covers; ``grounding_drop``: the share of batches decoded without the map, so SAM 2 also works from
     the sparse prompt alone (frames the MLLM did not see while streaming).
+    ``grounding_pick``: cross entropy of the map's softmax over the cells against the target's cells: the
+    BCE mostly teaches the empty cells, this one the choice between the target and its look-alikes.
     """
 
     point: float = 0.0
@@ -93,6 +95,7 @@ class AuxSpec:
     cells: float = 0.0
     grounding: float = 0.0
     grounding_drop: float = 0.0
+    grounding_pick: float = 0.0
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from glus_ros.model.glus import GLUSModel
-from glus_ros.model.grounding_map import grid_targets
+from glus_ros.model.grounding_map import grid_targets, grounding_pick_loss
 from glus_ros.training.aux_heads import AuxHeads, aux_losses
 from glus_ros.training.losses import LossWeights, SegTokenBank, glus_loss, mask_bce, mask_dice, text_cross_entropy
 from glus_ros.training.point_losses import point_set_loss
@@ -24,7 +24,7 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
                   seg_bank: SegTokenBank | None = None, visibility_weight: float = 1.0,
                   aux_heads: AuxHeads | None = None, aux_weights: tuple[float, ...] = (0.0, 0.0, 0.0),
                   point_weights: tuple[float, float] = (0.0, 0.0),
-                  grounding: tuple[float, float] = (0.0, 0.0)) -> dict[str, torch.Tensor]:
+                  grounding: tuple[float, ...] = (0.0, 0.0, 0.0)) -> dict[str, torch.Tensor]:
     """Losses for a collated batch (see ``glus_ros.training.data.collate_clips`` for its keys).
 
     Besides the paper's terms, the SAM 2 object-score head is supervised with whether the object is
@@ -33,8 +33,9 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
     cell term needs ``batch["cell_labels"]``.
     ``point_weights`` (point head set loss, point-prompted masks) train pointing (VideoMolmo): the point
     head predicts one point per referred object, and SAM 2 learns to turn the true points into the mask.
-    ``grounding`` (weight, drop share): the grounding-map BCE and the share of batches decoded without the
-    map (models with ``vlm.grounding_map``; glus_ros/model/grounding_map.py).
+    ``grounding`` (weight, drop share[, pick weight]): the grounding-map BCE, the share of batches decoded
+    without the map, and the map's cross entropy over cells (models with ``vlm.grounding_map``;
+    glus_ros/model/grounding_map.py).
     """
     context, query = batch["context_clip"], batch["query_clip"]
     batch_size, num_context = context.shape[:2]
@@ -69,6 +70,9 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
         cells = grid_targets(targets, maps.shape[-1])
         losses["grounding"] = F.binary_cross_entropy_with_logits(maps.float(), cells)
         losses["total"] = losses["total"] + grounding[0] * losses["grounding"]
+    if maps is not None and len(grounding) > 2 and grounding[2] > 0:
+        losses["grounding_pick"] = grounding_pick_loss(maps.float(), grid_targets(targets, maps.shape[-1]))
+        losses["total"] = losses["total"] + grounding[2] * losses["grounding_pick"]
     if aux_heads is not None:
         aux = aux_losses(aux_heads(out.seg_hidden.float()), targets, batch["attributes"])
         losses.update(aux)

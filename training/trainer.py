@@ -64,7 +64,7 @@ WEIGHTS_FILE = "trainable.safetensors"
 IDENTITY_AT_INIT = ("temporal",)
 VISION_DIR = "vision_pretrain"  # <out>/vision_pretrain/: the vision stage's weights and metrics.csv
 LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes", "points",
-             "point_masks", "grounding", "aux_cells")
+             "point_masks", "grounding", "grounding_pick", "aux_cells")
 BATCH_KIND = "batch_kind"  # batch key: "grounded" routes the batch to forward_grounded, anything else is referring
 
 
@@ -80,7 +80,7 @@ class TrainingModule(nn.Module):
         self.visibility_weight = cfg.visibility_weight
         self.aux_weights = (cfg.aux.point, cfg.aux.attributes, cfg.aux.cells)
         self.point_weights = (cfg.points.weight, cfg.points.mask_weight)
-        self.grounding = (cfg.aux.grounding, cfg.aux.grounding_drop)
+        self.grounding = (cfg.aux.grounding, cfg.aux.grounding_drop, cfg.aux.grounding_pick)
 
     def forward(self, batch: dict[str, Any], seg_bank: SegTokenBank | None = None) -> dict[str, torch.Tensor]:
         # one forward for both batch kinds: DDP wraps this module once and syncs whichever path ran

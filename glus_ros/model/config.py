@@ -44,6 +44,7 @@ class VLMConfig:
     query_frame_template: str = DEFAULT_QUERY_FRAME
     temporal_module: bool = False       # VideoMolmo: each frame's tokens attend to the preceding frames'
     grounding_map: bool = False         # [SEG] matched to the query frame's token states -> SAM 2 mask prompt
+    grounding_spatial: bool = False     # the map adds a [SEG]-chosen ramp and anchor nearness (needs grounding_map)
     visual_position: bool = False       # a learned row/column code added to each frame token (model/visual_position.py)
 
     @property
@@ -152,6 +153,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
         raise ValueError(f"{source}: memory slots and strides must be >= 1")
     if cfg.sampling.num_context < 0 or cfg.sampling.num_query < 1:
         raise ValueError(f"{source}: need num_context >= 0 and num_query >= 1")
+    if cfg.vlm.grounding_spatial and not cfg.vlm.grounding_map:
+        raise ValueError(f"{source}: vlm.grounding_spatial adds terms to the grounding map; set vlm.grounding_map too")
     return cfg
 
 

@@ -105,7 +105,7 @@ class GLUSModel(nn.Module):
         self.grounding_map: GroundingMap | None = None
         if cfg.vlm.grounding_map:
             with torch.random.fork_rng(devices=[]):  # the other modules initialise as without it
-                self.grounding_map = GroundingMap(self.vlm.hidden_size)
+                self.grounding_map = GroundingMap(self.vlm.hidden_size, spatial=cfg.vlm.grounding_spatial)
 
     def add_key_frame_selector(self, cfg: KeyFrameConfig | None = None) -> KeyFrameSelector:
         """Attach a new (untrained) selector; the config then saves it with the model."""

@@ -7,6 +7,13 @@ hidden states at a query frame's visual tokens already hold what it has read abo
 frame (appearance, and motion from the context frames before it in the sequence); matching the [SEG]
 state against them gives a coarse map of the referred object, which enters the SAM 2 mask decoder
 through its mask-prompt path (``sam_prompt_encoder`` masks input) alongside the sparse prompt.
+
+Matching alone cannot tell identical look-alikes apart: their tokens hold the same appearance, and
+a small LLM trained from scratch does not learn to write "leftmost" into one of them (measured: the
+map ranks the target above its look-alike at chance, docs/training.md). :class:`SpatialTerms` adds
+what those words mean as geometry the [SEG] state only has to choose: a ramp over the frame ("on the
+left": the matching cell furthest left wins) and nearness to an anchor the [SEG] state also matches
+("next to the square", "far from the square").
 """
 
 from __future__ import annotations
@@ -18,24 +25,73 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class GroundingMap(nn.Module):
-    """Scaled dot product between a projected [SEG] state and each projected visual-token state."""
+def cell_centres(side: int) -> torch.Tensor:
+    """(side * side, 2) row-major cell centres as (x, y) in [-1, 1]; y grows downwards like image rows."""
+    if side < 1:
+        raise ValueError(f"a grounding map needs a token grid side >= 1, got {side}")
+    axis = (torch.arange(side, dtype=torch.float32) + 0.5) / side * 2 - 1
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=-1)
 
-    def __init__(self, hidden: int, dim: int = 64) -> None:
+
+class SpatialTerms(nn.Module):
+    """Position and relation words as map terms the [SEG] state parameterises.
+
+    ``direction``: a ramp a*x + b*y over the cells (a < 0 favours the left). ``nearness``: r times each
+    cell's expected distance to an anchor, the anchor being a softmax over the cells matched by a second
+    [SEG] query (r < 0: "next to", r > 0: "far from"). Both outputs start at zero, so a trained map
+    gains the terms unchanged and learns them from there.
+    """
+
+    def __init__(self, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.direction = nn.Linear(hidden, 2)
+        self.anchor = nn.Linear(hidden, 2 * dim)   # one anchor query for "near", one for "far"
+        self.nearness = nn.Linear(hidden, 2)
+        nn.init.zeros_(self.direction.weight)
+        nn.init.zeros_(self.direction.bias)
+        nn.init.zeros_(self.nearness.weight)
+        nn.init.constant_(self.nearness.bias, -4.0)
+        with torch.no_grad():  # both anchors start equal, so near - far cancels until they learn apart
+            self.anchor.weight[dim:] = self.anchor.weight[:dim]
+            self.anchor.bias[dim:] = self.anchor.bias[:dim]
+
+    def forward(self, seg: torch.Tensor, keys: torch.Tensor, scale: float, side: int) -> torch.Tensor:
+        """seg (..., D) float, keys (..., T, dim) the map's projected token states -> (..., T) logits to add."""
+        centres = cell_centres(side).to(seg.device)                            # (T, 2)
+        ramp = self.direction(seg) @ centres.T                                 # (..., T)
+        queries = self.anchor(seg).unflatten(-1, (2, -1))                     # (..., 2, dim)
+        anchor = torch.einsum("...ad,...td->...at", queries, keys) * scale
+        weights = anchor.softmax(dim=-1)                                       # (..., 2, T) over cells
+        expected = weights @ torch.cdist(centres, centres)                     # (..., 2, T): E[dist(cell, anchor)]
+        near, far = F.softplus(self.nearness(seg)).unbind(-1)
+        return ramp + far[..., None] * expected[..., 1, :] - near[..., None] * expected[..., 0, :]
+
+
+class GroundingMap(nn.Module):
+    """Scaled dot product between a projected [SEG] state and each projected visual-token state,
+    plus the :class:`SpatialTerms` when ``spatial``."""
+
+    def __init__(self, hidden: int, dim: int = 64, spatial: bool = False) -> None:
         super().__init__()
         self.query = nn.Linear(hidden, dim)
         self.key = nn.Linear(hidden, dim)
         self.scale = 1.0 / math.sqrt(dim)
+        self.spatial: SpatialTerms | None = None
+        if spatial:  # made after the matching layers, which so initialise as without the terms
+            self.spatial = SpatialTerms(hidden, dim)
 
     def forward(self, seg_hidden: torch.Tensor, frame_tokens: torch.Tensor) -> torch.Tensor:
         """seg_hidden (..., D), frame_tokens (..., T, D) with T a square grid -> logits (..., G, G), row = y."""
-        tokens = frame_tokens.shape[-2]
-        side = round(tokens**0.5)
-        if side * side != tokens:
-            raise ValueError(f"a grounding map needs a square token grid per frame, got {tokens} tokens")
-        q = self.query(seg_hidden.float())
-        k = self.key(frame_tokens.float())
-        logits = torch.einsum("...d,...td->...t", q, k) * self.scale
+        count = frame_tokens.shape[-2]
+        side = round(count**0.5)
+        if side * side != count:
+            raise ValueError(f"a grounding map needs a square token grid per frame, got {count} tokens")
+        seg = seg_hidden.float()
+        keys = self.key(frame_tokens.float())
+        logits = torch.einsum("...d,...td->...t", self.query(seg), keys) * self.scale
+        if self.spatial is not None:
+            logits = logits + self.spatial(seg, keys, self.scale, side)
         return logits.unflatten(-1, (side, side))
 
 
@@ -49,3 +105,19 @@ def grid_targets(masks: torch.Tensor, side: int) -> torch.Tensor:
     lead = masks.shape[:-2]
     pooled = F.adaptive_max_pool2d(masks.float().reshape(-1, 1, *masks.shape[-2:]), side)
     return pooled.reshape(*lead, side, side)
+
+
+def grounding_pick_loss(grid_logits: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of the softmax over a map's cells against the target's cells (any of them may win),
+    averaged over maps whose target is present; 0 when none is.
+
+    grid_logits and cells (..., G, G), cells in {0, 1}. Unlike the per-cell BCE, whose gradient goes
+    mostly to the many empty cells, every term here is the target against the rest, look-alikes included.
+    """
+    logits, cells = grid_logits.flatten(-2).float(), cells.flatten(-2).float()
+    present = cells.amax(dim=-1) > 0
+    if not bool(present.any()):
+        return grid_logits.sum() * 0.0
+    logits, cells = logits[present], cells[present]
+    on_target = torch.logsumexp(logits.masked_fill(cells == 0, float("-inf")), dim=-1)
+    return (torch.logsumexp(logits, dim=-1) - on_target).mean()
