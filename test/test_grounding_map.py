@@ -177,7 +177,7 @@ def _look_alike_frames(gen: torch.Generator, vocab: torch.Tensor, n: int, relati
     """Frames of a 4x4 grid holding two identical "circle" tokens (and a "square" anchor for relations);
     [SEG] = circle + the word; target = the circle the word picks (left/right, or near/far from the square).
     ``vocab`` rows: empty cell, circle, square, word 0, word 1, the noun "square"."""
-    seg, tokens, target, rival = [], [], [], []
+    seg, words, tokens, target, rival = [], [], [], [], []
     while len(seg) < n:
         a, b, s = torch.randperm(16, generator=gen)[:3].tolist()
         centres = {c: torch.tensor([c % 4, c // 4], dtype=torch.float32) for c in (a, b, s)}
@@ -196,16 +196,17 @@ def _look_alike_frames(gen: torch.Generator, vocab: torch.Tensor, n: int, relati
         if relation:
             frame[s] = vocab[2]
         seg.append(vocab[1] + vocab[3 + word] + (vocab[5] if relation else 0))
+        words.append(vocab[3 + word])
         tokens.append(frame)
         target.append(pick)
         rival.append(b if pick == a else a)
-    return torch.stack(seg), torch.stack(tokens), torch.tensor(target), torch.tensor(rival)
+    return torch.stack(seg), torch.stack(words), torch.stack(tokens), torch.tensor(target), torch.tensor(rival)
 
 
 def _strict_pick_rate(head: GroundingMap, data) -> float:
-    seg, tokens, target, rival = data
+    seg, words, tokens, target, rival = data
     with torch.no_grad():
-        logits = head(seg, tokens).flatten(-2)
+        logits = head(seg, tokens, words).flatten(-2)
     rows = torch.arange(len(target))
     return float((logits[rows, target] > logits[rows, rival] + 1e-4).float().mean())
 
@@ -221,10 +222,10 @@ def test_spatial_terms_learn_to_tell_identical_look_alikes_apart(relation):
         torch.manual_seed(0)
         head = heads[spatial] = GroundingMap(16, dim=8, spatial=spatial)
         optim = torch.optim.Adam(head.parameters(), lr=1e-2)
-        seg, tokens, target, _ = train
+        seg, words, tokens, target, _ = train
         cells = torch.nn.functional.one_hot(target, 16).float()
         for _ in range(300):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(seg, tokens).flatten(-2), cells)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(seg, tokens, words).flatten(-2), cells)
             optim.zero_grad()
             loss.backward()
             optim.step()
@@ -238,15 +239,17 @@ def test_spatial_terms_start_at_zero_and_read_the_cell_geometry():
     plain = GroundingMap(8, dim=4)
     torch.manual_seed(0)
     spatial = GroundingMap(8, dim=4, spatial=True)
-    seg, tokens = torch.randn(2, 3, 8), torch.randn(2, 3, 16, 8)
-    assert torch.equal(plain(seg, tokens), spatial(seg, tokens))      # a trained map gains them unchanged
+    seg, tokens, words = torch.randn(2, 3, 8), torch.randn(2, 3, 16, 8), torch.randn(2, 3, 8)
+    assert torch.equal(plain(seg, tokens), spatial(seg, tokens, words))   # a trained map gains them unchanged
     assert cell_centres(2).tolist() == [[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]]
     with torch.no_grad():
         spatial.spatial.direction.bias.copy_(torch.tensor([-1.0, 0.0]))  # a < 0: the left wins
-        left = spatial(seg, tokens) - plain(seg, tokens)
+        left = spatial(seg, tokens, words) - plain(seg, tokens)
     assert torch.allclose(left[..., :, 0] - left[..., :, 3], torch.full_like(left[..., :, 0], 1.5))
     with pytest.raises(ValueError, match="grid side"):
         cell_centres(0)
+    with pytest.raises(ValueError, match="pooled words"):
+        spatial(seg, tokens)
 
 
 def test_spatial_terms_need_the_map_and_a_trained_folder_gains_them(tmp_path):
@@ -298,3 +301,30 @@ def test_training_step_adds_the_pick_term_and_it_learns():
     assert "grounding" not in losses
     assert history[-1] < 0.5 * history[0]
     assert "grounding_pick" not in forward_clips(model, batch, grounding=(1.0, 0.0))
+
+
+def test_spatial_terms_read_the_expressions_words_not_the_frames_or_the_answer():
+    model = _grounded_tiny(grounding_spatial=True)
+    spatial = model.grounding_map.spatial
+    with torch.no_grad():                        # uniform attention: the pooled words are the words' mean
+        spatial.word_query.weight.zero_()
+        spatial.word_query.bias.zero_()
+    captured = []
+    spatial.direction.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+    hidden = model.vlm.hidden_size
+
+    def pooled(expression: str, frames: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            model.seg_prompts(frames[None, :4], frames[None, 4:], [expression])
+        return captured[-1][0, :, hidden:]                                     # (num_query, hidden)
+
+    embeds, _ = _window(model)
+    words = pooled("the circle on the left", embeds)
+    enc = model.prompts.encode("the circle on the left", 4, 4)
+    text = ((enc.labels == -100) & (enc.input_ids != model.prompts.image_id)
+            & (enc.input_ids != model.tokenizer.bos_token_id))
+    with torch.no_grad():
+        want = model.vlm.language_model.embed_tokens(enc.input_ids[text]).mean(dim=0)
+    assert torch.allclose(words, want.expand_as(words), atol=1e-5)
+    assert torch.allclose(pooled("the circle on the left", embeds.flip(0)), words, atol=1e-5)
+    assert not torch.allclose(pooled("the circle on the right", embeds), words, atol=1e-3)

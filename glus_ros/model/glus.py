@@ -200,7 +200,7 @@ class GLUSModel(nn.Module):
         frames, shown = self._prompt_frames(context_embeds, query_embeds)
         encoded = [self.prompts.encode(e, num_context, num_query, None if answers is None else answers[i], shown)
                    for i, e in enumerate(expressions)]
-        ids, mask, _labels = self.prompts.batch(encoded)
+        ids, mask, labels = self.prompts.batch(encoded)
         ids, mask = ids.to(query_embeds.device), mask.to(query_embeds.device)
         logits, hidden_states = self.vlm(ids, mask, frames)
         hidden = hidden_states[self.cfg.vlm.seg_hidden_layer]
@@ -214,7 +214,13 @@ class GLUSModel(nn.Module):
         if shown:
             states = self._query_token_states(hidden, ids, num_query)
         if self.grounding_map is not None and states is not None:
-            grounding = self.grounding_map(seg_hidden, states)
+            words = None
+            if self.grounding_map.spatial is not None:
+                text = mask.bool() & (labels.to(ids.device) == IGNORE_INDEX) & (ids != self.prompts.image_id)
+                if self.tokenizer.bos_token_id is not None:
+                    text &= ids != self.tokenizer.bos_token_id
+                words = self.grounding_map.spatial.words(seg_hidden.float(), hidden_states[0].float(), text)
+            grounding = self.grounding_map(seg_hidden, states, words)
         return SegOutput(prompts=prompts, seg_hidden=seg_hidden, logits=logits, grounding=grounding,
                          query_states=states)
 

@@ -35,19 +35,25 @@ def cell_centres(side: int) -> torch.Tensor:
 
 
 class SpatialTerms(nn.Module):
-    """Position and relation words as map terms the [SEG] state parameterises.
+    """Position and relation words as map terms the [SEG] state and the expression's words parameterise.
 
-    ``direction``: a ramp a*x + b*y over the cells (a < 0 favours the left). ``nearness``: r times each
-    cell's expected distance to an anchor, the anchor being a softmax over the cells matched by a second
-    [SEG] query (r < 0: "next to", r > 0: "far from"). Both outputs start at zero, so a trained map
-    gains the terms unchanged and learns them from there.
+    ``direction``: a ramp a*x + b*y over the cells (a < 0 favours the left). ``nearness``: each cell's
+    expected distance to an anchor, the anchor being a softmax over the cells matched by a query; one
+    anchor and a weight >= 0 for "near" (subtracted), one for "far" (added), so the anchor's pull towards
+    the reference object does not depend on a learned sign. They read the [SEG] state and the prompt's
+    word embeddings pooled by attention from it: a small LLM trained from scratch carries the colour word
+    into [SEG] but hardly "left" against "right" (docs/training.md), while the word itself is in the
+    embeddings. Direction and nearness start at zero and the two anchors equal, so a trained map gains
+    the terms unchanged and learns them from there.
     """
 
     def __init__(self, hidden: int, dim: int) -> None:
         super().__init__()
-        self.direction = nn.Linear(hidden, 2)
-        self.anchor = nn.Linear(hidden, 2 * dim)   # one anchor query for "near", one for "far"
-        self.nearness = nn.Linear(hidden, 2)
+        self.word_query = nn.Linear(hidden, dim)
+        self.word_key = nn.Linear(hidden, dim)
+        self.direction = nn.Linear(2 * hidden, 2)
+        self.anchor = nn.Linear(2 * hidden, 2 * dim)   # one anchor query for "near", one for "far"
+        self.nearness = nn.Linear(2 * hidden, 2)
         nn.init.zeros_(self.direction.weight)
         nn.init.zeros_(self.direction.bias)
         nn.init.zeros_(self.nearness.weight)
@@ -56,15 +62,25 @@ class SpatialTerms(nn.Module):
             self.anchor.weight[dim:] = self.anchor.weight[:dim]
             self.anchor.bias[dim:] = self.anchor.bias[:dim]
 
-    def forward(self, seg: torch.Tensor, keys: torch.Tensor, scale: float, side: int) -> torch.Tensor:
-        """seg (..., D) float, keys (..., T, dim) the map's projected token states -> (..., T) logits to add."""
+    def words(self, seg: torch.Tensor, embeds: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """seg (B, N, D), embeds (B, L, D) prompt input embeddings, text_mask (B, L) -> (B, N, D) pooled words."""
+        if not bool(text_mask.any(dim=-1).all()):
+            raise ValueError("spatial grounding terms need at least one word of the expression per sample")
+        scores = torch.einsum("bnd,bld->bnl", self.word_query(seg), self.word_key(embeds))
+        scores = scores.masked_fill(~text_mask[:, None, :], float("-inf")) / math.sqrt(self.word_key.out_features)
+        return scores.softmax(dim=-1) @ embeds
+
+    def forward(self, seg: torch.Tensor, words: torch.Tensor, keys: torch.Tensor, scale: float,
+                side: int) -> torch.Tensor:
+        """seg, words (..., D) float, keys (..., T, dim) the map's projected token states -> (..., T) logits."""
+        cond = torch.cat([seg, words], dim=-1)
         centres = cell_centres(side).to(seg.device)                            # (T, 2)
-        ramp = self.direction(seg) @ centres.T                                 # (..., T)
-        queries = self.anchor(seg).unflatten(-1, (2, -1))                     # (..., 2, dim)
+        ramp = self.direction(cond) @ centres.T                                # (..., T)
+        queries = self.anchor(cond).unflatten(-1, (2, -1))                    # (..., 2, dim)
         anchor = torch.einsum("...ad,...td->...at", queries, keys) * scale
         weights = anchor.softmax(dim=-1)                                       # (..., 2, T) over cells
         expected = weights @ torch.cdist(centres, centres)                     # (..., 2, T): E[dist(cell, anchor)]
-        near, far = F.softplus(self.nearness(seg)).unbind(-1)
+        near, far = F.softplus(self.nearness(cond)).unbind(-1)
         return ramp + far[..., None] * expected[..., 1, :] - near[..., None] * expected[..., 0, :]
 
 
@@ -81,8 +97,12 @@ class GroundingMap(nn.Module):
         if spatial:  # made after the matching layers, which so initialise as without the terms
             self.spatial = SpatialTerms(hidden, dim)
 
-    def forward(self, seg_hidden: torch.Tensor, frame_tokens: torch.Tensor) -> torch.Tensor:
-        """seg_hidden (..., D), frame_tokens (..., T, D) with T a square grid -> logits (..., G, G), row = y."""
+    def forward(self, seg_hidden: torch.Tensor, frame_tokens: torch.Tensor,
+                words: torch.Tensor | None = None) -> torch.Tensor:
+        """seg_hidden (..., D), frame_tokens (..., T, D) with T a square grid -> logits (..., G, G), row = y.
+
+        ``words`` (..., D): the expression's pooled word embeddings (:meth:`SpatialTerms.words`), needed
+        with the spatial terms."""
         count = frame_tokens.shape[-2]
         side = round(count**0.5)
         if side * side != count:
@@ -91,7 +111,9 @@ class GroundingMap(nn.Module):
         keys = self.key(frame_tokens.float())
         logits = torch.einsum("...d,...td->...t", self.query(seg), keys) * self.scale
         if self.spatial is not None:
-            logits = logits + self.spatial(seg, keys, self.scale, side)
+            if words is None:
+                raise ValueError("a grounding map with spatial terms needs the expression's pooled words")
+            logits = logits + self.spatial(seg, words.float(), keys, self.scale, side)
         return logits.unflatten(-1, (side, side))
 
 
