@@ -44,7 +44,7 @@ class SpatialTerms(nn.Module):
     word embeddings pooled by attention from it: a small LLM trained from scratch carries the colour word
     into [SEG] but hardly "left" against "right" (docs/training.md), while the word itself is in the
     embeddings. Direction and nearness start at zero and the two anchors equal, so a trained map gains
-    the terms unchanged and learns them from there.
+    the terms unchanged and learns them from there. Both inputs are layer-normalised.
     """
 
     def __init__(self, hidden: int, dim: int) -> None:
@@ -57,8 +57,8 @@ class SpatialTerms(nn.Module):
         nn.init.zeros_(self.direction.weight)
         nn.init.zeros_(self.direction.bias)
         nn.init.zeros_(self.nearness.weight)
-        nn.init.constant_(self.nearness.bias, -4.0)
-        with torch.no_grad():  # both anchors start equal, so near - far cancels until they learn apart
+        nn.init.zeros_(self.nearness.bias)
+        with torch.no_grad():  # both anchors start equal and near = far, so the term is 0 until they learn apart
             self.anchor.weight[dim:] = self.anchor.weight[:dim]
             self.anchor.bias[dim:] = self.anchor.bias[:dim]
 
@@ -73,7 +73,9 @@ class SpatialTerms(nn.Module):
     def forward(self, seg: torch.Tensor, words: torch.Tensor, keys: torch.Tensor, scale: float,
                 side: int) -> torch.Tensor:
         """seg, words (..., D) float, keys (..., T, dim) the map's projected token states -> (..., T) logits."""
-        cond = torch.cat([seg, words], dim=-1)
+        # normalised inputs: the word embeddings are small (init std 0.02), so from zero weights at the
+        # trainer's learning rate the terms would take thousands of steps to reach a useful size
+        cond = torch.cat([F.layer_norm(seg, seg.shape[-1:]), F.layer_norm(words, words.shape[-1:])], dim=-1)
         centres = cell_centres(side).to(seg.device)                            # (T, 2)
         ramp = self.direction(cond) @ centres.T                                # (..., T)
         queries = self.anchor(cond).unflatten(-1, (2, -1))                    # (..., 2, dim)
