@@ -310,7 +310,7 @@ def test_spatial_terms_read_the_expressions_words_not_the_frames_or_the_answer()
         spatial.word_query.weight.zero_()
         spatial.word_query.bias.zero_()
     captured = []
-    spatial.direction.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+    spatial.mix.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
     hidden = model.vlm.hidden_size
 
     def pooled(expression: str, frames: torch.Tensor) -> torch.Tensor:

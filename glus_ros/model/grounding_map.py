@@ -51,9 +51,12 @@ class SpatialTerms(nn.Module):
         super().__init__()
         self.word_query = nn.Linear(hidden, dim)
         self.word_key = nn.Linear(hidden, dim)
-        self.direction = nn.Linear(2 * hidden, 2)
-        self.anchor = nn.Linear(2 * hidden, 2 * dim)   # one anchor query for "near", one for "far"
-        self.nearness = nn.Linear(2 * hidden, 2)
+        # one hidden layer: "on the left" must slope the ramp and "moves left" must not (measured with a
+        # linear read-out: position J&F 0.41 -> 0.54, motion 0.44 -> 0.32)
+        self.mix = nn.Sequential(nn.Linear(2 * hidden, 2 * dim), nn.GELU())
+        self.direction = nn.Linear(2 * dim, 2)
+        self.anchor = nn.Linear(2 * dim, 2 * dim)   # one anchor query for "near", one for "far"
+        self.nearness = nn.Linear(2 * dim, 2)
         nn.init.zeros_(self.direction.weight)
         nn.init.zeros_(self.direction.bias)
         nn.init.zeros_(self.nearness.weight)
@@ -75,7 +78,7 @@ class SpatialTerms(nn.Module):
         """seg, words (..., D) float, keys (..., T, dim) the map's projected token states -> (..., T) logits."""
         # normalised inputs: the word embeddings are small (init std 0.02), so from zero weights at the
         # trainer's learning rate the terms would take thousands of steps to reach a useful size
-        cond = torch.cat([F.layer_norm(seg, seg.shape[-1:]), F.layer_norm(words, words.shape[-1:])], dim=-1)
+        cond = self.mix(torch.cat([F.layer_norm(seg, seg.shape[-1:]), F.layer_norm(words, words.shape[-1:])], dim=-1))
         centres = cell_centres(side).to(seg.device)                            # (T, 2)
         ramp = self.direction(cond) @ centres.T                                # (..., T)
         queries = self.anchor(cond).unflatten(-1, (2, -1))                    # (..., 2, dim)
