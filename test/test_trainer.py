@@ -60,6 +60,10 @@ def test_shipped_recipes_parse_and_name_existing_models():
     stage2 = load_train_config(REPO / "training" / "synth_tiny_grounding.yaml")  # the default's second stage
     assert stage2.vision_pretrain.enabled and stage2.model == "runs/synth_tiny/model"
     assert stage2.datasets[0].kind == "synth" and stage2.datasets[0].seed != stage2.eval.dataset.seed
+    stage3 = load_train_config(REPO / "training" / "synth_tiny_spatial.yaml")  # the default's third stage
+    assert stage3.model == "runs/synth_tiny_grounding/model" and not stage3.vision_pretrain.enabled
+    assert stage3.model_overrides["vlm"]["grounding_spatial"] and stage3.aux.grounding_pick > 0
+    assert stage3.datasets[0].seed == stage2.datasets[0].seed != stage3.eval.dataset.seed
     s = load_train_config(REPO / "training" / "glus_s.yaml")
     # paper hyper-parameters: LoRA rank 8, lr 3e-4, batch 2 x accumulation 10, MeViS:Ref-YouTube-VOS 1:1
     assert (s.lora.rank, s.optim.lr, s.optim.batch_size, s.optim.grad_accum) == (8, 3e-4, 2, 10)
