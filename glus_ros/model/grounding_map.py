@@ -43,8 +43,9 @@ class SpatialTerms(nn.Module):
     the reference object does not depend on a learned sign. They read the [SEG] state and the prompt's
     word embeddings pooled by attention from it: a small LLM trained from scratch carries the colour word
     into [SEG] but hardly "left" against "right" (docs/training.md), while the word itself is in the
-    embeddings. Direction and nearness start at zero and the two anchors equal, so a trained map gains
-    the terms unchanged and learns them from there. Both inputs are layer-normalised.
+    embeddings. The ramp starts flat, and the near and far parts start equal (same anchor, same weight)
+    so they cancel: a trained map gains the terms unchanged and learns them from there. Both inputs are
+    layer-normalised and read through one hidden layer.
     """
 
     def __init__(self, hidden: int, dim: int) -> None:
