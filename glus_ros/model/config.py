@@ -44,7 +44,7 @@ class VLMConfig:
     query_frame_template: str = DEFAULT_QUERY_FRAME
     temporal_module: bool = False       # VideoMolmo: each frame's tokens attend to the preceding frames'
     grounding_map: bool = False         # [SEG] matched to the query frame's token states -> SAM 2 mask prompt
-    grounding_spatial: bool = False     # the map adds a [SEG]-chosen ramp and anchor nearness (needs grounding_map)
+    grounding_spatial: bool = False     # the map adds a ramp and near/far anchors for position/relation words
     visual_position: bool = False       # a learned row/column code added to each frame token (model/visual_position.py)
 
     @property

@@ -216,10 +216,8 @@ class GLUSModel(nn.Module):
         if self.grounding_map is not None and states is not None:
             words = None
             if self.grounding_map.spatial is not None:
-                text = mask.bool() & (labels.to(ids.device) == IGNORE_INDEX) & (ids != self.prompts.image_id)
-                if self.tokenizer.bos_token_id is not None:
-                    text &= ids != self.tokenizer.bos_token_id
-                words = self.grounding_map.spatial.words(seg_hidden.float(), hidden_states[0].float(), text)
+                words = self.grounding_map.spatial.words(seg_hidden.float(), hidden_states[0].float(),
+                                                         self.prompts.word_mask(ids, mask, labels))
             grounding = self.grounding_map(seg_hidden, states, words)
         return SegOutput(prompts=prompts, seg_hidden=seg_hidden, logits=logits, grounding=grounding,
                          query_states=states)

@@ -147,6 +147,13 @@ class PromptBuilder:
         labels = [IGNORE_INDEX] * len(prefix) + answer
         return EncodedPrompt(torch.tensor(prefix + answer), torch.tensor(labels), frames)
 
+    def word_mask(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, L) True at the prompt's text tokens: not frames, BOS, padding or the answer."""
+        words = mask.bool() & (labels.to(ids.device) == IGNORE_INDEX) & (ids != self.image_id)
+        if self.tokenizer.bos_token_id is not None:
+            words &= ids != self.tokenizer.bos_token_id
+        return words
+
     def batch(self, prompts: list[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-pad to one (B, L) batch: ids, attention mask, labels."""
         length = max(len(p.input_ids) for p in prompts)
