@@ -32,7 +32,8 @@ def test_default_segments_unseen_synthetic_videos_far_better_than_an_untrained_m
 
 def test_default_reads_the_side_word_of_position_expressions(tmp_path: Path):
     """Mirror test (benchmarks/qualifier_probe.py): "the circle on the left" and "... on the right" must
-    give different masks, the written one on its target (measured on 30 expressions: share 0.60 vs 0.11)."""
+    give different masks, the written one on its target (measured here: share 0.81 vs 0.14; on the valid
+    split's 30 such expressions 0.65 vs 0.05; the second stage, which ignores the side word: 0.45 vs 0.52)."""
     import json
 
     import numpy as np

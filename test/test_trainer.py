@@ -64,6 +64,10 @@ def test_shipped_recipes_parse_and_name_existing_models():
     assert stage3.model == "runs/synth_tiny_grounding/model" and not stage3.vision_pretrain.enabled
     assert stage3.model_overrides["vlm"]["grounding_spatial"] and stage3.aux.grounding_pick > 0
     assert stage3.datasets[0].seed == stage2.datasets[0].seed != stage3.eval.dataset.seed
+    stage4 = load_train_config(REPO / "training" / "synth_tiny_spatial_round2.yaml")  # stage 3 again, 1,000 steps
+    assert stage4.model == "runs/synth_tiny_spatial/model" and stage4.aux == stage3.aux
+    # the default was made by stage 3's recipe stopped at step 1,000: the round-2 schedule is the same
+    assert max(abs(lr_factor(s, stage4) - lr_factor(s, stage3)) for s in range(stage4.optim.max_steps)) < 1e-5
     s = load_train_config(REPO / "training" / "glus_s.yaml")
     # paper hyper-parameters: LoRA rank 8, lr 3e-4, batch 2 x accumulation 10, MeViS:Ref-YouTube-VOS 1:1
     assert (s.lora.rank, s.optim.lr, s.optim.batch_size, s.optim.grad_accum) == (8, 3e-4, 2, 10)
