@@ -24,15 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-MIRROR = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
-
-
-def mirrored(text: str) -> str | None:
-    """The expression with its final side word mirrored, or None when it does not end in one."""
-    words = text.split()
-    if not words or words[-1] not in MIRROR:
-        return None
-    return " ".join([*words[:-1], MIRROR[words[-1]]])
+from glus_ros.qualifiers import VideoFrames, mirror_test
 
 
 def cell_of(obj: dict, t: int, side: int) -> tuple[int, int]:
@@ -40,44 +32,6 @@ def cell_of(obj: dict, t: int, side: int) -> tuple[int, int]:
     from glus_ros.training.aux_heads import centre_cell
 
     return centre_cell(*obj["centroid"][t], side)
-
-
-class VideoFrames:
-    """The frames of the video last asked for (expressions come grouped by video)."""
-
-    def __init__(self, reader) -> None:
-        self.reader, self.video, self.frames = reader, None, []
-
-    def __call__(self, video: str) -> list[np.ndarray]:
-        if video != self.video:
-            self.video, self.frames = video, [self.reader.load_frame(video, f) for f in self.reader.frames(video)]
-        return self.frames
-
-
-def mirror_test(model, reader, meta: dict, limit: int) -> tuple[float, float, float, int]:
-    """Mean IoU(written, mirrored) and the share of each mask on the written target, over ``limit`` expressions."""
-    from glus_ros.inference import VideoSegmenter
-
-    segmenter = VideoSegmenter(model, "fp32")
-    video_frames = VideoFrames(reader)
-    ious, on_written, on_mirrored = [], [], []
-    for expr in reader.expressions():
-        kind = meta[expr.video]["expressions"][str(expr.exp_id)]["kind"]
-        other = mirrored(expr.text)
-        if kind != "position" or other is None:
-            continue
-        frames = video_frames(expr.video)
-        a = segmenter.segment(frames, expr.text).masks
-        b = segmenter.segment(frames, other).masks
-        target = reader.gt_masks(expr).astype(bool)
-        ious.append((a & b).sum() / max(int((a | b).sum()), 1))
-        on_written.append((a & target).sum() / max(int(a.sum()), 1))
-        on_mirrored.append((b & target).sum() / max(int(b.sum()), 1))
-        if len(ious) >= limit:
-            break
-    if not ious:
-        raise SystemExit("no position expression ending in left / right / top / bottom in this split")
-    return float(np.mean(ious)), float(np.mean(on_written)), float(np.mean(on_mirrored)), len(ious)
 
 
 @torch.inference_mode()
@@ -139,7 +93,10 @@ def main() -> None:
     model = load_model(args.model).eval()
     reader = MevisDataset(args.data, args.split)
     meta = json.loads((args.data / args.split / "synth_meta.json").read_text())["videos"]
-    iou, on_written, on_mirrored, n = mirror_test(model, reader, meta, args.mirror_expressions)
+    try:
+        iou, on_written, on_mirrored, n = mirror_test(model, reader, meta, args.mirror_expressions)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     print(f"mirror test, {n} position expressions: IoU(written, mirrored) {iou:.3f} (1.0: the side word is ignored); "
           f"share of the mask on the written target {on_written:.3f} as written, {on_mirrored:.3f} mirrored")
     if model.grounding_map is None:
