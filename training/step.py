@@ -66,13 +66,15 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
     visible = (targets.flatten(2).amax(dim=2) > 0).float()
     losses["visibility"] = F.binary_cross_entropy_with_logits(torch.stack(object_scores, dim=1), visible)
     losses["total"] = losses["total"] + visibility_weight * losses["visibility"]
-    if maps is not None and grounding[0] > 0:
+    pick_weight = grounding[2] if len(grounding) > 2 else 0.0
+    if maps is not None and (grounding[0] > 0 or pick_weight > 0):
         cells = grid_targets(targets, maps.shape[-1])
-        losses["grounding"] = F.binary_cross_entropy_with_logits(maps.float(), cells)
-        losses["total"] = losses["total"] + grounding[0] * losses["grounding"]
-    if maps is not None and len(grounding) > 2 and grounding[2] > 0:
-        losses["grounding_pick"] = grounding_pick_loss(maps.float(), grid_targets(targets, maps.shape[-1]))
-        losses["total"] = losses["total"] + grounding[2] * losses["grounding_pick"]
+        if grounding[0] > 0:
+            losses["grounding"] = F.binary_cross_entropy_with_logits(maps.float(), cells)
+            losses["total"] = losses["total"] + grounding[0] * losses["grounding"]
+        if pick_weight > 0:
+            losses["grounding_pick"] = grounding_pick_loss(maps.float(), cells)
+            losses["total"] = losses["total"] + pick_weight * losses["grounding_pick"]
     if aux_heads is not None:
         aux = aux_losses(aux_heads(out.seg_hidden.float()), targets, batch["attributes"])
         losses.update(aux)
