@@ -44,7 +44,7 @@ def grounding_test(model, reader, meta: dict, limit: int) -> dict[str, tuple[flo
     num_query = model.cfg.sampling.num_query
     wins: dict[str, list[bool]] = defaultdict(list)
     video_frames = VideoFrames(reader)
-    embedded_video, embeds = None, torch.empty(0)  # the frame tokens of the video last encoded
+    embedded_video, embeds, pixels = None, torch.empty(0), torch.empty(0)  # the video last encoded
     done = 0
     for expr in reader.expressions():
         entry = meta[expr.video]
@@ -59,11 +59,13 @@ def grounding_test(model, reader, meta: dict, limit: int) -> dict[str, tuple[flo
         frames = video_frames(expr.video)
         if embedded_video != expr.video:
             embedded_video = expr.video
-            embeds = model.encode_clip_frames(clip_input(to_tensor(frames), model.cfg.vlm.image_size))
+            pixels = clip_input(to_tensor(frames), model.cfg.vlm.image_size)
+            embeds = model.encode_clip_frames(pixels)
         context = context_frame_indices(len(frames), model.cfg.sampling.num_context)
         for start in range(0, len(frames) - num_query + 1, num_query):
             query = list(range(start, start + num_query))
-            maps = model.seg_prompts(embeds[context][None], embeds[query][None], [expr.text]).grounding[0]
+            maps = model.seg_prompts(embeds[context][None], embeds[query][None], [expr.text],
+                                     context_pixels=pixels[context][None]).grounding[0]
             for i, t in enumerate(query):
                 if target["visibility"][t] < 0.5:
                     continue

@@ -49,10 +49,12 @@ def main() -> None:
         pixels = to_tensor(frames[:8]).to(model.device)
         parts = {}
         t0 = time.perf_counter()
-        embeds = model.encode_clip_frames(clip_input(pixels, model.cfg.vlm.image_size))
+        clip_pixels = clip_input(pixels, model.cfg.vlm.image_size)
+        embeds = model.encode_clip_frames(clip_pixels)
         parts["vision tower (per frame)"] = (time.perf_counter() - t0) / 8
         t0 = time.perf_counter()
-        out = model.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the red circle"])
+        out = model.seg_prompts(embeds[None, :4], embeds[None, 4:], ["the red circle"],
+                                context_pixels=clip_pixels[None, :4])
         parts["LLM window pass"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         feats = model.encode_sam_frames(sam_input(pixels[:1], model.sam.image_size))

@@ -76,6 +76,11 @@ class FrameCache:
                 self.clip[i] = e
         return torch.stack([self.clip[i] for i in indices])
 
+    def clip_pixels(self, indices: Sequence[int]) -> torch.Tensor:
+        """(1, N, 3, S, S) the frames as the vision tower's input (what a motion field reads)."""
+        pixels = torch.cat([self._pixels(i) for i in indices])
+        return clip_input(pixels, self.model.cfg.vlm.image_size)[None]
+
     def sam_features(self, idx: int) -> FrameFeatures:
         if idx not in self.sam:
             self.sam[idx] = self.model.encode_sam_frames(sam_input(self._pixels(idx), self.model.sam.image_size))
@@ -126,6 +131,7 @@ class VideoSegmenter:
         num_frames = len(frames)
         context = context_frame_indices(num_frames, cfg.sampling.num_context)
         cache = FrameCache(self.model, frames)
+        context_pixels = cache.clip_pixels(context) if context else None
         masks = np.zeros((num_frames, height, width), dtype=bool)
         scores = np.zeros(num_frames, dtype=np.float32)
         done: set[int] = set()
@@ -146,7 +152,7 @@ class VideoSegmenter:
                         query.append(query[-1])
                     embeds = cache.clip_embeds(context + query)
                     out = self.model.seg_prompts(embeds[None, : len(context)], embeds[None, len(context):],
-                                                 [expression])
+                                                 [expression], context_pixels=context_pixels)
                     for frame_idx in todo:
                         slot = query.index(frame_idx)
                         grid = out.grounding[:, slot] if out.grounding is not None else None

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from glus_ros.data.synth import write_split
+from glus_ros.datasets.base import Expression
 from glus_ros.datasets.mevis import MevisDataset
 from glus_ros.model.glus import GLUSModel
-from glus_ros.training.aux_heads import COLOUR_NAMES, IGNORE, AuxHeads, SynthCellLabels
+from glus_ros.model.grounding_map import grid_targets
+from glus_ros.training.aux_heads import COLOUR_NAMES, IGNORE, AuxHeads, SynthCellLabels, SynthReferenceCells
 from glus_ros.training.data import ReferringClipDataset, collate_clips
 from glus_ros.training.step import forward_clips
 
@@ -130,3 +132,37 @@ def test_offset_head_learns_the_bins_and_rejects_labels_without_them():
         heads.cell_losses(tokens, labels[..., :2])
     with pytest.raises(ValueError, match="cell head"):
         AuxHeads(8, offset_bins=4)
+
+
+def test_reference_cells_cover_the_reference_object_of_relation_expressions(tmp_path):
+    write_split(tmp_path, "train", 6, seed=5)
+    reader = MevisDataset(tmp_path, "train")
+    refs = SynthReferenceCells(tmp_path / "train", 4)
+    meta = json.loads((tmp_path / "train" / "synth_meta.json").read_text())["videos"]
+    relations = [e for e in reader.expressions() if refs.reference(e) is not None]
+    others = [e for e in reader.expressions() if refs.reference(e) is None]
+    assert relations and others
+    agreement = []
+    for e in relations:
+        entry = meta[e.video]["expressions"][e.exp_id]
+        assert entry["kind"] == "relation" and f"ref:{refs.reference(e)}" in entry["tags"]
+        frames = list(range(len(reader.frames(e.video))))
+        cells = refs(e, frames)
+        obj = meta[e.video]["objects"][str(refs.reference(e))]
+        track = reader.gt_masks(Expression(e.video, "ref", "", (refs.reference(e),), (str(obj["anno_id"]),)))
+        truth = grid_targets(torch.from_numpy(track).float(), 4).numpy()
+        agreement.append(float(((cells > 0) == (truth > 0)).mean()))
+        assert e.obj_ids != (refs.reference(e),)                     # the reference is not the target
+    assert np.mean(agreement) > 0.9                                   # discs vs rendered masks (occluders differ)
+    assert not refs(others[0], [0, 1]).any()
+    question = Expression(relations[0].video, "q0", "how many circles are there?", (0,))
+    assert not refs(question, [0]).any()                             # counting questions: no reference
+    ds = ReferringClipDataset(reader, "synth", 4, 4, seed=0, reference_cells=refs)
+    i = reader.expressions().index(relations[0])
+    sample = ds[i]
+    assert np.array_equal(sample.reference_cells, refs(relations[0], sample.query_idx))
+    batch = collate_clips([sample, ds[reader.expressions().index(others[0])]], 64, 128)
+    assert batch["reference_cells"].shape == (2, 4, 4, 4) and not batch["reference_cells"][1].any()
+    assert collate_clips([ReferringClipDataset(reader, "synth", 4, 4)[0]], 64, 128)["reference_cells"] is None
+    with pytest.raises(FileNotFoundError, match=r"synth_meta\.json"):
+        SynthReferenceCells(tmp_path / "missing", 4)

@@ -329,3 +329,71 @@ def test_spatial_terms_read_the_expressions_words_not_the_frames_or_the_answer()
     assert torch.allclose(words, want.expand_as(words), atol=1e-4)
     assert torch.allclose(pooled("the circle on the left", embeds.flip(0)), words, atol=1e-5)
     assert not torch.allclose(pooled("the circle on the right", embeds), words, atol=1e-3)
+
+
+def test_anchors_are_the_spatial_terms_own_and_the_anchor_loss_teaches_them_the_reference():
+    gen = torch.Generator().manual_seed(4)
+    vocab = torch.randn(6, 16, generator=gen)
+    train = _look_alike_frames(gen, vocab, 512, relation=True)
+    held_out = _look_alike_frames(gen, vocab, 256, relation=True)
+
+    def references(data) -> torch.Tensor:        # the "square" token's cell: the object the relation names
+        tokens = data[2]
+        return (tokens == vocab[2]).all(dim=-1).float().unflatten(-1, (4, 4))
+
+    torch.manual_seed(0)
+    head = GroundingMap(16, dim=8, spatial=True)
+    seg, words, tokens = train[:3]
+    anchors = head.anchors(seg, tokens, words)
+    assert anchors.shape == (512, 2, 4, 4)
+    with torch.no_grad():                       # the map's nearness terms are distances to these anchors
+        head.spatial.nearness.bias.copy_(torch.tensor([0.5, 1.0]))
+        head.spatial.anchor.bias[8:] += torch.randn(8, generator=gen)      # near and far anchors apart
+        centres = cell_centres(4)
+        expected = head.anchors(seg, tokens, words).flatten(-2).softmax(dim=-1) @ torch.cdist(centres, centres)
+        near, far = torch.nn.functional.softplus(torch.tensor([0.5, 1.0]))
+        matching = torch.einsum("nd,ntd->nt", head.query(seg), head.key(tokens)) * head.scale
+        assert torch.allclose(head(seg, tokens, words).flatten(-2) - matching,
+                              far * expected[:, 1] - near * expected[:, 0], atol=1e-5)
+    torch.manual_seed(0)
+    head = GroundingMap(16, dim=8, spatial=True)
+    truth = references(held_out).flatten(-2).argmax(dim=-1)
+
+    def found_rate() -> float:
+        with torch.no_grad():
+            found = head.anchors(*[held_out[i] for i in (0, 2, 1)]).flatten(-2).argmax(dim=-1)   # (N, 2)
+        return float((found == truth[:, None]).float().mean())
+
+    assert found_rate() < 0.5
+    optim = torch.optim.Adam(head.parameters(), lr=1e-2)
+    target = references(train)[:, None].expand(-1, 2, -1, -1)
+    for _ in range(150):
+        loss = grounding_pick_loss(head.anchors(seg, tokens, words), target)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    assert found_rate() >= 0.95
+    with pytest.raises(ValueError, match="no spatial terms"):
+        GroundingMap(16, dim=8).anchors(seg, tokens, words)
+
+
+def test_training_step_adds_the_anchor_term_only_with_reference_cells_and_it_learns():
+    torch.manual_seed(0)
+    model = GLUSModel.from_config("tiny", overrides={"vlm": {"grounding_map": True, "grounding_spatial": True}}).train()
+    batch = synthetic_batch(model)
+    size = batch["query_clip"].shape[:2]
+    references = torch.zeros(*size, 4, 4)
+    references[0, :, 0, 3] = 1.0                 # sample 0 relates to whatever is in the top-right cell
+    optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(20):
+        losses = forward_clips(model, {**batch, "reference_cells": references}, grounding=(0.0, 0.0, 0.0, 1.0))
+        optim.zero_grad()
+        losses["total"].backward()
+        optim.step()
+        history.append(float(losses["grounding_anchor"].detach()))
+    assert history[-1] < 0.5 * history[0]
+    assert "grounding_anchor" not in forward_clips(model, batch, grounding=(0.0, 0.0, 0.0, 1.0))
+    plain = _grounded_tiny().train()
+    with pytest.raises(ValueError, match="grounding_spatial"):
+        forward_clips(plain, {**batch, "reference_cells": references}, grounding=(0.0, 0.0, 0.0, 1.0))

@@ -146,6 +146,29 @@ def test_batched_grounding_matches_one_target_at_a_time(model: GLUSModel) -> Non
             assert (batched[j].mask != alone.mask).mean() < 0.01
 
 
+def test_a_motion_field_reads_the_engines_context_frames() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    moving = GLUSModel.from_config("tiny", overrides={"vlm": {"grounding_map": True, "grounding_spatial": True,
+                                                              "grounding_motion": 4}}).eval()
+    with torch.no_grad():
+        moving.grounding_map.spatial.motion.weight.normal_()   # the map reads the field
+    seen: list[tuple[int, ...]] = []
+    moving.grounding_map.motion.register_forward_hook(lambda _m, inputs, _o: seen.append(tuple(inputs[0].shape)))
+    exprs = ["the red disk", "the dark noise"]
+    both = StreamingEngine(moving, EngineConfig(schedule="full"))
+    single = StreamingEngine(moving, EngineConfig(schedule="full"))
+    for i, text in enumerate(exprs):
+        both.add_target(TargetSpec(f"t{i}", text))
+    single.add_target(TargetSpec("t0", exprs[0]))
+    for i in range(6):
+        batched, alone = both.process(frame(i)).targets[0], single.process(frame(i)).targets[0]
+        assert batched.score == pytest.approx(alone.score, abs=1e-4)
+    size = moving.cfg.vlm.image_size
+    assert seen[-2:] == [(2, 4, 3, size, size), (1, 4, 3, size, size)]
+
+
 def test_memory_banks_and_history_stay_bounded(model: GLUSModel) -> None:
     engine = StreamingEngine(model, EngineConfig(schedule="fast", reground_every=5, history=6))
     engine.add_target(TargetSpec("a", "the red disk"))

@@ -338,3 +338,25 @@ def test_an_identity_module_left_frozen_is_named_in_a_warning(tmp_path: Path, da
     assert "does not list it" not in caplog.text
     module = trainer.accelerator.unwrap_model(trainer.module).model
     assert all(p.requires_grad for p in module.vlm.temporal.parameters())
+
+
+def test_anchor_and_motion_terms_need_their_modules_and_synthetic_data(tmp_path: Path, data_root: Path):
+    spatial = {"vlm": {"grounding_map": True, "grounding_spatial": True, "grounding_motion": 4}}
+    one_step = {"max_steps": 1, "grad_accum": 1, "batch_size": 2}
+    cfg = config_from_dict(recipe(data_root, model_overrides=spatial, aux={"grounding_anchor": 1.0, "motion": 1.0},
+                                  optim=one_step))
+    trainer = Trainer(cfg, output_dir=tmp_path / "run", progress=False)
+    inner = trainer.dataset.datasets[0]
+    relations = [i for i, e in enumerate(inner.reader.expressions()) if inner.reference_cells.reference(e) is not None]
+    assert relations and inner[relations[0]].reference_cells.any()
+    assert inner[0].motion_cells.shape == (4, 4, 7)
+    row = trainer.train().history[0]
+    assert np.isfinite(row["grounding_anchor"]) and row["motion"] > 0
+    with pytest.raises(ValueError, match=r"needs vlm\.grounding_motion"):
+        Trainer(config_from_dict(recipe(data_root, aux={"motion": 1.0})), output_dir=tmp_path / "m")
+    with pytest.raises(ValueError, match=r"needs vlm\.grounding_spatial"):
+        Trainer(config_from_dict(recipe(data_root, aux={"grounding_anchor": 1.0})), output_dir=tmp_path / "a")
+    mevis = [{"kind": "mevis", "root": str(data_root), "split": "train"}]
+    with pytest.raises(ValueError, match="needs a synthetic dataset"):
+        Trainer(config_from_dict(recipe(data_root, datasets=mevis, model_overrides=spatial,
+                                        aux={"grounding_anchor": 1.0})), output_dir=tmp_path / "b")

@@ -134,6 +134,16 @@ def centre_cell(cx: float, cy: float, grid: int) -> tuple[int, int]:
     return min(grid - 1, int(cy * grid)), min(grid - 1, int(cx * grid))
 
 
+def disc_cells(obj: dict, t: int, width: int, height: int, grid: int) -> tuple[int, int, int, int]:
+    """Inclusive (row0, row1, col0, col1) of the token cells an object's disc reaches in frame ``t``
+    (``synth_meta.json`` object entry: normalised centroid, radius in pixels)."""
+    cx, cy = obj["centroid"][t]
+    rx, ry = obj["radius_px"] / width, obj["radius_px"] / height
+    x0, x1 = int(max(0.0, cx - rx) * grid), int(min(0.999, cx + rx) * grid)
+    y0, y1 = int(max(0.0, cy - ry) * grid), int(min(0.999, cy + ry) * grid)
+    return y0, y1, x0, x1
+
+
 class SynthCellLabels:
     """Per-cell colour / shape classes of a synthetic split's frames, from ``synth_meta.json`` (centroids, sizes).
 
@@ -171,9 +181,7 @@ class SynthCellLabels:
                 if obj["visibility"][t] < 0.5:
                     continue
                 cx, cy = obj["centroid"][t]
-                rx, ry = obj["radius_px"] / width, obj["radius_px"] / height
-                x0, x1 = int(max(0.0, cx - rx) * g), int(min(0.999, cx + rx) * g)
-                y0, y1 = int(max(0.0, cy - ry) * g), int(min(0.999, cy + ry) * g)
+                y0, y1, x0, x1 = disc_cells(obj, t, width, height, g)
                 free[y0:y1 + 1, x0:x1 + 1] = False
                 cell = centre_cell(cx, cy, g)
                 classes: tuple[int, ...] = (COLOUR_NAMES.index(obj["colour"]), SHAPES.index(obj["shape"]))
@@ -186,3 +194,107 @@ class SynthCellLabels:
                 if len(classes) == 1:
                     out[i, row, col] = classes[0]
         return out
+
+
+class SynthReferenceCells:
+    """The token cells of a relation expression's reference object ("near *the red circle*") per frame,
+    from ``synth_meta.json`` (the expression's ``ref:<obj_id>`` tag, the object's centroid and radius).
+
+    (frames, G, G) {0, 1}: the cells the reference's disc reaches where it is visible; all zero for
+    expressions without a reference (and counting questions), which the anchor loss then skips. Why:
+    the grounding map's near / far anchors must find the reference object, and the map's own loss did
+    not teach them to (relation frames ranked at chance; docs/training.md).
+    """
+
+    def __init__(self, split_dir: Path, grid: int) -> None:
+        meta_path = Path(split_dir) / "synth_meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: reference-object supervision needs a synthetic split")
+        if grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
+        self.videos = json.loads(meta_path.read_text())["videos"]
+        self.grid = grid
+
+    def reference(self, expression: Expression) -> int | None:
+        """The object id an expression's relation refers to, or None."""
+        entry = self.videos[expression.video]["expressions"].get(expression.exp_id)
+        if entry is None:  # counting questions (exp_id q<i>) and other given expressions
+            return None
+        refs = [int(tag.split(":", 1)[1]) for tag in entry["tags"] if tag.startswith("ref:")]
+        return refs[0] if refs else None
+
+    def __call__(self, expression: Expression, frames: list[int]) -> np.ndarray:
+        g = self.grid
+        out = np.zeros((len(frames), g, g), dtype=np.float32)
+        ref = self.reference(expression)
+        if ref is None:
+            return out
+        meta = self.videos[expression.video]
+        height, width = meta["size"]
+        obj = meta["objects"][str(ref)]
+        for i, t in enumerate(frames):
+            if obj["visibility"][t] >= 0.5:
+                y0, y1, x0, x1 = disc_cells(obj, t, width, height, g)
+                out[i, y0:y1 + 1, x0:x1 + 1] = 1.0
+        return out
+
+
+class SynthMotionCells:
+    """How the object in each token cell moves between consecutive context frames, from ``synth_meta.json``:
+    the training target of the grounding map's motion field (``aux.motion``; glus_ros/model/motion_field.py).
+
+    Returns (G, G, 2 * (F - 1) + 1) for F context frames: per cell the object's (dx, dy) from each context
+    frame to the next, in quarter token cells (a clip's motion is about 1.5 of them), and a last column
+    weighting the cell: 1 for the cell holding the mean centre of an object visible in every context frame,
+    ``background`` for cells no object reaches (target 0: nothing moves there), 0 (ignored) for the rest:
+    cells several centres share, cells a disc reaches without its centre, objects hidden in some frame.
+    """
+
+    def __init__(self, split_dir: Path, grid: int, background: float = 0.2) -> None:
+        meta_path = Path(split_dir) / "synth_meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: motion supervision needs a synthetic split")
+        if grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
+        self.videos = json.loads(meta_path.read_text())["videos"]
+        self.grid = grid
+        self.background = background
+
+    def __call__(self, video: str, frames: list[int]) -> np.ndarray:
+        g, steps = self.grid, len(frames) - 1
+        if steps < 1:
+            raise ValueError(f"motion targets need at least 2 context frames, got {len(frames)}")
+        meta = self.videos[video]
+        height, width = meta["size"]
+        out = np.zeros((g, g, 2 * steps + 1), dtype=np.float32)
+        weight = np.full((g, g), self.background, dtype=np.float32)
+        centres: dict[tuple[int, int], list[np.ndarray]] = {}
+        for obj in meta["objects"].values():
+            seen = [t for t in frames if obj["visibility"][t] >= 0.5]
+            for t in seen:
+                y0, y1, x0, x1 = disc_cells(obj, t, width, height, g)
+                weight[y0:y1 + 1, x0:x1 + 1] = 0.0
+            if len(seen) < len(frames):
+                continue
+            path = np.array([obj["centroid"][t] for t in frames], dtype=np.float32)   # (F, 2) normalised x, y
+            mean = path.mean(axis=0)
+            centres.setdefault(centre_cell(float(mean[0]), float(mean[1]), g), []).append(
+                (np.diff(path, axis=0) * g * 4).reshape(-1))
+        for (row, col), moves in centres.items():
+            if len(moves) == 1:
+                out[row, col, :-1] = moves[0]
+                weight[row, col] = 1.0
+        out[..., -1] = weight
+        return out
+
+
+def motion_cell_loss(field: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """field (B, G*G, dim) motion vectors, targets (B, G, G, 2 * steps + 1) (:class:`SynthMotionCells`) ->
+    the weighted smooth-L1 of the field's first 2 * steps channels against the moves."""
+    moves = targets.to(field.device).flatten(1, 2)                     # (B, T, 2 * steps + 1)
+    width = moves.shape[-1] - 1
+    if field.shape[-1] < width:
+        raise ValueError(f"motion field has {field.shape[-1]} channels, the targets need {width}")
+    weight = moves[..., -1]
+    error = F.smooth_l1_loss(field[..., :width].float(), moves[..., :-1], reduction="none").sum(dim=-1)
+    return (error * weight).sum() / weight.sum().clamp(min=1e-6)

@@ -88,6 +88,10 @@ class AuxSpec:
     the sparse prompt alone (frames the MLLM did not see while streaming).
     ``grounding_pick``: cross entropy of the map's softmax over the cells against the target's cells: the
     BCE mostly teaches the empty cells, this one the choice between the target and its look-alikes.
+    ``grounding_anchor``: cross entropy of the spatial terms' near / far anchors (``vlm.grounding_spatial``)
+    against the cells of a relation expression's reference object (synthetic data only).
+    ``motion``: the grounding map's motion field (``vlm.grounding_motion``) regresses how the object in
+    each cell moves between the context frames (synthetic data only; ``SynthMotionCells``).
     """
 
     point: float = 0.0
@@ -96,6 +100,8 @@ class AuxSpec:
     grounding: float = 0.0
     grounding_drop: float = 0.0
     grounding_pick: float = 0.0
+    grounding_anchor: float = 0.0
+    motion: float = 0.0
 
 
 @dataclass

@@ -64,6 +64,11 @@ class ClipSample:
     query_points: list[list[tuple[float, float]]] | None = None
     # (Nc + Nq, G, G, 2) colour / shape class of the object in each token cell of each frame (auxiliary), or None
     cell_labels: np.ndarray | None = None
+    # (Nq, G, G) {0, 1} cells of the reference object of a relation expression per query frame (all zero
+    # without one), or None
+    reference_cells: np.ndarray | None = None
+    # (G, G, 2 * (Nc - 1) + 1) per-cell moves between the context frames and their weights (motion field), or None
+    motion_cells: np.ndarray | None = None
 
 
 class ObjectKeyRegistry:
@@ -106,6 +111,8 @@ class ReferringClipDataset(Dataset[ClipSample]):
         attribute_labels: Sequence[tuple[int, int]] | None = None,
         object_points: bool = False,
         cell_labels: Callable[[str, list[int]], np.ndarray] | None = None,
+        reference_cells: Callable[[Expression, list[int]], np.ndarray] | None = None,
+        motion_cells: Callable[[str, list[int]], np.ndarray] | None = None,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -131,6 +138,8 @@ class ReferringClipDataset(Dataset[ClipSample]):
         self._attributes = list(attribute_labels) if attribute_labels is not None else None
         self.object_points = object_points  # per-object point labels (deepest interior point of each object)
         self.cell_labels = cell_labels      # (video, frame indices) -> (F, G, G, 2) per-cell classes
+        self.reference_cells = reference_cells  # (expression, frame indices) -> (F, G, G) reference cells
+        self.motion_cells = motion_cells    # (video, context frame indices) -> (G, G, C) per-cell moves
         # keys are registered up front so they do not depend on which samples a worker happens to load
         self._keys = [self.registry.key(name, e.video, e.obj_ids) for e in self._expressions]
         self._by_key: dict[int, list[int]] = {}
@@ -231,6 +240,8 @@ class ReferringClipDataset(Dataset[ClipSample]):
             attributes=self._attributes[index] if self._attributes is not None else (-100, -100),
             query_points=self._query_points(exp, query_idx) if self.object_points else None,
             cell_labels=self.cell_labels(exp.video, context_idx + query_idx) if self.cell_labels else None,
+            reference_cells=self.reference_cells(exp, query_idx) if self.reference_cells else None,
+            motion_cells=self.motion_cells(exp.video, context_idx) if self.motion_cells else None,
         )
 
     def _query_points(self, exp: Expression, query_idx: list[int]) -> list[list[tuple[float, float]]]:
@@ -378,6 +389,10 @@ def collate_clips(samples: Sequence[ClipSample], clip_size: int, sam_size: int) 
         else None,
         "cell_labels": torch.from_numpy(np.stack([s.cell_labels for s in samples])).long()
         if all(s.cell_labels is not None for s in samples) else None,
+        "reference_cells": torch.from_numpy(np.stack([s.reference_cells for s in samples])).float()
+        if all(s.reference_cells is not None for s in samples) else None,
+        "motion_cells": torch.from_numpy(np.stack([s.motion_cells for s in samples])).float()
+        if all(s.motion_cells is not None for s in samples) else None,
         "meta": [(s.dataset, s.video, list(s.query_idx)) for s in samples],
     }
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.grounding_map import grid_targets, grounding_pick_loss
-from glus_ros.training.aux_heads import AuxHeads, aux_losses
+from glus_ros.training.aux_heads import AuxHeads, aux_losses, motion_cell_loss
 from glus_ros.training.losses import LossWeights, SegTokenBank, glus_loss, mask_bce, mask_dice, text_cross_entropy
 from glus_ros.training.point_losses import point_set_loss
 
@@ -33,9 +33,11 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
     cell term needs ``batch["cell_labels"]``.
     ``point_weights`` (point head set loss, point-prompted masks) train pointing (VideoMolmo): the point
     head predicts one point per referred object, and SAM 2 learns to turn the true points into the mask.
-    ``grounding`` (weight, drop share[, pick weight]): the grounding-map BCE, the share of batches decoded
-    without the map, and the map's cross entropy over cells (models with ``vlm.grounding_map``;
-    glus_ros/model/grounding_map.py).
+    ``grounding`` (weight, drop share[, pick weight[, anchor weight[, motion weight]]]): the grounding-map
+    BCE, the share of batches decoded without the map, the map's cross entropy over cells (models with
+    ``vlm.grounding_map``; glus_ros/model/grounding_map.py), its anchors' cross entropy against
+    ``batch["reference_cells"]`` (the reference object of relation expressions) and its motion field's
+    regression of ``batch["motion_cells"]``; the last two are skipped for a batch without their labels.
     """
     context, query = batch["context_clip"], batch["query_clip"]
     batch_size, num_context = context.shape[:2]
@@ -43,7 +45,8 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
     device = model.device
     frames = torch.cat([context, query], dim=1).to(device)
     embeds = model.encode_clip_frames(frames.flatten(0, 1)).unflatten(0, (batch_size, num_context + num_query))
-    out = model.seg_prompts(embeds[:, :num_context], embeds[:, num_context:], list(batch["expressions"]))
+    out = model.seg_prompts(embeds[:, :num_context], embeds[:, num_context:], list(batch["expressions"]),
+                            context_pixels=context.to(device))
     labels = model.labels_for(list(batch["expressions"]), num_context, num_query).to(device)
 
     sam_feats = model.encode_sam_frames(batch["query_sam"].to(device).flatten(0, 1))
@@ -75,6 +78,20 @@ def forward_clips(model: GLUSModel, batch: dict[str, Any], weights: LossWeights 
         if pick_weight > 0:
             losses["grounding_pick"] = grounding_pick_loss(maps.float(), cells)
             losses["total"] = losses["total"] + pick_weight * losses["grounding_pick"]
+    anchor_weight = grounding[3] if len(grounding) > 3 else 0.0
+    if anchor_weight > 0 and batch.get("reference_cells") is not None:  # None: a batch with non-synthetic samples
+        if out.anchors is None:
+            raise ValueError("aux.grounding_anchor needs a model whose grounding map has spatial terms "
+                             "(vlm.grounding_spatial)")
+        references = batch["reference_cells"].to(device)[:, :, None].expand_as(out.anchors)
+        losses["grounding_anchor"] = grounding_pick_loss(out.anchors.float(), references)
+        losses["total"] = losses["total"] + anchor_weight * losses["grounding_anchor"]
+    motion_weight = grounding[4] if len(grounding) > 4 else 0.0
+    if motion_weight > 0 and batch.get("motion_cells") is not None:  # None: a batch with non-synthetic samples
+        if out.motion is None:
+            raise ValueError("aux.motion trains the grounding map's motion field: the model needs vlm.grounding_motion")
+        losses["motion"] = motion_cell_loss(out.motion, batch["motion_cells"])
+        losses["total"] = losses["total"] + motion_weight * losses["motion"]
     if aux_heads is not None:
         aux = aux_losses(aux_heads(out.seg_hidden.float()), targets, batch["attributes"])
         losses.update(aux)

@@ -40,7 +40,13 @@ from glus_ros.datasets.mevis import MevisDataset
 from glus_ros.datasets.refytvos import RefYoutubeVosDataset
 from glus_ros.model.checkpoints import save_model_dir
 from glus_ros.model.glus import GLUSModel
-from glus_ros.training.aux_heads import AuxHeads, SynthCellLabels, synth_attribute_labels
+from glus_ros.training.aux_heads import (
+    AuxHeads,
+    SynthCellLabels,
+    SynthMotionCells,
+    SynthReferenceCells,
+    synth_attribute_labels,
+)
 from glus_ros.training.config import DatasetSpec, GroundedSpec, TrainConfig
 from glus_ros.training.data import (
     GivenExpressions,
@@ -64,7 +70,7 @@ WEIGHTS_FILE = "trainable.safetensors"
 IDENTITY_AT_INIT = ("temporal",)
 VISION_DIR = "vision_pretrain"  # <out>/vision_pretrain/: the vision stage's weights and metrics.csv
 LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes", "points",
-             "point_masks", "grounding", "grounding_pick", "aux_cells")
+             "point_masks", "grounding", "grounding_pick", "grounding_anchor", "motion", "aux_cells")
 BATCH_KIND = "batch_kind"  # batch key: "grounded" routes the batch to forward_grounded, anything else is referring
 
 
@@ -80,7 +86,8 @@ class TrainingModule(nn.Module):
         self.visibility_weight = cfg.visibility_weight
         self.aux_weights = (cfg.aux.point, cfg.aux.attributes, cfg.aux.cells)
         self.point_weights = (cfg.points.weight, cfg.points.mask_weight)
-        self.grounding = (cfg.aux.grounding, cfg.aux.grounding_drop, cfg.aux.grounding_pick)
+        self.grounding = (cfg.aux.grounding, cfg.aux.grounding_drop, cfg.aux.grounding_pick,
+                          cfg.aux.grounding_anchor, cfg.aux.motion)
 
     def forward(self, batch: dict[str, Any], seg_bank: SegTokenBank | None = None) -> dict[str, torch.Tensor]:
         # one forward for both batch kinds: DDP wraps this module once and syncs whichever path ran
@@ -223,6 +230,20 @@ class Trainer:
         cfg = self.cfg
         model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu",
                            overrides=cfg.model_overrides or None)
+        if cfg.aux.grounding_anchor > 0:
+            if not model.cfg.vlm.grounding_spatial:
+                raise ValueError("aux.grounding_anchor trains the grounding map's anchors: the model needs "
+                                 "vlm.grounding_spatial (e.g. model_overrides: {vlm: {grounding_spatial: true}})")
+            if not any(d.kind in ("synth", "synth_count") for d in cfg.datasets):
+                raise ValueError("aux.grounding_anchor needs a synthetic dataset (kind synth or synth_count): the "
+                                 "reference objects of relation expressions come from synth_meta.json")
+        if cfg.aux.motion > 0:
+            if not model.cfg.vlm.grounding_motion:
+                raise ValueError("aux.motion trains the grounding map's motion field: the model needs "
+                                 "vlm.grounding_motion (e.g. model_overrides: {vlm: {grounding_motion: 4}})")
+            if not any(d.kind in ("synth", "synth_count") for d in cfg.datasets):
+                raise ValueError("aux.motion needs a synthetic dataset (kind synth or synth_count): the objects' "
+                                 "moves come from synth_meta.json")
         if cfg.vision_pretrain.enabled:
             model.to(self.accelerator.device)
             self._pretrain_vision(model)
@@ -281,11 +302,17 @@ class Trainer:
                 cells = SynthCellLabels(split_dir, side)
             if spec.kind == "synth" and cfg.aux.attributes > 0:
                 labels = synth_attribute_labels(split_dir, reader.expressions())
+            references = None
+            if spec.kind in ("synth", "synth_count") and cfg.aux.grounding_anchor > 0:
+                references = SynthReferenceCells(split_dir, round(mcfg.vlm.tokens_per_frame**0.5))
+            moves = None
+            if spec.kind in ("synth", "synth_count") and cfg.aux.motion > 0:
+                moves = SynthMotionCells(split_dir, round(mcfg.vlm.tokens_per_frame**0.5))
             ds = ReferringClipDataset(reader, f"{spec.kind}:{spec.root}:{spec.split}", mcfg.sampling.num_context,
                                       mcfg.sampling.num_query, seed=cfg.seed, on_error=cfg.on_data_error,  # type: ignore[arg-type]
                                       registry=registry, attribute_labels=labels,
                                       object_points=cfg.points.weight > 0 or cfg.points.mask_weight > 0,
-                                      cell_labels=cells)
+                                      cell_labels=cells, reference_cells=references, motion_cells=moves)
             parts.append((ds, spec.ratio))
         return MixedClipDataset(parts, cfg.samples_per_epoch, seed=cfg.seed, positive_pairs=cfg.positive_pairs)
 

@@ -45,6 +45,7 @@ class VLMConfig:
     temporal_module: bool = False       # VideoMolmo: each frame's tokens attend to the preceding frames'
     grounding_map: bool = False         # [SEG] matched to the query frame's token states -> SAM 2 mask prompt
     grounding_spatial: bool = False     # the map adds a ramp and near/far anchors for position/relation words
+    grounding_motion: int = 0           # > 0: the spatial terms read a motion field of this many context frames
     visual_position: bool = False       # a learned row/column code added to each frame token (model/visual_position.py)
 
     @property
@@ -155,6 +156,17 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
         raise ValueError(f"{source}: need num_context >= 0 and num_query >= 1")
     if cfg.vlm.grounding_spatial and not cfg.vlm.grounding_map:
         raise ValueError(f"{source}: vlm.grounding_spatial adds terms to the grounding map; set vlm.grounding_map too")
+    motion = cfg.vlm.grounding_motion
+    if motion:
+        if motion < 2:
+            raise ValueError(f"{source}: vlm.grounding_motion is the number of context frames the motion field reads "
+                             f"(>= 2, or 0 for none), got {motion}")
+        if not cfg.vlm.grounding_spatial:
+            raise ValueError(f"{source}: vlm.grounding_motion is read by the map's spatial terms; set "
+                             "vlm.grounding_spatial too")
+        if cfg.sampling.num_context not in (0, motion):
+            raise ValueError(f"{source}: the motion field reads {motion} context frames (vlm.grounding_motion) but "
+                             f"sampling.num_context is {cfg.sampling.num_context}")
     return cfg
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from glus_ros.model.config import GLUSConfig, KeyFrameConfig, PointsConfig, load_config, model_dir_of
-from glus_ros.model.grounding_map import GroundingMap, mask_prompt
+from glus_ros.model.grounding_map import GroundingMap, grid_side, mask_prompt
 from glus_ros.model.key_frame import KeyFrameSelector
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.point_head import PointHead
@@ -48,6 +48,8 @@ class SegOutput:
     logits: torch.Tensor           # (B, L, vocab) LLM logits (text cross entropy)
     grounding: torch.Tensor | None = None  # (B, num_query, G, G) grounding-map logits (vlm.grounding_map)
     query_states: torch.Tensor | None = None  # (B, num_query, T, hidden) LLM states at the query frames' tokens
+    anchors: torch.Tensor | None = None    # (B, num_query, 2, G, G) near / far anchor logits (vlm.grounding_spatial)
+    motion: torch.Tensor | None = None     # (B, G*G, motion_dim) the context frames' motion (vlm.grounding_motion)
 
 
 @dataclass
@@ -105,7 +107,8 @@ class GLUSModel(nn.Module):
         self.grounding_map: GroundingMap | None = None
         if cfg.vlm.grounding_map:
             with torch.random.fork_rng(devices=[]):  # the other modules initialise as without it
-                self.grounding_map = GroundingMap(self.vlm.hidden_size, spatial=cfg.vlm.grounding_spatial)
+                self.grounding_map = GroundingMap(self.vlm.hidden_size, spatial=cfg.vlm.grounding_spatial,
+                                                  motion_frames=cfg.vlm.grounding_motion)
 
     def add_key_frame_selector(self, cfg: KeyFrameConfig | None = None) -> KeyFrameSelector:
         """Attach a new (untrained) selector; the config then saves it with the model."""
@@ -190,10 +193,12 @@ class GLUSModel(nn.Module):
 
     # --- the MLLM step ----------------------------------------------------------------------
     def seg_prompts(self, context_embeds: torch.Tensor, query_embeds: torch.Tensor, expressions: list[str],
-                    answers: list[str] | None = None) -> SegOutput:
+                    answers: list[str] | None = None, context_pixels: torch.Tensor | None = None) -> SegOutput:
         """One MLLM pass per sample over [context frames, query frames, expression, answer].
 
         context_embeds (B, Nc, T, D), query_embeds (B, Nq, T, D). Returns one prompt per query frame.
+        ``context_pixels`` (B, Nc, 3, S, S): the context frames as the vision tower's input
+        (``clip_input``), needed by a model whose grounding map has a motion field.
         """
         batch, num_query = query_embeds.shape[0], query_embeds.shape[1]
         num_context = context_embeds.shape[1]
@@ -210,17 +215,34 @@ class GLUSModel(nn.Module):
             raise ValueError(f"expected one [SEG] per query frame ({num_query}), answers hold {counts.tolist()}")
         seg_hidden = hidden[seg_positions].reshape(batch, num_query, -1)
         prompts = self.seg_projection(seg_hidden.float())
-        grounding = states = None
+        grounding = states = anchors = None
         if shown:
             states = self._query_token_states(hidden, ids, num_query)
+        motion = None
         if self.grounding_map is not None and states is not None:
             words = None
             if self.grounding_map.spatial is not None:
                 words = self.grounding_map.spatial.words(seg_hidden.float(), hidden_states[0].float(),
                                                          self.prompts.word_mask(ids, mask, labels))
-            grounding = self.grounding_map(seg_hidden, states, words)
+            motion = self._motion_field(context_pixels, num_context, states.shape[-2])
+            grounding = self.grounding_map(seg_hidden, states, words,
+                                           None if motion is None else motion[:, None].expand(-1, num_query, -1, -1))
+            if words is not None:
+                anchors = self.grounding_map.anchors(seg_hidden, states, words)
         return SegOutput(prompts=prompts, seg_hidden=seg_hidden, logits=logits, grounding=grounding,
-                         query_states=states)
+                         query_states=states, anchors=anchors, motion=motion)
+
+    def _motion_field(self, context_pixels: torch.Tensor | None, num_context: int, tokens: int) -> torch.Tensor | None:
+        """(B, T, motion_dim) motion vectors of the context frames, or None (no motion field, or no context
+        frames: the local-only ablation)."""
+        if self.grounding_map is None or self.grounding_map.motion is None or num_context == 0:
+            return None
+        if context_pixels is None:
+            raise ValueError("this model's grounding map reads the context frames' motion "
+                             "(vlm.grounding_motion): pass context_pixels to seg_prompts")
+        if context_pixels.shape[1] != num_context:
+            raise ValueError(f"context_pixels holds {context_pixels.shape[1]} frames, context_embeds {num_context}")
+        return self.grounding_map.motion(context_pixels.to(self.device), grid_side(tokens))
 
     def _query_token_states(self, hidden: torch.Tensor, ids: torch.Tensor, num_query: int) -> torch.Tensor:
         """(B, L, D) hidden states -> (B, num_query, T, D) at the visual tokens of the query frames (the last ones)."""

@@ -91,6 +91,7 @@ class PointPredictor:
         num_frames, num_query = len(frames), cfg.sampling.num_query
         context = context_frame_indices(num_frames, cfg.sampling.num_context)
         cache = FrameCache(self.model, frames)
+        context_pixels = cache.clip_pixels(context) if context else None
         points: list[list[Point]] = [[] for _ in range(num_frames)]
         confidence = np.zeros(num_frames, dtype=np.float32)
         with autocast_context(self.model.device, self.dtype):
@@ -98,7 +99,8 @@ class PointPredictor:
                 window = list(range(start, min(start + num_query, num_frames)))
                 query = window + [window[-1]] * (num_query - len(window))
                 embeds = cache.clip_embeds(context + query)
-                out = self.model.seg_prompts(embeds[None, : len(context)], embeds[None, len(context):], [expression])
+                out = self.model.seg_prompts(embeds[None, : len(context)], embeds[None, len(context):], [expression],
+                                             context_pixels=context_pixels)
                 raw = self.model.points_from_seg(out.seg_hidden, out.query_states).float()
                 decoded = decode_points(raw, cfg.points.threshold)[0]
                 finite = torch.isfinite(raw[0]).all(dim=-1)

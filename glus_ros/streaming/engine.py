@@ -508,9 +508,10 @@ class StreamingEngine:
         track.score, track.state = score, state
         return mask, score, state
 
-    def _window(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Context (B, Nc, T, D) and query window (B, Nq, T, D) embeddings for ``batch`` prompts, and the
-        newest frame's query slot (padding repeats the newest frame, so any slot >= it works)."""
+    def _window(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+        """Context (B, Nc, T, D) and query window (B, Nq, T, D) embeddings for ``batch`` prompts, the
+        newest frame's query slot (padding repeats the newest frame, so any slot >= it works) and the
+        context frames' pixels (B, Nc, 3, S, S) for a motion field (None without context frames)."""
         context = self._sampler.context_frames()
         query = self._sampler.query_frames()
         num_query = self.model.cfg.sampling.num_query
@@ -518,16 +519,19 @@ class StreamingEngine:
         embeds = self._embeds(context + padded)
         context_embeds = embeds[None, : len(context)].expand(batch, -1, -1, -1)
         query_embeds = embeds[None, len(context):].expand(batch, -1, -1, -1)
-        return context_embeds, query_embeds, len(query) - 1
+        pixels = None
+        if context:
+            pixels = torch.stack([self._clip_inputs[s] for s in context])[None].expand(batch, -1, -1, -1, -1)
+        return context_embeds, query_embeds, len(query) - 1, pixels
 
     def _ground(self, expressions: list[str]) -> tuple[torch.Tensor, list[list[tuple[float, float]]] | None,
                                                        torch.Tensor | None]:
         """One batched MLLM pass over (context, query window) -> (B, prompt_dim) prompts for the newest frame,
         the point head's normalised points for it (None without a point head) and its grounding maps
         (B, G, G) (None without one)."""
-        context_embeds, query_embeds, newest = self._window(len(expressions))
+        context_embeds, query_embeds, newest, context_pixels = self._window(len(expressions))
         with self._tokenizer_lock:
-            out = self.model.seg_prompts(context_embeds, query_embeds, expressions)
+            out = self.model.seg_prompts(context_embeds, query_embeds, expressions, context_pixels=context_pixels)
         points = None
         if self.model.point_head is not None and self.model.cfg.points is not None:
             states = out.query_states[:, newest:newest + 1] if out.query_states is not None else None
@@ -550,7 +554,7 @@ class StreamingEngine:
                     continue
             ready.append(target)
         if ready:
-            context_embeds, query_embeds, newest = self._window(len(ready))
+            context_embeds, query_embeds, newest, _pixels = self._window(len(ready))
             with self._tokenizer_lock:
                 out = self.model.grounded_prompts(context_embeds, query_embeds, [TRACK_REGION_QUESTION] * len(ready),
                                                   region_embeds=[t.region_embed for t in ready])
@@ -562,7 +566,7 @@ class StreamingEngine:
         """The first grounding generates and keeps the answer (and gives each grounded phrase after the first its
         own memory bank); later ones teacher-force it on the current window (one MLLM pass each) to refresh every
         grounded phrase's [SEG] prompt."""
-        context_embeds, query_embeds, _newest = self._window(1)
+        context_embeds, query_embeds, _newest, _pixels = self._window(1)
         question = target.spec.expression
         with self._tokenizer_lock:
             if target.answer_ids is None:
