@@ -157,6 +157,33 @@ class VisionPretrainSpec:
 
 
 @dataclass
+class MotionPretrainSpec:
+    """Motion-field pre-training before the main stage (training/motion_pretrain.py says why); off by default.
+
+    Trains on context clips of the recipe's first synthetic dataset; needs ``vlm.grounding_motion``.
+    """
+
+    enabled: bool = False
+    steps: int = 1500
+    batch_size: int = 32          # context clips per step
+    lr: float = 1.0e-3            # Adam, constant (what was measured)
+    held_out: int = 100           # the split's last N videos: never trained on, scored every eval_every steps
+    eval_every: int = 250
+    eval_clips: int = 128         # held-out clips scored (a fixed, seeded draw)
+
+    def check(self, where: str) -> None:
+        checks = [
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.held_out >= 1, f"held_out must be >= 1 (videos to score on), got {self.held_out}"),
+            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (self.eval_clips >= 1, f"eval_clips must be >= 1, got {self.eval_clips}"),
+        ]
+        require(checks, where)
+
+
+@dataclass
 class EvalSpec:
     dataset: DatasetSpec | None = None
     every_steps: int = 0            # 0: only at the end
@@ -183,6 +210,7 @@ class TrainConfig:
     aux: AuxSpec = field(default_factory=AuxSpec)
     key_frame: KeyFrameSpec = field(default_factory=KeyFrameSpec)
     vision_pretrain: VisionPretrainSpec = field(default_factory=VisionPretrainSpec)
+    motion_pretrain: MotionPretrainSpec = field(default_factory=MotionPretrainSpec)
     points: PointsSpec = field(default_factory=PointsSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     output_dir: str = "runs/{name}"
@@ -280,9 +308,11 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
     if raw.get("grounded") is not None:
         raw["grounded"] = _grounded(raw["grounded"], f"{source}: grounded")
     for key, cls in (("lora", LoraSpec), ("optim", OptimSpec), ("aux", AuxSpec), ("key_frame", KeyFrameSpec),
-                     ("points", PointsSpec), ("vision_pretrain", VisionPretrainSpec)):
+                     ("points", PointsSpec), ("vision_pretrain", VisionPretrainSpec),
+                     ("motion_pretrain", MotionPretrainSpec)):
         raw[key] = _build(cls, raw.get(key, {}), f"{source}: {key}")
     raw["vision_pretrain"].check(f"{source}: vision_pretrain")
+    raw["motion_pretrain"].check(f"{source}: motion_pretrain")
     ev = dict(raw.get("eval", {}) or {})
     if ev.get("dataset") is not None:
         ev["dataset"] = _dataset(ev["dataset"], f"{source}: eval.dataset")

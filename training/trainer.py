@@ -22,7 +22,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ WEIGHTS_FILE = "trainable.safetensors"
 # option modules that start as the identity: switched on by an override but left frozen, they do nothing
 IDENTITY_AT_INIT = ("temporal",)
 VISION_DIR = "vision_pretrain"  # <out>/vision_pretrain/: the vision stage's weights and metrics.csv
+MOTION_DIR = "motion_pretrain"  # <out>/motion_pretrain/: the motion-field stage's weights and metrics.csv
 LOG_TERMS = ("total", "ce", "bce", "dice", "contrastive", "visibility", "aux_point", "aux_attributes", "points",
              "point_masks", "grounding", "grounding_pick", "grounding_anchor", "motion", "aux_cells")
 BATCH_KIND = "batch_kind"  # batch key: "grounded" routes the batch to forward_grounded, anything else is referring
@@ -205,6 +206,7 @@ class Trainer:
         self.grounded_position = DataPosition()
         self._seed_everything(cfg.seed)
         self.vision_pretrain: list[dict[str, float]] = []  # the vision stage's evaluation rows, when it ran here
+        self.motion_pretrain: list[dict[str, float]] = []  # the motion-field stage's rows, when it ran here
         self.model = self._build_model()
         self.module = TrainingModule(self.model, cfg)
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -248,6 +250,13 @@ class Trainer:
             model.to(self.accelerator.device)
             self._pretrain_vision(model)
             self._seed_everything(cfg.seed)  # the main stage starts alike whether the vision stage ran or was cached
+        if cfg.motion_pretrain.enabled:
+            if not model.cfg.vlm.grounding_motion:
+                raise ValueError("motion_pretrain trains the grounding map's motion field: the model needs "
+                                 "vlm.grounding_motion (e.g. model_overrides: {vlm: {grounding_motion: 4}})")
+            model.to(self.accelerator.device)
+            self._pretrain_motion(model)
+            self._seed_everything(cfg.seed)
         groups = list(cfg.trainable if cfg.trainable is not None else model.cfg.trainable)
         model.apply_trainable([g for g in groups if g != "llm_lora"])
         table = model.parameter_groups()
@@ -262,32 +271,55 @@ class Trainer:
         return model.to(self.accelerator.device).train()
 
     def _pretrain_vision(self, model: GLUSModel) -> None:
-        """The ``vision_pretrain`` stage, once per output folder: its weights are cached and reused on a re-run
-        or ``--resume`` (the main stage's checkpoints hold the vision tower only when it is trainable)."""
+        """The ``vision_pretrain`` stage, once per output folder (see :meth:`_cached_stage`)."""
         from glus_ros.training.vision_pretrain import load_vision_state, pretrain_vision, vision_state
 
-        cache = self.out / VISION_DIR / WEIGHTS_FILE
+        def run(reader: Any, split_dir: Path, on_row: Callable[[dict[str, float]], None]) -> None:
+            labels = SynthCellLabels(split_dir, round(model.cfg.vlm.tokens_per_frame**0.5),
+                                     self.cfg.vision_pretrain.offset_bins)
+            self.vision_pretrain = pretrain_vision(model, reader, labels, self.cfg.vision_pretrain, self.cfg.seed,
+                                                   self.cfg.on_data_error, self.progress, on_row=on_row)
+
+        self._cached_stage("vision_pretrain", VISION_DIR, run, lambda: vision_state(model),
+                           lambda state: load_vision_state(model, state))
+
+    def _pretrain_motion(self, model: GLUSModel) -> None:
+        """The ``motion_pretrain`` stage, once per output folder (see :meth:`_cached_stage`)."""
+        from glus_ros.training.motion_pretrain import load_motion_state, motion_state, pretrain_motion
+
+        def run(reader: Any, split_dir: Path, on_row: Callable[[dict[str, float]], None]) -> None:
+            labels = SynthMotionCells(split_dir, round(model.cfg.vlm.tokens_per_frame**0.5))
+            self.motion_pretrain = pretrain_motion(model, reader, labels, self.cfg.motion_pretrain, self.cfg.seed,
+                                                   self.cfg.on_data_error, self.progress, on_row=on_row)
+
+        self._cached_stage("motion_pretrain", MOTION_DIR, run, lambda: motion_state(model),
+                           lambda state: load_motion_state(model, state))
+
+    def _cached_stage(self, name: str, folder: str,
+                      run: Callable[[Any, Path, Callable[[dict[str, float]], None]], None],
+                      state: Callable[[], dict[str, torch.Tensor]],
+                      load: Callable[[dict[str, torch.Tensor]], None]) -> None:
+        """A pre-training stage on the recipe's first synthetic dataset, run once per output folder: its weights
+        are cached in ``<out>/<folder>/`` (with its metrics.csv) and reused on a re-run or ``--resume`` (the
+        main stage's checkpoints hold those weights only when their group is trainable)."""
+        cache = self.out / folder / WEIGHTS_FILE
         with self.accelerator.main_process_first():
             if not cache.is_file() and self.accelerator.is_main_process:
                 spec = next((d for d in self.cfg.datasets if d.kind in ("synth", "synth_count")), None)
                 if spec is None:
-                    raise ValueError("vision_pretrain needs a synthetic dataset (kind synth or synth_count) in "
-                                     "'datasets': its per-cell labels come from synth_meta.json")
+                    raise ValueError(f"{name} needs a synthetic dataset (kind synth or synth_count) in 'datasets': "
+                                     "its labels come from synth_meta.json")
                 reader, split_dir = open_reader(spec, self.data_root)
-                labels = SynthCellLabels(split_dir, round(model.cfg.vlm.tokens_per_frame**0.5),
-                                         self.cfg.vision_pretrain.offset_bins)
-                csv_path = self.out / VISION_DIR / "metrics.csv"
+                csv_path = self.out / folder / "metrics.csv"
                 csv_path.unlink(missing_ok=True)  # rows of an interrupted earlier attempt
                 csv_path.parent.mkdir(parents=True, exist_ok=True)
-                self.vision_pretrain = pretrain_vision(
-                    model, reader, labels, self.cfg.vision_pretrain, self.cfg.seed, self.cfg.on_data_error,
-                    self.progress, on_row=lambda row: _append_csv(csv_path, row))
+                run(reader, split_dir, lambda row: _append_csv(csv_path, row))
                 tmp = cache.with_name(cache.name + ".tmp")
-                save_file(vision_state(model), str(tmp))
+                save_file(state(), str(tmp))
                 tmp.rename(cache)
             else:
-                log.info("vision pre-training: using the cached weights in %s", cache)
-                load_vision_state(model, load_file(str(cache)))
+                log.info("%s: using the cached weights in %s", name.replace("_", " "), cache)
+                load(load_file(str(cache)))
 
     def _build_data(self) -> MixedClipDataset:
         cfg, mcfg = self.cfg, self.model.cfg
