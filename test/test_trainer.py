@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +69,28 @@ def test_shipped_recipes_parse_and_name_existing_models():
     assert stage4.model == "runs/synth_tiny_spatial/model" and stage4.aux == stage3.aux
     # the default was made by stage 3's recipe stopped at step 1,000: the round-2 schedule is the same
     assert max(abs(lr_factor(s, stage4) - lr_factor(s, stage3)) for s in range(stage4.optim.max_steps)) < 1e-5
+    stage6 = load_train_config(REPO / "training" / "synth_tiny_motion.yaml")
+    assert stage6.model_overrides["vlm"]["grounding_motion"] == 4
+    assert stage6.aux.motion > 0 and stage6.aux.grounding_anchor > 0
+    stage7 = load_train_config(REPO / "training" / "synth_tiny_motion_round2.yaml")
+    assert stage7.motion_pretrain.enabled and stage7.aux == stage6.aux
     s = load_train_config(REPO / "training" / "glus_s.yaml")
     # paper hyper-parameters: LoRA rank 8, lr 3e-4, batch 2 x accumulation 10, MeViS:Ref-YouTube-VOS 1:1
     assert (s.lora.rank, s.optim.lr, s.optim.batch_size, s.optim.grad_accum) == (8, 3e-4, 2, 10)
     assert {d.kind: d.ratio for d in s.datasets} == {"mevis": 1.0, "refytvos": 1.0}
     assert "llm_lora" in s.trainable and "llm" not in s.trainable
+
+
+def test_the_default_script_chains_its_stages_each_on_the_previous_output():
+    script = (REPO / "scripts" / "train_default.sh").read_text()
+    stages = re.findall(r"training/(\w+)\.yaml", script.split("set -euo pipefail", 1)[1].replace("$stage", ""))
+    loop = re.search(r"for stage in ([\w\s\\]+); do", script)
+    assert loop is not None
+    order = [*loop.group(1).replace("\\", " ").split(), *stages]
+    assert order[0] == "synth_tiny" and order[-1] == "synth_tiny_motion_round2" and len(order) == 7
+    for previous, stage in itertools.pairwise(order):
+        assert load_train_config(REPO / "training" / f"{stage}.yaml").model == f"runs/{previous}/model", stage
+    assert "--export models/glus-tiny-synth" in script.split(f"training/{order[-1]}.yaml", 1)[1]
 
 
 def test_recipe_errors_name_the_problem(tmp_path: Path, data_root: Path):
