@@ -11,6 +11,8 @@ Two measures on a synthetic split (``synth_meta.json`` knows every object's colo
 - **grounding map** (models with ``vlm.grounding_map``): for single-object expressions with an identical
   look-alike (same colour and shape), per query frame, whether the target's token cell scores above
   every look-alike's cell. Chance is about 0.5: the map cannot tell the look-alikes apart.
+
+Both live in glus_ros/qualifiers.py.
 """
 
 from __future__ import annotations
@@ -18,65 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from glus_ros.qualifiers import VideoFrames, mirror_test
-
-
-def cell_of(obj: dict, t: int, side: int) -> tuple[int, int]:
-    """(row, column) of the token cell holding the object's centre in frame ``t``."""
-    from glus_ros.training.aux_heads import centre_cell
-
-    return centre_cell(*obj["centroid"][t], side)
-
-
-@torch.inference_mode()
-def grounding_test(model, reader, meta: dict, limit: int) -> dict[str, tuple[float, int]]:
-    """Per expression kind: share of query frames whose grounding map ranks the target's cell first."""
-    from glus_ros.model.transforms import clip_input, to_tensor
-    from glus_ros.sampling import context_frame_indices
-
-    side = round(model.cfg.vlm.tokens_per_frame**0.5)
-    num_query = model.cfg.sampling.num_query
-    wins: dict[str, list[bool]] = defaultdict(list)
-    video_frames = VideoFrames(reader)
-    embedded_video, embeds, pixels = None, torch.empty(0), torch.empty(0)  # the video last encoded
-    done = 0
-    for expr in reader.expressions():
-        entry = meta[expr.video]
-        kind = entry["expressions"][str(expr.exp_id)]["kind"]
-        if len(expr.obj_ids) != 1:
-            continue
-        target = entry["objects"][str(expr.obj_ids[0])]
-        twins = [o for k, o in entry["objects"].items() if k != str(expr.obj_ids[0])
-                 and o["colour"] == target["colour"] and o["shape"] == target["shape"]]
-        if not twins:
-            continue
-        frames = video_frames(expr.video)
-        if embedded_video != expr.video:
-            embedded_video = expr.video
-            pixels = clip_input(to_tensor(frames), model.cfg.vlm.image_size)
-            embeds = model.encode_clip_frames(pixels)
-        context = context_frame_indices(len(frames), model.cfg.sampling.num_context)
-        for start in range(0, len(frames) - num_query + 1, num_query):
-            query = list(range(start, start + num_query))
-            maps = model.seg_prompts(embeds[context][None], embeds[query][None], [expr.text],
-                                     context_pixels=pixels[context][None]).grounding[0]
-            for i, t in enumerate(query):
-                if target["visibility"][t] < 0.5:
-                    continue
-                own = cell_of(target, t, side)
-                rivals = {cell_of(o, t, side) for o in twins if o["visibility"][t] >= 0.5} - {own}
-                if rivals:
-                    wins[kind].append(all(bool(maps[i][own] > maps[i][r]) for r in rivals))
-        done += 1
-        if done >= limit:
-            break
-    return {kind: (float(np.mean(v)), len(v)) for kind, v in sorted(wins.items())}
+from glus_ros.qualifiers import map_ranking, mirror_test
 
 
 def main() -> None:
@@ -104,7 +50,7 @@ def main() -> None:
     if model.grounding_map is None:
         print("grounding map: this model has none")
     else:
-        for kind, (share, frames) in grounding_test(model, reader, meta, args.grounding_expressions).items():
+        for kind, (share, frames) in map_ranking(model, reader, meta, args.grounding_expressions).items():
             print(f"grounding map, {kind}: target cell above its look-alikes' in {share:.3f} of {frames} frames "
                   "(chance about 0.5)")
     print(f"{(time.perf_counter() - t0) / 60:.1f} min")
