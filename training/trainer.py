@@ -232,20 +232,19 @@ class Trainer:
         cfg = self.cfg
         model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu",
                            overrides=cfg.model_overrides or None)
-        if cfg.aux.grounding_anchor > 0:
-            if not model.cfg.vlm.grounding_spatial:
-                raise ValueError("aux.grounding_anchor trains the grounding map's anchors: the model needs "
-                                 "vlm.grounding_spatial (e.g. model_overrides: {vlm: {grounding_spatial: true}})")
-            if not any(d.kind in ("synth", "synth_count") for d in cfg.datasets):
-                raise ValueError("aux.grounding_anchor needs a synthetic dataset (kind synth or synth_count): the "
-                                 "reference objects of relation expressions come from synth_meta.json")
-        if cfg.aux.motion > 0:
-            if not model.cfg.vlm.grounding_motion:
-                raise ValueError("aux.motion trains the grounding map's motion field: the model needs "
-                                 "vlm.grounding_motion (e.g. model_overrides: {vlm: {grounding_motion: 4}})")
-            if not any(d.kind in ("synth", "synth_count") for d in cfg.datasets):
-                raise ValueError("aux.motion needs a synthetic dataset (kind synth or synth_count): the objects' "
-                                 "moves come from synth_meta.json")
+        synthetic = any(d.kind in ("synth", "synth_count") for d in cfg.datasets)
+        vlm = model.cfg.vlm
+        for term, weight, option, has_it in (
+                ("aux.grounding_anchor", cfg.aux.grounding_anchor, "grounding_spatial: true", vlm.grounding_spatial),
+                ("aux.motion", cfg.aux.motion, "grounding_motion: 4", bool(vlm.grounding_motion))):
+            if weight <= 0:
+                continue
+            if not has_it:  # the map's anchors / motion field: labels from synth_meta.json
+                raise ValueError(f"{term} trains a part of the grounding map this model lacks: it needs "
+                                 f"vlm.{option.split(':')[0]} (e.g. model_overrides: {{vlm: {{{option}}}}})")
+            if not synthetic:
+                raise ValueError(f"{term} needs a synthetic dataset (kind synth or synth_count): its labels come "
+                                 "from synth_meta.json")
         if cfg.vision_pretrain.enabled:
             model.to(self.accelerator.device)
             self._pretrain_vision(model)
