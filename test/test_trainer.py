@@ -87,7 +87,7 @@ def test_the_default_script_chains_its_stages_each_on_the_previous_output():
     loop = re.search(r"for stage in ([\w\s\\]+); do", script)
     assert loop is not None
     order = [*loop.group(1).replace("\\", " ").split(), *stages]
-    assert order[0] == "synth_tiny" and order[-1] == "synth_tiny_motion_round2" and len(order) == 7
+    assert order[0] == "synth_tiny" and order[-1] == "synth_tiny_motion_round4" and len(order) == 9
     for previous, stage in itertools.pairwise(order):
         assert load_train_config(REPO / "training" / f"{stage}.yaml").model == f"runs/{previous}/model", stage
     assert "--export models/glus-tiny-synth" in script.split(f"training/{order[-1]}.yaml", 1)[1]
@@ -372,6 +372,8 @@ def test_anchor_and_motion_terms_need_their_modules_and_synthetic_data(tmp_path:
     assert np.isfinite(row["grounding_anchor"]) and row["motion"] > 0
     with pytest.raises(ValueError, match=r"needs vlm\.grounding_motion"):
         Trainer(config_from_dict(recipe(data_root, aux={"motion": 1.0})), output_dir=tmp_path / "m")
+    with pytest.raises(ValueError, match=r"needs vlm\.grounding_spatial"):
+        Trainer(config_from_dict(recipe(data_root, aux={"grounding_anchor": 1.0})), output_dir=tmp_path / "a")
     with pytest.raises(ValueError, match=r"needs vlm\.grounding_spatial"):
         Trainer(config_from_dict(recipe(data_root, aux={"grounding_anchor": 1.0})), output_dir=tmp_path / "a")
     mevis = [{"kind": "mevis", "root": str(data_root), "split": "train"}]
