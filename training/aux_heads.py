@@ -112,12 +112,17 @@ def aux_losses(out: dict[str, torch.Tensor], masks: torch.Tensor, attributes: to
     return {"aux_point": point, "aux_attributes": colour + shape}
 
 
-def synth_attribute_labels(split_dir: Path, expressions: Sequence[Expression]) -> list[tuple[int, int]]:
-    """(colour, shape) index per expression from ``synth_meta.json``; ``IGNORE`` where the objects differ."""
+def synth_meta_videos(split_dir: Path, purpose: str) -> dict:
+    """The ``videos`` mapping of a synthetic split's ``synth_meta.json``; a missing file names what needed it."""
     meta_path = Path(split_dir) / "synth_meta.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: attribute supervision needs a synthetic split")
-    videos = json.loads(meta_path.read_text())["videos"]
+        raise FileNotFoundError(f"{meta_path} not found: {purpose} needs a synthetic split")
+    return json.loads(meta_path.read_text())["videos"]
+
+
+def synth_attribute_labels(split_dir: Path, expressions: Sequence[Expression]) -> list[tuple[int, int]]:
+    """(colour, shape) index per expression from ``synth_meta.json``; ``IGNORE`` where the objects differ."""
+    videos = synth_meta_videos(split_dir, "attribute supervision")
     labels = []
     for e in expressions:
         objects = videos[e.video]["objects"]
@@ -157,14 +162,11 @@ class SynthCellLabels:
     """
 
     def __init__(self, split_dir: Path, grid: int, offset_bins: int = 0) -> None:
-        meta_path = Path(split_dir) / "synth_meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: cell supervision needs a synthetic split")
+        self.videos = synth_meta_videos(split_dir, "cell supervision")
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
         if offset_bins < 0:
             raise ValueError(f"offset_bins must be >= 0, got {offset_bins}")
-        self.videos = json.loads(meta_path.read_text())["videos"]
         self.grid = grid
         self.offset_bins = offset_bins
 
@@ -207,12 +209,9 @@ class SynthReferenceCells:
     """
 
     def __init__(self, split_dir: Path, grid: int) -> None:
-        meta_path = Path(split_dir) / "synth_meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: reference-object supervision needs a synthetic split")
+        self.videos = synth_meta_videos(split_dir, "reference-object supervision")
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
-        self.videos = json.loads(meta_path.read_text())["videos"]
         self.grid = grid
 
     def reference(self, expression: Expression) -> int | None:
@@ -251,12 +250,9 @@ class SynthMotionCells:
     """
 
     def __init__(self, split_dir: Path, grid: int, background: float = 0.2) -> None:
-        meta_path = Path(split_dir) / "synth_meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: motion supervision needs a synthetic split")
+        self.videos = synth_meta_videos(split_dir, "motion supervision")
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
-        self.videos = json.loads(meta_path.read_text())["videos"]
         self.grid = grid
         self.background = background
 
