@@ -74,6 +74,14 @@ def test_shipped_recipes_parse_and_name_existing_models():
     assert stage6.aux.motion > 0 and stage6.aux.grounding_anchor > 0
     stage7 = load_train_config(REPO / "training" / "synth_tiny_motion_round2.yaml")
     assert stage7.motion_pretrain.enabled and stage7.aux == stage6.aux
+    # the counting rounds (experiments on the ninth stage): "how many" questions beside the referring ones
+    count = load_train_config(REPO / "training" / "synth_tiny_count_round.yaml")
+    assert count.model == "runs/synth_tiny_motion_round4/model" and count.aux == stage6.aux
+    assert {d.kind for d in count.datasets} == {"synth", "synth_count"}
+    assert all(d.seed != count.eval.dataset.seed for d in count.datasets)
+    count2 = load_train_config(REPO / "training" / "synth_tiny_count_round2.yaml")
+    ratios = {d.kind: d.ratio for d in count2.datasets}
+    assert count2.model == "runs/synth_tiny_count_round/model" and ratios["synth_count"] < ratios["synth"]
     s = load_train_config(REPO / "training" / "glus_s.yaml")
     # paper hyper-parameters: LoRA rank 8, lr 3e-4, batch 2 x accumulation 10, MeViS:Ref-YouTube-VOS 1:1
     assert (s.lora.rank, s.optim.lr, s.optim.batch_size, s.optim.grad_accum) == (8, 3e-4, 2, 10)
@@ -87,7 +95,7 @@ def test_the_default_script_chains_its_stages_each_on_the_previous_output():
     loop = re.search(r"for stage in ([\w\s\\]+); do", script)
     assert loop is not None
     order = [*loop.group(1).replace("\\", " ").split(), *stages]
-    assert order[0] == "synth_tiny" and order[-1] == "synth_tiny_motion_round4" and len(order) == 9
+    assert order[0] == "synth_tiny" and order[-1] == "synth_tiny_motion_round6" and len(order) == 11
     for previous, stage in itertools.pairwise(order):
         assert load_train_config(REPO / "training" / f"{stage}.yaml").model == f"runs/{previous}/model", stage
     assert "--export models/glus-tiny-synth" in script.split(f"training/{order[-1]}.yaml", 1)[1]
