@@ -47,7 +47,7 @@ from glus_ros.training.aux_heads import (
     SynthReferenceCells,
     synth_attribute_labels,
 )
-from glus_ros.training.config import DatasetSpec, GroundedSpec, TrainConfig
+from glus_ros.training.config import SYNTHETIC_KINDS, DatasetSpec, GroundedSpec, TrainConfig
 from glus_ros.training.data import (
     GivenExpressions,
     GroundedClipDataset,
@@ -121,7 +121,7 @@ def synth_split_dir(spec: DatasetSpec | GroundedSpec, data_root: Path, generate:
 
 def open_reader(spec: DatasetSpec, data_root: Path) -> tuple[Any, Path]:
     """The dataset reader of a recipe entry; a missing synthetic split is generated first."""
-    split_dir = synth_split_dir(spec, data_root, generate=spec.kind in ("synth", "synth_count"))
+    split_dir = synth_split_dir(spec, data_root, generate=spec.kind in SYNTHETIC_KINDS)
     root = dataset_root(spec, data_root)
     reader: Any = RefYoutubeVosDataset(root, spec.split) if spec.kind == "refytvos" else MevisDataset(root, spec.split)
     if spec.kind == "synth_count":
@@ -232,7 +232,7 @@ class Trainer:
         cfg = self.cfg
         model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu",
                            overrides=cfg.model_overrides or None)
-        synthetic = any(d.kind in ("synth", "synth_count") for d in cfg.datasets)
+        synthetic = any(d.kind in SYNTHETIC_KINDS for d in cfg.datasets)
         vlm = model.cfg.vlm
         for term, weight, option, has_it in (
                 ("aux.grounding_anchor", cfg.aux.grounding_anchor, "grounding_spatial: true", vlm.grounding_spatial),
@@ -304,7 +304,7 @@ class Trainer:
         cache = self.out / folder / WEIGHTS_FILE
         with self.accelerator.main_process_first():
             if not cache.is_file() and self.accelerator.is_main_process:
-                spec = next((d for d in self.cfg.datasets if d.kind in ("synth", "synth_count")), None)
+                spec = next((d for d in self.cfg.datasets if d.kind in SYNTHETIC_KINDS), None)
                 if spec is None:
                     raise ValueError(f"{name} needs a synthetic dataset (kind synth or synth_count) in 'datasets': "
                                      "its labels come from synth_meta.json")
@@ -328,16 +328,16 @@ class Trainer:
             reader, split_dir = open_reader(spec, self.data_root)
             labels = None
             cells = None
-            if spec.kind in ("synth", "synth_count") and cfg.aux.cells > 0:
+            if spec.kind in SYNTHETIC_KINDS and cfg.aux.cells > 0:
                 side = round(mcfg.vlm.tokens_per_frame**0.5)
                 cells = SynthCellLabels(split_dir, side)
             if spec.kind == "synth" and cfg.aux.attributes > 0:
                 labels = synth_attribute_labels(split_dir, reader.expressions())
             references = None
-            if spec.kind in ("synth", "synth_count") and cfg.aux.grounding_anchor > 0:
+            if spec.kind in SYNTHETIC_KINDS and cfg.aux.grounding_anchor > 0:
                 references = SynthReferenceCells(split_dir, round(mcfg.vlm.tokens_per_frame**0.5))
             moves = None
-            if spec.kind in ("synth", "synth_count") and cfg.aux.motion > 0:
+            if spec.kind in SYNTHETIC_KINDS and cfg.aux.motion > 0:
                 moves = SynthMotionCells(split_dir, round(mcfg.vlm.tokens_per_frame**0.5))
             ds = ReferringClipDataset(reader, f"{spec.kind}:{spec.root}:{spec.split}", mcfg.sampling.num_context,
                                       mcfg.sampling.num_query, seed=cfg.seed, on_error=cfg.on_data_error,  # type: ignore[arg-type]
