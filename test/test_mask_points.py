@@ -28,14 +28,27 @@ def test_one_point_per_component_inside_it_largest_first():
     inner = np.zeros_like(ring)
     _disc(inner, 40, 30, 14)
     ring &= ~inner
-    points = component_points(mask, min_area=4)
+    points = component_points(mask, min_area=4, min_fraction=0.0)
     assert len(points) == 2
     (x0, y0), (x1, y1) = points
     assert (x0 - 55) ** 2 + (y0 - 35) ** 2 <= 4 and (x1 - 15) ** 2 + (y1 - 20) ** 2 <= 4   # centres, big first
-    assert len(component_points(mask, min_area=1)) == 3
+    assert len(component_points(mask, min_area=1, min_fraction=0.0)) == 3
     [(rx, ry)] = component_points(ring)
     assert ring[int(ry), int(rx)]                           # on the ring, not in its hole
     assert component_points(np.zeros((5, 5), dtype=bool)) == []
+
+
+def test_components_small_against_the_largest_are_dropped():
+    mask = np.zeros((60, 80), dtype=bool)
+    _disc(mask, 20, 30, 12)                                 # ~450 px: the object
+    _disc(mask, 60, 30, 8)                                  # ~200 px: a second object (0.44 of the largest)
+    _disc(mask, 70, 8, 3)                                   # ~29 px: a stray blob (0.06 of the largest)
+    points = component_points(mask)                         # default fraction 0.2
+    assert len(points) == 2
+    assert all(abs(x - 70) > 5 for x, _ in points)
+    assert len(component_points(mask, min_fraction=0.0)) == 3
+    assert len(component_points(mask, min_fraction=0.5)) == 1
+    assert len(component_points(mask, min_fraction=1.0)) == 1   # the largest always stays
 
 
 def test_component_points_errors():
@@ -43,6 +56,8 @@ def test_component_points_errors():
         component_points(np.zeros((2, 5, 5), dtype=bool))
     with pytest.raises(ValueError, match="min_area must be >= 1"):
         component_points(np.zeros((5, 5), dtype=bool), min_area=0)
+    with pytest.raises(ValueError, match="min_fraction must be in \\[0, 1\\]"):
+        component_points(np.zeros((5, 5), dtype=bool), min_fraction=1.5)
 
 
 def test_mask_source_points_lie_on_the_seg_masks():
@@ -62,3 +77,5 @@ def test_mask_source_points_lie_on_the_seg_masks():
     assert np.allclose(predicted.confidence, seg.scores)
     with pytest.raises(ValueError, match="min_area must be >= 1"):
         PointPredictor(model, min_area=0)
+    with pytest.raises(ValueError, match="min_fraction must be in"):
+        PointPredictor(model, min_fraction=-0.1)

@@ -30,6 +30,7 @@ from glus_ros.metrics import video_j_f
 from glus_ros.points.labels import components_as_objects
 from glus_ros.points.matching import count_accuracy, frame_point_accuracy
 from glus_ros.points.predictor import PointPredictor
+from glus_ros.streaming.geometry import MIN_COMPONENT_FRACTION
 
 if TYPE_CHECKING:
     from glus_ros.model.glus import GLUSModel
@@ -86,14 +87,16 @@ class PointsEvaluation:
 
 def evaluate_points(model: GLUSModel, reader: PointDataset, anchors: str | int = "key",
                     expressions: Sequence[Expression] | None = None, split: Literal["ids", "components"] = "ids",
-                    dtype: str = "fp32", progress: bool = False, source: str = "auto") -> PointsEvaluation:
+                    dtype: str = "fp32", progress: bool = False, source: str = "auto",
+                    min_fraction: float = MIN_COMPONENT_FRACTION) -> PointsEvaluation:
     """Score ``model``'s pointing on ``reader`` (all its expressions unless ``expressions`` is given).
 
-    ``source``: where the points come from (``PointPredictor``: the point head, the [SEG] masks, or auto).
+    ``source``: where the points come from (``PointPredictor``: the point head, the [SEG] masks, or auto);
+    ``min_fraction``: the mask source's smallest component kept, as a fraction of the largest.
     """
     from tqdm import tqdm
 
-    predictor = PointPredictor(model, dtype, source)
+    predictor = PointPredictor(model, dtype, source, min_fraction=min_fraction)
     todo = list(reader.expressions() if expressions is None else expressions)
     if not todo:
         raise ValueError("no expressions to evaluate")

@@ -24,7 +24,7 @@ from glus_ros.model.prompting import clean_expression
 from glus_ros.points.coords import Point, to_normalised
 from glus_ros.points.propagation import PointPropagator, PointSegmentation, normalised_anchors
 from glus_ros.sampling import context_frame_indices
-from glus_ros.streaming.geometry import component_points
+from glus_ros.streaming.geometry import MIN_COMPONENT_FRACTION, component_points
 
 if TYPE_CHECKING:
     from glus_ros.model.glus import GLUSModel
@@ -53,7 +53,8 @@ POINT_SOURCES = ("auto", "head", "mask")
 
 
 class PointPredictor:
-    def __init__(self, model: GLUSModel, dtype: str = "fp32", source: str = "auto", min_area: int = 4) -> None:
+    def __init__(self, model: GLUSModel, dtype: str = "fp32", source: str = "auto", min_area: int = 4,
+                 min_fraction: float = MIN_COMPONENT_FRACTION) -> None:
         if source not in POINT_SOURCES:
             raise ValueError(f"point source must be one of {list(POINT_SOURCES)}, got {source!r}")
         has_head = model.point_head is not None and model.cfg.points is not None
@@ -62,10 +63,13 @@ class PointPredictor:
                              "or take points from its masks: source 'mask')")
         if min_area < 1:
             raise ValueError(f"min_area must be >= 1 pixel, got {min_area}")
+        if not 0.0 <= min_fraction <= 1.0:
+            raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
         self.model = model.eval()
         self.dtype = dtype
         self.source = source if source != "auto" else ("head" if has_head else "mask")
         self.min_area = min_area
+        self.min_fraction = min_fraction
 
     def frame_points(self, frames: Sequence[np.ndarray], expression: str) -> FramePoints:
         """Points of every frame (normalised) from the predictor's source."""
@@ -77,10 +81,12 @@ class PointPredictor:
         return self._head_points(frames, expression)
 
     def _mask_points(self, frames: Sequence[np.ndarray], expression: str) -> FramePoints:
-        """One point per connected component of each frame's [SEG] mask; confidence = SAM 2's object score."""
+        """One point per connected component of each frame's [SEG] mask (components below ``min_fraction`` of the
+    largest dropped); confidence = SAM 2's object score."""
         seg = VideoSegmenter(self.model, self.dtype).segment(frames, expression)
         height, width = seg.masks.shape[1:]
-        points = [to_normalised(component_points(m, self.min_area), height, width) for m in seg.masks]
+        points = [to_normalised(component_points(m, self.min_area, self.min_fraction), height, width)
+                  for m in seg.masks]
         return FramePoints(points, seg.scores.astype(np.float32))
 
     @torch.inference_mode()

@@ -44,21 +44,35 @@ def mask_point(mask: np.ndarray) -> tuple[float, float] | None:
     return float(xs[best] + x0), float(ys[best] + y0)
 
 
-def component_points(mask: np.ndarray, min_area: int = 4) -> list[tuple[float, float]]:
+# Components below this fraction of the largest one's area are dropped by ``component_points``: on 20
+# videos of a tuning split (synth seed 4242, not the valid split) the shipped model's masks gave point
+# accuracy 0.738 -> 0.776 with it (0.1: 0.771, 0.3: 0.772); the specks are mostly on look-alikes.
+MIN_COMPONENT_FRACTION = 0.2
+
+
+def component_points(mask: np.ndarray, min_area: int = 4,
+                     min_fraction: float = MIN_COMPONENT_FRACTION) -> list[tuple[float, float]]:
     """Pixel (x, y) points of an (H, W) mask: one per connected component (8-connected) of at least ``min_area``
-    pixels, at its ``mask_point``, largest component first.
+    pixels and ``min_fraction`` of the largest component's area, at its ``mask_point``, largest first.
 
     How a mask answers with points: each component is one object and the number of points is the count
     (the tracker's published points without a point head, and ``PointPredictor(source="mask")``).
+    ``min_fraction`` drops the small stray blobs a mask decoder leaves on look-alikes and edges, which
+    would otherwise each count as an object; 0 keeps every component of ``min_area``.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask: expected an (H, W) array, got shape {mask.shape}")
     if min_area < 1:
         raise ValueError(f"min_area must be >= 1 pixel, got {min_area}")
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
-    order = [k + 1 for k in np.argsort(-areas, kind="stable") if areas[k] >= min_area]
+    if areas.size == 0:
+        return []
+    smallest = max(min_area, min_fraction * areas.max())
+    order = [k + 1 for k in np.argsort(-areas, kind="stable") if areas[k] >= smallest]
     points = []
     for k in order:
         point = mask_point(labels == k)
