@@ -6,6 +6,7 @@ top-level module named ``training`` in site-packages would collide with any othe
 """
 
 from glob import glob
+from os.path import isfile
 
 from setuptools import find_packages, setup
 
@@ -24,7 +25,9 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml")),
         # the embedded default model (config, fp16 weights, tokenizer, model card)
-        (f"share/{PACKAGE}/models/glus-tiny-synth", glob("models/glus-tiny-synth/*")),
+        (f"share/{PACKAGE}/models/glus-tiny-synth", [f for f in glob("models/glus-tiny-synth/*") if isfile(f)]),
+        # its task adapters (the counting adapter: glus_ros/model/task_adapter.py)
+        (f"share/{PACKAGE}/models/glus-tiny-synth/adapters", glob("models/glus-tiny-synth/adapters/*")),
     ],
     install_requires=["setuptools"],
     zip_safe=False,

@@ -82,6 +82,19 @@ def test_shipped_recipes_parse_and_name_existing_models():
     count2 = load_train_config(REPO / "training" / "synth_tiny_count_round2.yaml")
     ratios = {d.kind: d.ratio for d in count2.datasets}
     assert count2.model == "runs/synth_tiny_count_round/model" and ratios["synth_count"] < ratios["synth"]
+    # counting rounds on the eleventh stage (full fine-tuning, each on the previous round's output)
+    previous, lr = "synth_tiny_motion_round6", 1.0
+    for n in (12, 13, 14):
+        rnd = load_train_config(REPO / "training" / f"synth_tiny_count_stage{n}.yaml")
+        assert rnd.model == f"runs/{previous}/model" and rnd.trainable is None and rnd.adapter is None
+        assert {d.kind for d in rnd.datasets} == {"synth", "synth_count"} and rnd.optim.lr <= lr
+        previous, lr = rnd.name, rnd.optim.lr
+    # the default's twelfth stage: a counting adapter over the frozen eleventh stage
+    adapter = load_train_config(REPO / "training" / "synth_tiny_count_adapter.yaml")
+    assert adapter.model == "runs/synth_tiny_motion_round6/model" and adapter.trainable == ["llm_lora"]
+    assert adapter.adapter is not None and adapter.adapter.task == "counting" and not adapter.key_frame.enabled
+    ratios = {d.kind: d.ratio for d in adapter.datasets}
+    assert ratios["synth_count"] > ratios["synth"]
     s = load_train_config(REPO / "training" / "glus_s.yaml")
     # paper hyper-parameters: LoRA rank 8, lr 3e-4, batch 2 x accumulation 10, MeViS:Ref-YouTube-VOS 1:1
     assert (s.lora.rank, s.optim.lr, s.optim.batch_size, s.optim.grad_accum) == (8, 3e-4, 2, 10)
@@ -95,7 +108,7 @@ def test_the_default_script_chains_its_stages_each_on_the_previous_output():
     loop = re.search(r"for stage in ([\w\s\\]+); do", script)
     assert loop is not None
     order = [*loop.group(1).replace("\\", " ").split(), *stages]
-    assert order[0] == "synth_tiny" and order[-1] == "synth_tiny_motion_round6" and len(order) == 11
+    assert order[0] == "synth_tiny" and order[-1] == "synth_tiny_count_adapter" and len(order) == 12
     for previous, stage in itertools.pairwise(order):
         assert load_train_config(REPO / "training" / f"{stage}.yaml").model == f"runs/{previous}/model", stage
     assert "--export models/glus-tiny-synth" in script.split(f"training/{order[-1]}.yaml", 1)[1]
@@ -235,6 +248,46 @@ def test_lora_trains_adapters_only_and_export_merges_them(tmp_path: Path, data_r
         want = model.seg_prompts(ctx, qry, ["the red circle"]).prompts
         got = exported.seg_prompts(ctx, qry, ["the red circle"]).prompts
     assert torch.allclose(want, got, atol=1e-4)
+
+
+def test_adapter_recipe_exports_the_lora_as_a_task_adapter_beside_the_unchanged_base(tmp_path: Path,
+                                                                                     data_root: Path):
+    from glus_ros.inference import load_model
+    from glus_ros.model.task_adapter import COUNTING
+
+    start = load_model("tiny").eval()
+    adapter = {"task": COUNTING, "dense": ["seg_projection"]}
+    cfg = config_from_dict(recipe(data_root, trainable=["llm_lora"], adapter=adapter,
+                                  optim={"max_steps": 2, "lr": 1e-2}, aux={"point": 0.0, "attributes": 0.0}))
+    trainer = Trainer(cfg, output_dir=tmp_path / "adapter", progress=False)
+    trainer.train()
+    model = trainer.accelerator.unwrap_model(trainer.module).model.eval()
+    exported = load_model(tmp_path / "adapter" / "model").eval()
+    assert set(exported.task_adapters) == {COUNTING}
+    carried = exported.task_adapters[COUNTING].dense
+    assert set(carried) == {k for k in start.state_dict() if k.startswith("seg_projection.")}
+    assert not torch.equal(carried["seg_projection.0.weight"], start.seg_projection[0].weight)  # it trained
+    for name, value in exported.state_dict().items():  # the base weights are the start model's, exactly
+        assert torch.equal(value, start.state_dict()[name]), name
+    torch.manual_seed(0)
+    ctx, qry = torch.randn(1, 4, 16, 192), torch.randn(1, 4, 16, 192)
+    with torch.no_grad():  # questions run the trained adapter, referring expressions the base
+        trained = model.seg_prompts(ctx, qry, ["how many red circles are there?"]).prompts
+        torch.testing.assert_close(exported.seg_prompts(ctx, qry, ["how many red circles are there?"]).prompts,
+                                   trained, atol=1e-4, rtol=1e-4)
+        assert torch.equal(exported.seg_prompts(ctx, qry, ["the red circle"]).prompts,
+                           start.seg_prompts(ctx, qry, ["the red circle"]).prompts)
+    # training new base weights on that model drops the adapter, which was fitted to the old ones
+    again = config_from_dict(recipe(data_root, model=str(tmp_path / "adapter" / "model"), trainable=["projections"],
+                                    optim={"max_steps": 1}, aux={"point": 0.0, "attributes": 0.0}))
+    Trainer(again, output_dir=tmp_path / "again", progress=False).train()
+    assert load_model(tmp_path / "again" / "model").task_adapters == {}
+    for bad, message in (({"trainable": ["llm_lora", "projections"]}, "trainable must be \\[llm_lora\\]"),
+                         ({"adapter": {"task": "dancing"}}, "not a task"),
+                         ({"adapter": {"task": COUNTING, "dense": ["mask_decoder"]}}, "may name only"),
+                         ({"adapter": {"task": COUNTING, "extra": 1}}, "extra")):
+        with pytest.raises(ValueError, match=message):
+            config_from_dict(recipe(data_root, **{"trainable": ["llm_lora"], "adapter": adapter, **bad}))
 
 
 def test_short_training_improves_loss_and_j_and_f_over_the_untrained_model(tmp_path: Path):

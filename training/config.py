@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from glus_ros.model.config import deep_update, read_yaml_mapping
+from glus_ros.model.task_adapter import DENSE_MODULES, TASKS
 from glus_ros.training.data import GROUNDED_KINDS
 
 DATASET_KINDS = ("mevis", "refytvos", "synth", "synth_count")  # synth_count: the synthetic "how many" questions
@@ -60,6 +61,15 @@ class LoraSpec:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class AdapterSpec:
+    """A task adapter recipe: the LLM's LoRA (``trainable: [llm_lora]``) and the ``dense`` heads train over a
+    frozen base and are saved as ``adapters/<task>.safetensors`` beside the unchanged base weights."""
+
+    task: str = ""
+    dense: list[str] = field(default_factory=list)  # heads of task_adapter.DENSE_MODULES the adapter carries
 
 
 @dataclass
@@ -207,6 +217,7 @@ class TrainConfig:
     visibility_weight: float = 1.0
     contrastive_bank: int = 256
     lora: LoraSpec = field(default_factory=LoraSpec)
+    adapter: AdapterSpec | None = None  # train a task adapter instead of changing the model (see AdapterSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     aux: AuxSpec = field(default_factory=AuxSpec)
     key_frame: KeyFrameSpec = field(default_factory=KeyFrameSpec)
@@ -308,6 +319,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
         raise ValueError(f"{source}: a recipe needs at least one entry under 'datasets'")
     if raw.get("grounded") is not None:
         raw["grounded"] = _grounded(raw["grounded"], f"{source}: grounded")
+    if raw.get("adapter") is not None:
+        raw["adapter"] = _build(AdapterSpec, raw["adapter"], f"{source}: adapter")
     for key, cls in (("lora", LoraSpec), ("optim", OptimSpec), ("aux", AuxSpec), ("key_frame", KeyFrameSpec),
                      ("points", PointsSpec), ("vision_pretrain", VisionPretrainSpec),
                      ("motion_pretrain", MotionPretrainSpec)):
@@ -341,6 +354,13 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
         (cfg.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {cfg.mixed_precision!r}"),
         (cfg.on_data_error in ("skip", "raise"), "on_data_error must be 'skip' or 'raise'"),
         (cfg.lora.rank >= 1, "lora.rank must be >= 1"),
+        (cfg.adapter is None or cfg.adapter.task in TASKS,
+         f"adapter.task {cfg.adapter and cfg.adapter.task!r} is not a task: {list(TASKS)}"),
+        (cfg.adapter is None or set(cfg.adapter.dense) <= set(DENSE_MODULES),
+         f"adapter.dense {cfg.adapter and cfg.adapter.dense} may name only {list(DENSE_MODULES)}"),
+        (cfg.adapter is None or cfg.trainable == ["llm_lora"],
+         "an adapter trains the LLM's LoRA (and its dense heads) over a frozen base: trainable must be "
+         f"[llm_lora], got {cfg.trainable}"),
     ]
     require(checks, source)
     return cfg

@@ -2,11 +2,13 @@
 
 Adapters are injected in place (``peft.inject_adapter_in_model``), so the GLUS module tree and its
 methods stay as they are; export folds each adapter into its base weight and puts the plain layer
-back, so a saved model has the original key layout and loads without peft.
+back, so a saved model has the original key layout and loads without peft. A task-adapter recipe
+instead takes the factors out (:func:`extract_lora`) and leaves the base weights untouched.
 """
 
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
@@ -41,3 +43,22 @@ def merge_lora(module: nn.Module) -> int:
                 setattr(parent, name, child.get_base_layer())
                 merged += 1
     return merged
+
+
+def extract_lora(module: nn.Module) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+    """Take every LoRA adapter out of ``module`` unmerged (plain layers back, base weights unchanged): the
+    (lora_A, lora_B) weights by the layers' paths in ``module``, and their common scale."""
+    factors, scales = {}, set()
+    for parent_name, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer):
+                (adapter,) = child.active_adapters
+                path = f"{parent_name}.{name}" if parent_name else name
+                factors[path] = (child.lora_A[adapter].weight, child.lora_B[adapter].weight)
+                scales.add(float(child.scaling[adapter]))
+                setattr(parent, name, child.get_base_layer())
+    if len(scales) > 1:
+        raise ValueError(f"LoRA layers with different scales {sorted(scales)}: one adapter needs one scale")
+    if not factors:
+        raise ValueError("the module holds no LoRA layers to take out")
+    return factors, scales.pop()

@@ -40,6 +40,7 @@ from glus_ros.datasets.mevis import MevisDataset
 from glus_ros.datasets.refytvos import RefYoutubeVosDataset
 from glus_ros.model.checkpoints import save_model_dir
 from glus_ros.model.glus import GLUSModel
+from glus_ros.model.task_adapter import TaskAdapter
 from glus_ros.training.aux_heads import (
     AuxHeads,
     SynthCellLabels,
@@ -58,7 +59,7 @@ from glus_ros.training.data import (
     make_collate,
     make_grounded_collate,
 )
-from glus_ros.training.lora import add_lora, merge_lora
+from glus_ros.training.lora import add_lora, extract_lora, merge_lora
 from glus_ros.training.losses import LossWeights, SegTokenBank
 from glus_ros.training.step import forward_clips, forward_grounded
 
@@ -232,6 +233,11 @@ class Trainer:
         cfg = self.cfg
         model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu",
                            overrides=cfg.model_overrides or None)
+        # the start model's task adapters sit out of training (they route some samples otherwise); an adapter
+        # recipe keeps the others in its export, a recipe that changes the base drops them (see export)
+        self.start_adapters, model.task_adapters = model.task_adapters, {}
+        dense = cfg.adapter.dense if cfg.adapter is not None else []
+        self.start_dense = {k: v.clone() for k, v in model.state_dict().items() if k.split(".", 1)[0] in dense}
         synthetic = any(d.kind in SYNTHETIC_KINDS for d in cfg.datasets)
         vlm = model.cfg.vlm
         for term, weight, option, has_it in (
@@ -267,6 +273,11 @@ class Trainer:
             if "llm" in groups:
                 raise ValueError("trainable groups 'llm' and 'llm_lora' exclude each other (full LLM or LoRA)")
             add_lora(model.vlm.language_model, cfg.lora)
+        for name in cfg.adapter.dense if cfg.adapter is not None else ():
+            head = getattr(model, name)
+            if head is None:
+                raise ValueError(f"adapter.dense names '{name}', which this model does not have")
+            head.requires_grad_(True)
         return model.to(self.accelerator.device).train()
 
     def _pretrain_vision(self, model: GLUSModel) -> None:
@@ -523,12 +534,27 @@ class Trainer:
         return stats
 
     def export(self, folder: Path | None = None) -> Path:
-        """The trained model as a model directory (LoRA merged into a copy; training continues unchanged)."""
+        """The trained model as a model directory (LoRA merged into a copy, or kept as the recipe's task
+        adapter; training continues unchanged)."""
         import copy
 
         folder = Path(folder) if folder is not None else self.out / "model"
         model = copy.deepcopy(self.accelerator.unwrap_model(self.module).model).cpu().eval()
-        merge_lora(model)
+        spec = self.cfg.adapter
+        if spec is not None:
+            factors, scale = extract_lora(model.vlm.language_model)
+            start = self.start_dense
+            dense = {}
+            for name, value in model.state_dict().items():
+                if name.split(".", 1)[0] in spec.dense:
+                    dense[name] = value.clone()
+                    value.copy_(start[name])  # the base keeps the start model's head; the adapter carries its own
+            model.task_adapters = {**self.start_adapters, spec.task: TaskAdapter(spec.task, factors, scale, dense)}
+        else:
+            merge_lora(model)
+            if self.start_adapters:
+                log.warning("the start model's task adapters %s were trained for its old weights: the exported "
+                            "model has none (retrain them on it)", sorted(self.start_adapters))
         save_model_dir(model, folder)
         (folder / "train_recipe.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         return folder

@@ -6,7 +6,8 @@ Official layouts (facts from the published checkpoints):
   (the [SEG] projection), ``model.mm_projector.*``, ``model.vision_tower.vision_tower.*`` (CLIP),
   ``model.layers.* / model.embed_tokens / model.norm`` (Llama) and ``lm_head``; as safetensors or
   ``pytorch_model*.bin`` shards with an optional ``*.index.json``.
-Our own trained models: a directory with ``config.yaml``, ``model.safetensors`` and tokenizer files.
+Our own trained models: a directory with ``config.yaml``, ``model.safetensors``, tokenizer files and optional
+``adapters/<task>.safetensors`` (task adapters, see task_adapter.py).
 """
 
 from __future__ import annotations
@@ -213,9 +214,21 @@ def save_model_dir(model: nn.Module, folder: Path, extra_files: dict[str, str] |
              for k, v in model.state_dict().items()}
     save_file(_dedupe_shared(state), str(folder / WEIGHTS_FILE))
     model.tokenizer.save_pretrained(str(folder))
+    _save_adapters(model, folder, dtype)
     for name, text in (extra_files or {}).items():
         (folder / name).write_text(text)
     return folder
+
+
+def _save_adapters(model: nn.Module, folder: Path, dtype: torch.dtype) -> None:
+    """The model's task adapters as ``adapters/<task>.safetensors``; stale adapter files of the folder go."""
+    from glus_ros.model.task_adapter import ADAPTERS_DIR, save_task_adapters
+
+    adapters = getattr(model, "task_adapters", {})
+    for stale in sorted((folder / ADAPTERS_DIR).glob("*.safetensors")):
+        if stale.stem not in adapters:
+            stale.unlink()
+    save_task_adapters(adapters, folder, dtype)
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -302,4 +315,9 @@ def load_model_dir_weights(model: nn.Module, folder: Path, optional_missing: tup
         resize_patch_embeddings(model, state)
     if grow_layers:
         grow_llm_layers(model, state)
-    return assign_state(model, state, str(weights), strict=True, optional_missing=optional_missing)
+    report = assign_state(model, state, str(weights), strict=True, optional_missing=optional_missing)
+    if hasattr(model, "task_adapters"):
+        from glus_ros.model.task_adapter import load_task_adapters
+
+        model.task_adapters = load_task_adapters(folder, model)
+    return report

@@ -8,6 +8,8 @@ memory bank carrying the object from frame to frame. Offline video loops live in
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from glus_ros.model.prompting import (
 )
 from glus_ros.model.region import Region, region_input, roi_average
 from glus_ros.model.sam2_head import FrameFeatures, MaskPrediction, SAM2Head
+from glus_ros.model.task_adapter import TaskAdapter, routes
 from glus_ros.model.tokenizer import EXTRA_SPECIAL_TOKENS, IMAGE_TOKEN, SEG_TOKEN, load_tokenizer
 from glus_ros.model.vlm import VisionLanguageModel
 
@@ -50,6 +53,16 @@ class SegOutput:
     query_states: torch.Tensor | None = None  # (B, num_query, T, hidden) LLM states at the query frames' tokens
     anchors: torch.Tensor | None = None    # (B, num_query, 2, G, G) near / far anchor logits (vlm.grounding_spatial)
     motion: torch.Tensor | None = None     # (B, G*G, motion_dim) the context frames' motion (vlm.grounding_motion)
+
+
+def _merge_rows(parts: list[tuple[list[int], SegOutput]]) -> SegOutput:
+    """Sub-batch outputs (their rows of the batch) back into one output in the batch's order."""
+    order = torch.tensor([i for rows, _ in parts for i in rows]).argsort()
+    merged = {}
+    for f in dataclasses.fields(SegOutput):
+        values = [getattr(out, f.name) for _, out in parts]
+        merged[f.name] = None if values[0] is None else torch.cat(values)[order.to(values[0].device)]
+    return SegOutput(**merged)
 
 
 @dataclass
@@ -95,6 +108,8 @@ class GLUSModel(nn.Module):
         self.vlm = VisionLanguageModel(cfg.vlm, len(tokenizer), tokenizer.pad_token_id, self.prompts.image_id)
         self.sam = SAM2Head(cfg.sam2)
         self.seg_projection = SegProjection(self.vlm.hidden_size, self.sam.prompt_dim)
+        # low-rank LLM deltas for one kind of request (task_adapter.py); plain attribute, not in state_dict
+        self.task_adapters: dict[str, TaskAdapter] = {}
         region_id = tokenizer.convert_tokens_to_ids(REGION_TOKEN)
         if region_id is not None and region_id != tokenizer.unk_token_id:
             self.vlm.region_id = int(region_id)
@@ -200,13 +215,31 @@ class GLUSModel(nn.Module):
         ``context_pixels`` (B, Nc, 3, S, S): the context frames as the vision tower's input
         (``clip_input``), needed by a model whose grounding map has a motion field.
         """
-        batch, num_query = query_embeds.shape[0], query_embeds.shape[1]
+        num_query = query_embeds.shape[1]
         num_context = context_embeds.shape[1]
         frames, shown = self._prompt_frames(context_embeds, query_embeds)
         encoded = [self.prompts.encode(e, num_context, num_query, None if answers is None else answers[i], shown)
                    for i, e in enumerate(expressions)]
         ids, mask, labels = self.prompts.batch(encoded)
         ids, mask = ids.to(query_embeds.device), mask.to(query_embeds.device)
+        route = routes(expressions, self.task_adapters)
+        tasks = list(dict.fromkeys(route))
+        if tasks == [None]:
+            return self._seg_pass(ids, mask, labels, frames, shown, num_query, num_context, context_pixels)
+        parts: list[tuple[list[int], SegOutput]] = []
+        for task in tasks:  # each request under the task adapter its expression routes to (None: the base)
+            rows = [i for i, r in enumerate(route) if r == task]
+            index = torch.tensor(rows, device=ids.device)
+            with self.task_adapters[task].applied(self) if task is not None else contextlib.nullcontext():
+                parts.append((rows, self._seg_pass(
+                    ids[index], mask[index], labels[index.cpu()], frames[index], shown, num_query, num_context,
+                    None if context_pixels is None else context_pixels[index.to(context_pixels.device)])))
+        return parts[0][1] if len(parts) == 1 else _merge_rows(parts)
+
+    def _seg_pass(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor,
+                  shown: int, num_query: int, num_context: int, context_pixels: torch.Tensor | None) -> SegOutput:
+        """The MLLM pass and the heads on its [SEG] states, for one batch of encoded prompts."""
+        batch = ids.shape[0]
         logits, hidden_states = self.vlm(ids, mask, frames)
         hidden = hidden_states[self.cfg.vlm.seg_hidden_layer]
         seg_positions = ids == self.prompts.seg_id
