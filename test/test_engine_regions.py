@@ -221,6 +221,17 @@ def test_a_question_is_answered_once_and_its_answer_rides_on_every_frame(
         assert recorders["grounded_prompts"].calls == []  # nothing to refresh
 
 
+def test_a_counting_question_takes_the_referring_path_and_its_points_are_the_count(
+        model: GLUSModel, recorders: dict[str, Recorder]) -> None:
+    engine = StreamingEngine(model, EngineConfig(schedule="full", answer_tokens=6))
+    engine.add_target(TargetSpec("n", "how many red disks are there?"))
+    for i in range(2):
+        (n,) = engine.process(frame(i)).targets
+        assert n.answer == "" and n.phrases == []
+    assert recorders["generate_answer"].calls == []
+    assert [c[0][2] for c in recorders["seg_prompts"].calls][:1] == [["how many red disks are there?"]]
+
+
 def test_a_question_tracks_the_first_grounded_phrase_of_its_answer(seg_model: GLUSModel) -> None:
     engine = StreamingEngine(seg_model, EngineConfig(schedule="fast", reground_every=2, reground_below=0.0,
                                                      answer_tokens=3))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -27,6 +26,7 @@ import numpy as np
 from glus_ros.datasets.base import Expression
 from glus_ros.evaluation import ExpressionScore
 from glus_ros.metrics import video_j_f
+from glus_ros.model.task_adapter import COUNTING, task_of
 from glus_ros.points.labels import components_as_objects
 from glus_ros.points.matching import count_accuracy, frame_point_accuracy
 from glus_ros.points.predictor import PointPredictor
@@ -34,9 +34,6 @@ from glus_ros.streaming.geometry import MIN_COMPONENT_FRACTION
 
 if TYPE_CHECKING:
     from glus_ros.model.glus import GLUSModel
-
-_HOW_MANY = re.compile(r"^\s*how\s+many\b", re.IGNORECASE)
-
 
 class PointDataset(Protocol):
     def expressions(self) -> list[Expression]: ...
@@ -46,7 +43,8 @@ class PointDataset(Protocol):
 
 
 def is_counting_expression(text: str) -> bool:
-    return bool(_HOW_MANY.match(text))
+    """A counting question ("how many ...?"): the same rule that routes it to a counting adapter."""
+    return task_of(text) == COUNTING
 
 
 def object_masks(reader: PointDataset, expression: Expression,

@@ -45,6 +45,7 @@ from glus_ros.model.point_head import decode_points
 from glus_ros.model.prompting import clean_expression
 from glus_ros.model.region import TRACK_REGION_QUESTION, Region
 from glus_ros.model.sam2_head import FrameFeatures
+from glus_ros.model.task_adapter import COUNTING, task_of
 from glus_ros.model.transforms import check_frame, clip_input, logits_to_frame, sam_input, to_tensor
 from glus_ros.sampling import StreamingSampler
 from glus_ros.streaming.geometry import component_points, lift_point, mask_bbox, mask_point
@@ -145,8 +146,10 @@ class _Target:
 
 
 def is_question(expression: str) -> bool:
-    """A question gets a grounded answer; anything else is a referring expression."""
-    return expression.rstrip().endswith("?")
+    """A question gets a grounded answer; anything else is a referring expression. A counting question
+    ("how many ...?") is answered by its points, so it takes the referring path (and, in a model that has
+    one, the counting adapter: glus_ros/model/task_adapter.py)."""
+    return expression.rstrip().endswith("?") and task_of(expression) != COUNTING
 
 
 def check_region_shape(region: Region) -> None:
