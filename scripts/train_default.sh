@@ -13,7 +13,7 @@
 #  9. training/synth_tiny_motion_round4.yaml: and a fourth, at half the learning rate (~20 min);
 # 10. training/synth_tiny_motion_round5.yaml: a fifth, at a third of it (~20 min);
 # 11. training/synth_tiny_motion_round6.yaml: and a sixth (~20 min);
-# 12. training/synth_tiny_count_adapter.yaml: the counting adapter over the frozen eleventh stage (~15 min).
+# 12. training/synth_tiny_count_adapter.yaml: the counting adapter over the frozen eleventh stage (~21 min).
 # The data is generated under data/ on first use; runs land in runs/. A stage is skipped when its
 # model (runs/<name>/model) exists. Extra arguments go to every stage, e.g. --no-progress.
 set -euo pipefail

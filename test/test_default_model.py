@@ -62,3 +62,35 @@ def test_default_grounding_map_tells_look_alikes_apart_by_motion_and_relation(tm
     assert ranking["motion"][1] >= 60 and ranking["relation"][1] >= 30, ranking
     assert ranking["motion"][0] > 0.55 and ranking["relation"][0] > 0.55, ranking
     assert ranking["position"][0] > 0.8, ranking
+
+
+def test_default_counts_with_its_counting_adapter_and_refers_without_it(tmp_path: Path):
+    """"How many ...?" questions run with the default's counting adapter (docs/training.md): on unseen
+    videos its exact count must beat the same model without the adapter, and referring expressions must
+    give exactly the masks of the model without it (they never route to the adapter)."""
+    import copy
+
+    import torch
+
+    from glus_ros.data.grounding import count_expressions
+    from glus_ros.model.task_adapter import COUNTING
+    from glus_ros.points.evaluation import evaluate_points
+    from glus_ros.training.data import GivenExpressions
+
+    write_split(tmp_path, "valid", 4, seed=777_004)  # a seed never used for training
+    data = MevisDataset(tmp_path, "valid")
+    model = load_model(DEFAULT_MODEL)
+    assert set(model.task_adapters) == {COUNTING}
+    plain = copy.deepcopy(model)
+    plain.task_adapters = {}
+    questions = GivenExpressions(data, count_expressions(tmp_path / "valid"))
+    counting = {name: evaluate_points(m, questions, source="mask").counting_accuracy
+                for name, m in (("adapter", model), ("plain", plain))}
+    assert counting["adapter"] > counting["plain"] + 0.1, counting
+    torch.manual_seed(0)
+    ctx, qry = torch.randn(1, 4, 16, 192), torch.randn(1, 4, 16, 192)
+    size = model.cfg.vlm.image_size
+    pixels = torch.rand(1, 4, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(model.seg_prompts(ctx, qry, ["the red circle"], context_pixels=pixels).prompts,
+                           plain.seg_prompts(ctx, qry, ["the red circle"], context_pixels=pixels).prompts)

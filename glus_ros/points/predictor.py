@@ -81,8 +81,8 @@ class PointPredictor:
         return self._head_points(frames, expression)
 
     def _mask_points(self, frames: Sequence[np.ndarray], expression: str) -> FramePoints:
-        """One point per connected component of each frame's [SEG] mask (components below ``min_fraction`` of the
-    largest dropped); confidence = SAM 2's object score."""
+        """One point per connected component of each frame's [SEG] mask (components below ``min_fraction``
+        of the largest dropped); confidence = SAM 2's object score."""
         seg = VideoSegmenter(self.model, self.dtype).segment(frames, expression)
         height, width = seg.masks.shape[1:]
         points = [to_normalised(component_points(m, self.min_area, self.min_fraction), height, width)
