@@ -88,9 +88,9 @@ def test_default_counts_with_its_counting_adapter_and_refers_without_it(tmp_path
                 for name, m in (("adapter", model), ("plain", plain))}
     assert counting["adapter"] > counting["plain"] + 0.1, counting
     torch.manual_seed(0)
-    ctx, qry = torch.randn(1, 4, 16, 192), torch.randn(1, 4, 16, 192)
-    size = model.cfg.vlm.image_size
-    pixels = torch.rand(1, 4, 3, size, size)
+    vlm = model.cfg.vlm
+    ctx, qry = (torch.randn(1, 4, vlm.tokens_per_frame, vlm.text["hidden_size"]) for _ in range(2))
+    pixels = torch.rand(1, 4, 3, vlm.image_size, vlm.image_size)
     with torch.no_grad():
         assert torch.equal(model.seg_prompts(ctx, qry, ["the red circle"], context_pixels=pixels).prompts,
                            plain.seg_prompts(ctx, qry, ["the red circle"], context_pixels=pixels).prompts)
