@@ -92,20 +92,32 @@ class StreamingSampler:
 
     Keeps the ids of the last ``history`` frames; the query window is the newest ``num_query`` of
     them and the context frames are spread uniformly over the older part of the history.
+
+    ``context_refresh`` > 1 keeps a choice of context frames for that many new frames (and until the
+    history has doubled since, while it fills), so that consecutive MLLM passes share their context and
+    its cached LLM prefix (``model/prefix_cache.py``); a kept context frame may already have left the
+    history (callers keep its data while :meth:`context_frames` names it). 1 chooses anew on every frame.
     """
 
-    def __init__(self, history: int = 64, num_context: int = 4, num_query: int = 4) -> None:
+    def __init__(self, history: int = 64, num_context: int = 4, num_query: int = 4, context_refresh: int = 1) -> None:
         if history < num_query:
             raise ValueError(f"history {history} must hold at least the {num_query} query frames")
+        if context_refresh < 1:
+            raise ValueError(f"context_refresh must be >= 1 frame, got {context_refresh}")
         self.history = history
         self.num_context = num_context
         self.num_query = num_query
+        self.context_refresh = context_refresh
         self._ids: deque[int] = deque(maxlen=history)
+        self._pushes = 0
+        self._context: list[int] | None = None
+        self._chosen_at = (0, 0)  # (pushes, history length) when the kept context was chosen
 
     def push(self, frame_id: int) -> None:
         if self._ids and frame_id <= self._ids[-1]:
             raise ValueError(f"frame ids must increase: got {frame_id} after {self._ids[-1]}")
         self._ids.append(frame_id)
+        self._pushes += 1
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -121,5 +133,9 @@ class StreamingSampler:
         ids = list(self._ids)
         if not ids or self.num_context == 0:
             return []
-        older = ids[: -self.num_query] or ids
-        return [older[i] for i in context_frame_indices(len(older), self.num_context)]
+        pushes, length = self._chosen_at
+        if self._context is None or self._pushes - pushes >= self.context_refresh or len(ids) >= 2 * length:
+            older = ids[: -self.num_query] or ids
+            self._context = [older[i] for i in context_frame_indices(len(older), self.num_context)]
+            self._chosen_at = (self._pushes, len(ids))
+        return list(self._context)

@@ -274,7 +274,7 @@ def test_worker_survives_an_exception_and_keeps_processing(model: GLUSModel, cap
 
     engine = StreamingEngine(model, EngineConfig(schedule="full"), on_result=on_result)
     engine.add_target(TargetSpec("a", "the red disk"))
-    with CallCounter(model, "track_step") as sam_step:
+    with CallCounter(model, "track_steps") as sam_step:
         engine.start()
         try:
             engine.submit(frame(0))
