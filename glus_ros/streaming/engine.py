@@ -70,7 +70,16 @@ from glus_ros.model.prompting import clean_expression
 from glus_ros.model.region import TRACK_REGION_QUESTION, Region
 from glus_ros.model.sam2_head import MaskPrediction
 from glus_ros.model.task_adapter import COUNTING, task_of
-from glus_ros.model.transforms import check_frame, clip_input, logits_to_frame, sam_input, to_tensor
+from glus_ros.model.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_frame,
+    logits_to_frame,
+    normalise_uint8,
+    resize_uint8,
+)
 from glus_ros.sampling import StreamingSampler
 from glus_ros.streaming.geometry import component_points, lift_point, mask_bbox, mask_point
 from glus_ros.streaming.priority import TrackerPriority, yield_between_layers
@@ -614,12 +623,15 @@ class StreamingEngine:
 
     # --- the tracker ---------------------------------------------------------------------------
     def _push_frame(self, frame: StreamFrame) -> torch.Tensor:
-        """Add the frame to the history (its CLIP input kept, frames no window can read dropped); returns its
-        pixels (1, 3, H, W) in [0, 1]."""
+        """Add the frame to the history (its CLIP input kept, frames no window can read dropped); returns the
+        SAM 2 image encoder's input (1, 3, S, S). Both inputs are resized while the frame is 8-bit, once when
+        the two encoders read the same size (``transforms.resize_uint8``)."""
         model = self.model
-        pixels = to_tensor([frame.image]).to(model.device)
+        clip_size, sam_size = model.cfg.vlm.image_size, model.sam.image_size
+        small = resize_uint8(frame.image, clip_size).to(model.device)
+        sam_small = small if sam_size == clip_size else resize_uint8(frame.image, sam_size).to(model.device)
         step = self._step
-        clip = clip_input(pixels, model.cfg.vlm.image_size)[0]
+        clip = normalise_uint8(small, CLIP_MEAN, CLIP_STD)[0]
         self._step += 1
         self._sampler.push(step)
         self._newest_image = frame.image
@@ -630,14 +642,14 @@ class StreamingEngine:
             for store in (self._clip_inputs, self._clip_embeds, self._seqs):
                 for old in [s for s in store if s not in kept]:
                     del store[old]
-        return pixels
+        return normalise_uint8(sam_small, IMAGENET_MEAN, IMAGENET_STD)
 
     def _infer(self, frame: StreamFrame, active: list[_Target]) -> list[TargetOutput]:
         model = self.model
-        pixels = self._push_frame(frame)
+        sam_pixels = self._push_frame(frame)
         if not active:
             return []
-        features = model.encode_sam_frames(sam_input(pixels, model.sam.image_size))  # this frame only
+        features = model.encode_sam_frames(sam_pixels)  # this frame only
         height, width = frame.image.shape[:2]
         if self.live:
             with self._targets_lock:
