@@ -180,7 +180,7 @@ def test_demo_writes_consistent_outputs(ros_test_env: RosTestEnv, tmp_path: Path
     assert summary["camera"] == {"size": [160, 120], "rate_hz": 30.0, "frames_published": 15}
     assert 1 <= summary["frames_in"] <= 15
     assert summary["frames_processed"] + summary["frames_dropped"] + summary["errors"] == summary["frames_in"]
-    assert summary["errors"] == 0 and summary["schedule"] == "fast" and summary["model"] == DEFAULT_MODEL
+    assert summary["errors"] == 0 and summary["schedule"] == "live" and summary["model"] == DEFAULT_MODEL
     assert summary["results"] == summary["frames_processed"] == len(lines) >= 1
     assert summary["drop_fraction"] == pytest.approx(summary["frames_dropped"] / summary["frames_in"], abs=1e-4)
     lat = summary["latency_ms"]

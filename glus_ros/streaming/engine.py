@@ -693,7 +693,7 @@ class StreamingEngine:
             if id(target) in dropped:
                 continue
             if target.prompt is None:
-                if target.answer_ids is not None:  # a question whose answer grounds nothing
+                if target.answer_ids is not None and not target.seg_slots:  # an answer that grounds nothing
                     target.score, target.state = 0.0, "lost"
                     outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "lost", frame))
                 else:  # live: waiting for its first grounding
