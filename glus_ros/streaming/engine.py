@@ -113,7 +113,7 @@ class EngineConfig:
     answer_tokens: int = 64       # question targets: most tokens of the generated answer
     context_refresh: int = 1      # frames a choice of context frames is kept (> 1: prefix-cache hits)
     prefix_cache: bool = True     # reuse the context frames' LLM keys/values and motion field (inference)
-    yield_to_tracker: bool = True  # live: the MLLM worker pauses between layers while the tracker works
+    yield_to_tracker: bool = True  # live, CPU: the MLLM worker pauses between layers while the tracker works
     cpu_threads: int = 0          # > 0: torch intra-op threads for the process (set when the engine is made)
 
     def __post_init__(self) -> None:
@@ -902,7 +902,7 @@ class StreamingEngine:
 
     def _grounder_loop(self, stop: threading.Event) -> None:
         hooks = []
-        if self.config.yield_to_tracker:
+        if self.config.yield_to_tracker and self.model.device.type == "cpu":  # on a GPU the loops do not compete
             hooks = yield_between_layers(self.model.vlm, self._priority, threading.current_thread())
         try:
             while True:
