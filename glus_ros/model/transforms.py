@@ -58,6 +58,8 @@ def resize_uint8(frame: np.ndarray, size: int) -> torch.Tensor:
     differs from that path by less than one grey level.
     """
     check_frame(frame)
+    if not frame.flags.writeable:  # e.g. a ROS message's buffer; torch only reads it, but warns on read-only arrays
+        frame = frame.copy()
     pixels = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
     return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
