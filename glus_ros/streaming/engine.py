@@ -39,7 +39,8 @@ is (``grounding_age``). Until its first grounding lands a new target has no prom
 "grounding" with an empty mask, no box or point and score 0 (``grounded_seq`` None); a robot tells it from
 "lost" (grounded, not visible) by the state. Groundings computed before a ``reset`` or a frame-size change
 are discarded. With ``yield_to_tracker`` the worker pauses between transformer layers while the tracker
-works on a frame (``priority.py``), so on a CPU the MLLM runs in the tracker's idle time.
+works on a frame (``priority.py``), so on a CPU the MLLM runs only in the tracker's idle time; off by
+default, as on 2 cores with one torch thread per loop (``cpu_threads=1``) the two loops run side by side.
 
 Re-groundings reuse the context (``prefix_cache``): each frame's vision-tower embedding is computed once and
 kept while the frame is in the history, and the LLM keys/values over the context frames and their motion
@@ -113,7 +114,10 @@ class EngineConfig:
     answer_tokens: int = 64       # question targets: most tokens of the generated answer
     context_refresh: int = 1      # frames a choice of context frames is kept (> 1: prefix-cache hits)
     prefix_cache: bool = True     # reuse the context frames' LLM keys/values and motion field (inference)
-    yield_to_tracker: bool = True  # live, CPU: the MLLM worker pauses between layers while the tracker works
+    # live, CPU: the MLLM worker pauses between layers while the tracker works (off: measured on 2 cores with one
+    # torch thread per loop, the loops run side by side without slowing the tracker, and a busy tracker starves a
+    # yielding MLLM; benchmarks/tracker_speed.py)
+    yield_to_tracker: bool = False
     cpu_threads: int = 0          # > 0: torch intra-op threads for the process (set when the engine is made)
 
     def __post_init__(self) -> None:

@@ -6,7 +6,10 @@ tracker's idle time: the tracker marks each frame it works on (:meth:`TrackerPri
 pre-hooks on the MLLM's transformer layers (:func:`yield_between_layers`) wait, in the MLLM worker's
 thread only, until the tracker is idle again (at most ``max_wait_s`` per layer, so a tracker that is never
 idle still lets the MLLM make progress). A re-grounding then takes longer in wall time; the tracker's rate
-does not drop. On a GPU, where the two loops do not compete for the same units, leave it off.
+does not drop. On a GPU, where the two loops do not compete for the same units, it is not used. Measured
+on 2 cores (``benchmarks/tracker_speed.py``): with one torch thread per loop the loops run side by side
+without slowing the tracker, and a tracker busy most of each frame period starves a yielding MLLM, so the
+engine leaves it off by default (``EngineConfig.yield_to_tracker``).
 """
 
 from __future__ import annotations
