@@ -75,6 +75,7 @@ class OfficialStep:
 class OfficialTrace:
     steps: list[OfficialStep] = field(default_factory=list)
     context_frames: list[int] = field(default_factory=list)
+    encoded_frames: list[int] = field(default_factory=list)   # frames in the order their visual tokens were made
 
 
 class OfficialVideoSegmenter:
@@ -119,8 +120,13 @@ class OfficialVideoSegmenter:
     @torch.inference_mode()
     def sam_features(self, frame: np.ndarray) -> FrameFeatures:
         sam = self.model.sam
+        dtype = self._dtype(sam)
         pixels = sam_input(to_tensor([frame]).to(self.model.device), sam.image_size)
-        return self.model.encode_sam_frames(pixels.to(self._dtype(sam)))
+        out = self.model.encode_sam_frames(pixels.to(dtype))
+        # the official code casts every level and its position encoding to the input's dtype (the FPN
+        # neck's float32 upsampling would otherwise promote bf16 levels)
+        return FrameFeatures([f.to(dtype) for f in out.vision_feats], [p.to(dtype) for p in out.vision_pos],
+                             out.feat_sizes)
 
     # --- the MLLM step ----------------------------------------------------------------------
     @torch.inference_mode()
@@ -201,6 +207,8 @@ class OfficialVideoSegmenter:
                 for f in shown:
                     if f not in tokens:
                         tokens[f] = self.frame_tokens(frames[f])
+                        if trace is not None:
+                            trace.encoded_frames.append(f)
                 ids = conversation.ids(len(window))
                 token, hidden = self.answer(ids, [tokens[f] for f in shown])
                 frame = order[i - 1]

@@ -126,7 +126,8 @@ class SAM2Head(nn.Module):
         if point_coords is None and not self.pad_point and sparse_prompt is not None:
             # the official GLUS prompt: no points, the [SEG] embedding is the whole sparse prompt
             sparse, dense = sam.sam_prompt_encoder(points=None, boxes=None, masks=masks)
-            sparse, dense = sparse.expand(batch, -1, -1), dense.expand(batch, -1, -1, -1)
+            # (in the prompt's dtype, as the official code casts it: bf16 with bf16 weights)
+            sparse, dense = sparse.expand(batch, -1, -1).to(sparse_prompt.dtype), dense.expand(batch, -1, -1, -1)
         else:
             if point_coords is None:
                 point_coords = pix_feat.new_zeros(batch, 1, 2)
@@ -135,13 +136,29 @@ class SAM2Head(nn.Module):
         if sparse_prompt is not None:
             sparse = torch.cat([sparse_prompt.to(sparse.dtype), sparse], dim=1)
         low_res, iou, _tokens, object_score = sam.sam_mask_decoder(
-            image_embeddings=pix_feat, image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+            image_embeddings=pix_feat, image_pe=self.dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             multimask_output=False, repeat_image=False, high_res_features=self.high_res_features(frame),
         )
         low_res = low_res.float()
         logits = F.interpolate(low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return MaskPrediction(low_res, logits, iou.float(), object_score.float())
+
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's dense positional encoding, in the dtype of its weights.
+
+        sam2 1.1 builds the grid in float32, which fails against bf16 weights; the SAM 2.0 code GLUS ships
+        builds it in the weights' dtype, and so does this (float32 weights: sam2's own result).
+        """
+        encoder = self.sam.sam_prompt_encoder
+        matrix = encoder.pe_layer.positional_encoding_gaussian_matrix
+        if matrix.dtype == torch.float32:
+            return encoder.get_dense_pe()
+        h, w = encoder.image_embedding_size
+        grid = torch.ones((h, w), device=matrix.device, dtype=matrix.dtype)
+        y = (grid.cumsum(dim=0) - 0.5) / h
+        x = (grid.cumsum(dim=1) - 0.5) / w
+        return encoder.pe_layer._pe_encoding(torch.stack([x, y], dim=-1)).permute(2, 0, 1)[None]
 
     # --- memory write -----------------------------------------------------------------------
     def encode_memory(self, frame: FrameFeatures, prediction: MaskPrediction,
@@ -155,7 +172,8 @@ class SAM2Head(nn.Module):
             feats_in = [*frame.vision_feats[:-1], conditioned.flatten(2).permute(2, 0, 1)]
         feats, pos = self.sam._encode_new_memory(
             current_vision_feats=feats_in, feat_sizes=frame.feat_sizes,
-            pred_masks_high_res=prediction.logits, object_score_logits=prediction.object_score,
+            pred_masks_high_res=prediction.logits.to(self.sam.no_mem_embed.dtype),  # the weights' dtype
+            object_score_logits=prediction.object_score,
             is_mask_from_pts=False,
         )
         return feats, pos[-1]
