@@ -244,3 +244,14 @@ def test_tiny_default_keeps_its_own_choices():
     assert cfg.official is None and cfg.vlm.token_pool_layout == "square" and cfg.vlm.clip_preprocess == "square"
     assert cfg.memory.temporal_pos_enc and cfg.memory.encoder_input == "frame" and cfg.decoder.pad_point
     np.testing.assert_equal(cfg.vlm.tokens_per_frame, (cfg.vlm.patches_per_side // 2) ** 2)
+
+
+def test_a_sam2_pt_is_still_accepted_and_the_release_sam_weights_win(model, tmp_path):
+    state = {k.removeprefix("sam.sam."): v.clone() for k, v in model.state_dict().items() if k.startswith("sam.sam.")}
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
+    state["no_obj_embed_spatial"] = torch.zeros(1, 16)  # SAM 2.1 files carry it; the 2.0 head has no such tensor
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": state}, path)
+    other = load(sam2_checkpoint=path)
+    mine, theirs = model.state_dict(), other.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
