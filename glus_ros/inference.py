@@ -118,17 +118,19 @@ class VideoSegmenter:
         """Masks for every frame; ``key_frame`` lets the selector choose ``start_frame``."""
         if len(frames) == 0:
             raise ValueError("the video has no frames")
+        if self.model.cfg.official is not None:  # the released weights: the official inference, step for step
+            from glus_ros.official_glus import OfficialVideoSegmenter
+
+            if key_frame:
+                raise ValueError("the released GLUS weights carry no key-frame selector (GLUS's key-frame "
+                                 "selection is a separate model): give the key frame as start_frame")
+            # the expression as given: the official prompt keeps its spacing (official_prompt.official_expression)
+            return OfficialVideoSegmenter(self.model).segment(frames, expression, start_frame, progress)
         expression = clean_expression(expression)
         key_scores = None
         if key_frame:
             key_scores = self.key_frame_scores(frames, expression)
             start_frame = int(np.argmax(key_scores))
-        if self.model.cfg.official is not None:  # the released weights: the official inference, step for step
-            from glus_ros.official_glus import OfficialVideoSegmenter
-
-            result = OfficialVideoSegmenter(self.model).segment(frames, expression, start_frame, progress)
-            result.key_frame_scores = key_scores
-            return result
         height, width = frames[0].shape[:2]
         for i, f in enumerate(frames):
             if f.shape[:2] != (height, width):

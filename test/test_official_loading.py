@@ -255,3 +255,14 @@ def test_a_sam2_pt_is_still_accepted_and_the_release_sam_weights_win(model, tmp_
     other = load(sam2_checkpoint=path)
     mine, theirs = model.state_dict(), other.state_dict()
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_the_glus_ros_only_paths_say_they_do_not_apply(model):
+    from glus_ros.inference import VideoSegmenter
+
+    frames, _, _ = read_video(FIXTURE / "frames")
+    with pytest.raises(ValueError, match="key-frame selector"):
+        VideoSegmenter(model).segment(frames[:2], "the ball", key_frame=True)
+    embeds = torch.zeros(1, 4, 64, 64)
+    with pytest.raises(ValueError, match="official GLUS conversation"):
+        model.seg_prompts(embeds, embeds, ["the ball"])

@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--start-frame {args.start_frame} outside the video's {len(frames)} frames")
     check_regions_on_video([region] if region is not None else [], frames)
     model = load_model_from_args(args)
+    if model.cfg.official is not None and region is None:
+        expression = args.expr  # the released weights' prompt takes the expression as given (spacing kept)
     if args.points and args.point_source == "head" and model.point_head is None:
         raise ValueError(f"--point-source head: model {args.model} has no point head")
     if args.key_frame and model.key_frame is None:
