@@ -82,7 +82,12 @@ def iter_tensors(file: Path):
             raise CheckpointError(f"{file}: cannot read safetensors: {exc}") from exc
         return
     try:
-        raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            raw = torch.load(file, map_location="cpu", weights_only=True)  # a pre-zipfile (legacy) save
     except Exception as exc:  # corrupt zip, truncated file, a pickle of something else
         raise CheckpointError(f"{file}: cannot read checkpoint: {exc}") from exc
     if not isinstance(raw, dict):
