@@ -70,8 +70,8 @@ def load_tokenizer(spec: str, checkpoint_dir: Path | None = None) -> PreTrainedT
         from glus_ros.model.llama_tokenizer import LlamaSentencePieceTokenizer
 
         if checkpoint_dir is None:
-            raise ValueError("this model reads the LLaMA tokenizer of its release folder (tokenizer.model, "
-                             "added_tokens.json): pass the checkpoint folder (--checkpoint DIR)")
+            raise ValueError("this model reads the LLaMA tokenizer of its release folder: pass the checkpoint "
+                             "directory (--checkpoint DIR, holding tokenizer.model and added_tokens.json)")
         return LlamaSentencePieceTokenizer(checkpoint_dir)  # type: ignore[return-value]
     folder = checkpoint_dir if spec == "checkpoint" else Path(spec)
     if folder is None:
