@@ -21,7 +21,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="official GLUS/LISA checkpoint file or directory to load")
     parser.add_argument("--sam2-checkpoint", help="official SAM 2 .pt checkpoint for the SAM 2 head")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="autocast precision")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
+                        help="autocast precision (default fp32); for the released GLUS weights (glus-s, glus-a) "
+                             "the weights' precision (default bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--vision-tower", help="released GLUS weights: local CLIP ViT-L/14 folder "
+                                               "(openai/clip-vit-large-patch14 layout; the release has none)")
+    parser.add_argument("--model-override", help="YAML file merged into the model config (e.g. memory: {stride: 2})")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """The model the options of :func:`add_model_arguments` name; sets ``args.dtype`` to the run precision."""
+    from glus_ros.inference import load_model
+    from glus_ros.model.config import read_yaml_mapping
+
+    overrides = None
+    if args.model_override:
+        path = Path(args.model_override)
+        if not path.is_file():
+            raise FileNotFoundError(f"--model-override {path} does not exist")
+        overrides = read_yaml_mapping(path)
+    model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device, overrides,
+                       args.vision_tower, args.dtype)
+    args.dtype = args.dtype or "fp32"
+    return model
 
 
 def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
@@ -52,7 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from glus_ros.commands.ask import check_regions_on_video, region_or_expression
-    from glus_ros.inference import VideoSegmentation, VideoSegmenter, load_model
+    from glus_ros.inference import VideoSegmentation, VideoSegmenter
     from glus_ros.video_io import overlay, read_video, write_mask_png, write_video
 
     expression, region = region_or_expression(args)  # fail before loading anything
@@ -63,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.start_frame < len(frames):
         raise ValueError(f"--start-frame {args.start_frame} outside the video's {len(frames)} frames")
     check_regions_on_video([region] if region is not None else [], frames)
-    model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device)
+    model = load_model_from_args(args)
+    if model.cfg.official is not None and region is None:
+        expression = args.expr  # the released weights' prompt takes the expression as given (spacing kept)
     if args.points and args.point_source == "head" and model.point_head is None:
         raise ValueError(f"--point-source head: model {args.model} has no point head")
     if args.key_frame and model.key_frame is None:
