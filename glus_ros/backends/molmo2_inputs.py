@@ -80,7 +80,7 @@ class VideoProcessing:
                   std=_triple(raw.get("image_std", cls.std), source),
                   rescale_factor=float(raw.get("rescale_factor", cls.rescale_factor)),
                   do_rescale=bool(raw.get("do_rescale", True)), do_normalize=bool(raw.get("do_normalize", True)),
-                  max_fps=None if raw.get("max_fps") is None else float(raw["max_fps"]),
+                  max_fps=None if raw.get("max_fps", cls.max_fps) is None else float(raw.get("max_fps", cls.max_fps)),
                   num_frames=int(raw.get("num_frames", cls.num_frames)), frame_sample_mode=mode)
         if out.size % out.patch_size or min(out.pooling) < 1 or out.num_frames < 1:
             raise ValueError(f"{source}: size {out.size} must be a multiple of patch_size {out.patch_size}, "
