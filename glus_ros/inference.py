@@ -182,6 +182,7 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     (``{"vlm": {"image_size": 128, "vision": {"patch_size": 16}}}``: the patch kernels are resized), or
     deepen its LLM (``{"vlm": {"text": {"num_hidden_layers": 8}}}``: new layers start as the identity).
     """
+    from glus_ros.backends.loading import backend_of
     from glus_ros.model.checkpoints import (
         ADDABLE_HEADS,
         load_glus_checkpoint,
@@ -190,6 +191,9 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     )
     from glus_ros.model.config import model_dir_of
 
+    if (backend := backend_of(spec)) != "glus":
+        raise ValueError(f"model {spec} is a {backend} model (glus_ros.backends): this runs GLUS models only; "
+                         "`glus-ros segment --points` runs it")
     ckpt_dir = Path(checkpoint) if checkpoint is not None else None
     if ckpt_dir is not None and not ckpt_dir.exists():
         raise FileNotFoundError(f"checkpoint {ckpt_dir} does not exist")
