@@ -14,54 +14,23 @@ tokenizer files, ``tokenizer_config.json`` (Qwen2Tokenizer, BOS = EOS = ``<|im_e
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import pre_tokenizers
-from transformers import LogitsProcessor, Molmo2Config, Molmo2ForConditionalGeneration
+from transformers import Molmo2Config, Molmo2ForConditionalGeneration
 from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
+from glus_ros.backends.molmo2_random import CHAT_TEMPLATE, IMAGE_TOKENS, TEXT_SPECIALS, byte_tokenizer
 from glus_ros.model.config import load_config
 from glus_ros.model.sam2_head import build_sam2
 
-TEXT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "|<EXTRA_TOKENS_0>|"]
-IMAGE_TOKENS = ["<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<|image|>", "<im_low>",
-                "<frame_start>", "<frame_end>", "<|video|>"]
 FRAME_SIZE = 56      # 4 x 4 patches of 14 px
 POOLING = [2, 2]     # 2 x 2 tokens per frame
 ADDITIONAL_VOCAB = 16
 MAX_NEW_TOKENS = 24  # generation_config.json: the random model's garbage answers stay short
-
-# The project's own template for the format the released chat_template.jinja writes for one user turn:
-# "<|video|><|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n" (images / videos before the turns).
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}{%- if message['content'] is not string -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'video' -%}{{ '<|video|>' }}{%- elif part['type'] == 'image' -%}{{ '<|image|>' }}"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}{%- endfor -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}{%- set text = message['content'] -%}"
-    "{%- else -%}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text')"
-    " | join(' ') -%}{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}{{ '<|im_start|>user\\n' + text + '<|im_end|>\\n' }}"
-    "{%- else -%}{{ '<|im_start|>assistant\\n' + text }}{%- endif -%}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
-
-
-def tiny_tokenizer() -> Qwen2Tokenizer:
-    """Byte-level BPE without merges: the 256 byte symbols, Qwen's chat tokens, then the image tokens."""
-    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for token in TEXT_SPECIALS:
-        vocab[token] = len(vocab)
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], bos_token="<|im_end|>", eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>", unk_token=None)
-    tokenizer.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS})
-    return tokenizer
 
 
 def tiny_config(vocab: dict[str, int]) -> dict:
@@ -188,7 +157,7 @@ def write_tokenizer_files(tokenizer: Qwen2Tokenizer, folder: Path) -> None:
 def write_tiny_molmo2(folder: Path, seed: int = 0, shards: int = 2) -> Path:
     """A tiny random Molmo2 in the released folder layout (module doc); returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = tiny_tokenizer()
+    tokenizer = byte_tokenizer()
     config = tiny_config(tokenizer.get_vocab())
     _write_json(folder / "config.json", config)
     with torch.random.fork_rng():
@@ -243,25 +212,4 @@ def write_tiny_sam2(path: Path, seed: int = 0) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_folder(root: str) -> Path:
-    return write_tiny_molmo2(Path(root) / "molmo2-tiny")
 
-
-class ForceAnswer(LogitsProcessor):
-    """Greedy decoding that writes exactly ``text`` (then EOS), whatever the random model prefers."""
-
-    def __init__(self, tokenizer, text: str) -> None:
-        self.ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        self.start: int | None = None
-        self.last = -1
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        length = input_ids.shape[1]
-        if self.start is None or length != self.last + 1:   # a new generation
-            self.start = length
-        self.last = length
-        step = length - self.start
-        forced = torch.full_like(scores, -math.inf)
-        forced[:, self.ids[min(step, len(self.ids) - 1)]] = 0.0
-        return forced

@@ -14,6 +14,7 @@ from transformers import LogitsProcessorList
 
 from glus_ros.backends.loading import load_backend
 from glus_ros.backends.molmo2 import Molmo2Backend, Molmo2Settings, question_for
+from glus_ros.backends.molmo2_random import ForceAnswer
 from glus_ros.backends.video import BackendPointPredictor, choose_anchors
 from glus_ros.points.coords import to_normalised
 from glus_ros.points.labels import mask_iou, sam_point_segmenter
@@ -21,7 +22,7 @@ from glus_ros.points.propagation import PointPropagator, normalised_anchors
 from glus_ros.points.text import format_video_points
 
 from helpers_model import moving_disk_clip
-from helpers_molmo2 import ForceAnswer, hub_state, write_tiny_molmo2, write_tiny_sam2
+from helpers_molmo2 import hub_state, write_tiny_molmo2, write_tiny_sam2
 
 T, FPS = 6, 4.0   # the clip; shown to the model at most at 2 fps: frames 0, 2, 4, 5 (times 0.0, 0.5, 1.0, 1.25)
 

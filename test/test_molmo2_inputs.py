@@ -178,3 +178,30 @@ def test_video_processing_config_errors():
     with pytest.raises(ValueError, match="multiple"):
         VideoProcessing.from_json({"size": {"height": 50, "width": 50}}, "v.json")
     assert VideoProcessing.from_json({}, "v.json") == VideoProcessing()
+
+
+def _inputs(folder: Path, mode: str) -> Molmo2Inputs:
+    from transformers import AutoTokenizer
+
+    checked = read_molmo2_folder(folder)
+    return Molmo2Inputs(folder, AutoTokenizer.from_pretrained(str(folder)), checked.chat_template, checked.video,
+                        checked.layout, mode)
+
+
+@pytest.mark.skipif(not torchvision_available(), reason="transformers' Molmo2 processor needs torchvision")
+def test_transformers_processor_mode_builds_the_same_inputs(folder):
+    frames = _frames(3)
+    ours = _inputs(folder, "own").build(frames, [0.0, 0.5, 1.0], "Point to the cup.")
+    theirs = _inputs(folder, "transformers").build(frames, [0.0, 0.5, 1.0], "Point to the cup.")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key].to(ours[key].dtype)), key
+
+
+def test_preprocessing_mode_choice(folder):
+    assert _inputs(folder, "auto").mode == ("transformers" if torchvision_available() else "own")
+    if not torchvision_available():
+        with pytest.raises(ValueError, match="needs torchvision"):
+            _inputs(folder, "transformers")
+    with pytest.raises(ValueError, match="preprocessing must be"):
+        _inputs(folder, "pil")
