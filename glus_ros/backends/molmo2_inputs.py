@@ -255,8 +255,8 @@ class Molmo2Inputs:
 
     def video(self, frames: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         if self.processor is not None:
-            video = torch.from_numpy(np.stack(frames))
-            out = self.processor.video_processor(videos=[video], do_sample_frames=False, return_tensors="pt")
+            out = self.processor.video_processor(videos=[np.stack(frames)], do_sample_frames=False,
+                                                 return_tensors="pt")
             return {k: out[k] for k in ("pixel_values_videos", "video_token_pooling", "video_grids")}
         return video_tensors(frames, self.proc)
 
