@@ -195,6 +195,11 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     (``glus_ros.official_glus.load_official_model``): ``vision_tower`` is the local CLIP folder and ``dtype``
     the weights' precision ("bf16" by default on CUDA, else "fp32").
     """
+    from glus_ros.backends.loading import backend_of
+
+    if (backend := backend_of(spec)) != "glus":
+        raise ValueError(f"model {spec} is a {backend} model (glus_ros.backends): this runs GLUS models only; "
+                         "`glus-ros segment --points` runs it")
     if _is_official(spec, overrides):
         from glus_ros.official_glus import load_official_model
 
