@@ -258,7 +258,7 @@ def test_submit_and_start_run_both_loops_and_stop_joins_them(model: GLUSModel) -
 
 def test_config_validation_of_the_new_knobs() -> None:
     for kwargs, match in (({"context_refresh": 0}, "context_refresh"), ({"cpu_threads": -1}, "cpu_threads"),
-                          ({"schedule": "later"}, "schedule")):
+                          ({"schedule": "later"}, "schedule"), ({"context_span": "future"}, "context_span")):
         with pytest.raises(ValueError, match=match):
             EngineConfig(**kwargs)
     assert EngineConfig(schedule="live").schedule == "live"
@@ -279,3 +279,26 @@ def test_masks_are_unchanged_by_the_batched_decode(model: GLUSModel) -> None:
             single = engine.process(frame(i)).targets[0]
             assert batched[j].score == pytest.approx(single.score, abs=1e-4)
             assert np.mean(batched[j].mask != single.mask) < 0.005
+
+
+def test_the_batched_step_keeps_the_official_switches() -> None:
+    """With the released weights' SAM 2 switches (no temporal memory encoding, the memory encoder on the
+    memory-conditioned features, the [SEG] embedding as the whole sparse prompt) one batched step for all
+    tracks still gives each track's own step, memory writes included."""
+    torch.manual_seed(0)
+    official = load_model("tiny", overrides={"memory": {"temporal_pos_enc": False, "encoder_input": "conditioned"},
+                                             "decoder": {"pad_point": False}}).eval()
+    size = official.sam.image_size
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randn(1, official.sam.prompt_dim, generator=generator) for _ in range(3)]
+    batched = [official.new_memory_bank() for _ in prompts]
+    alone = [official.new_memory_bank() for _ in prompts]
+    with torch.inference_mode():
+        for _ in range(4):
+            features = official.encode_sam_frames(torch.randn(1, 3, size, size, generator=generator))
+            together = official.track_steps(features, prompts, batched, [None] * 3)
+            for prompt, bank, pred in zip(prompts, alone, together, strict=True):
+                single = official.track_step(features, prompt, bank)
+                assert torch.allclose(pred.logits, single.logits, atol=1e-4)
+                assert torch.allclose(pred.object_score, single.object_score, atol=1e-4)
+    assert [len(b) for b in batched] == [len(b) for b in alone] == [4, 4, 4]

@@ -42,10 +42,12 @@ are discarded. With ``yield_to_tracker`` the worker pauses between transformer l
 works on a frame (``priority.py``), so on a CPU the MLLM runs only in the tracker's idle time; off by
 default, as on 2 cores with one torch thread per loop (``cpu_threads=1``) the two loops run side by side.
 
-Re-groundings reuse the context (``prefix_cache``): each frame's vision-tower embedding is computed once and
-kept while the frame is in the history, and the LLM keys/values over the context frames and their motion
-field are reused while the context frames stay the same (``context_refresh`` keeps a choice of context
-frames for that many frames; ``model/prefix_cache.py``).
+Context frames are spread over the history as ``context_span`` says (default "whole": evenly from the oldest
+frame to the newest, both included; ``sampling.StreamingSampler``). Re-groundings reuse the context
+(``prefix_cache``): each frame's vision-tower embedding is computed once and kept while the frame is in the
+history, and the LLM keys/values over the context frames and their motion field are reused while the context
+frames stay the same (``context_refresh`` keeps a choice of context frames for that many frames;
+``model/prefix_cache.py``).
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ class EngineConfig:
     dtype: str = "fp32"           # "fp32" or "bf16" (autocast)
     answer_tokens: int = 64       # question targets: most tokens of the generated answer
     context_refresh: int = 1      # frames a choice of context frames is kept (> 1: prefix-cache hits)
+    # where the context frames come from: "whole" evenly over the history, newest frame included; "older" the
+    # history before the query window (the previous choice); sampling.StreamingSampler
+    context_span: str = "whole"
     prefix_cache: bool = True     # reuse the context frames' LLM keys/values and motion field (inference)
     # live, CPU: the MLLM worker pauses between layers while the tracker works (off: measured on 2 cores with one
     # torch thread per loop, the loops run side by side without slowing the tracker, and a busy tracker starves a
@@ -123,6 +128,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.context_refresh < 1:
             raise ValueError(f"context_refresh must be >= 1, got {self.context_refresh}")
+        if self.context_span not in StreamingSampler.SPANS:
+            raise ValueError(f"unknown context_span '{self.context_span}' (one of {', '.join(StreamingSampler.SPANS)})")
         if self.cpu_threads < 0:
             raise ValueError(f"cpu_threads must be >= 0 (0: leave torch's setting), got {self.cpu_threads}")
         if self.schedule not in SCHEDULES:
@@ -304,7 +311,7 @@ class StreamingEngine:
     def _new_sampler(self) -> StreamingSampler:
         sampling = self.model.cfg.sampling
         return StreamingSampler(self.config.history, sampling.num_context, sampling.num_query,
-                                self.config.context_refresh)
+                                self.config.context_refresh, self.config.context_span)
 
     @property
     def live(self) -> bool:
