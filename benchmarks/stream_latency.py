@@ -1,7 +1,8 @@
 """Live-stream latency of the streaming engine (ROS-free): prints numbers, asserts nothing.
 
 Synthetic camera frames (the project's generator, resized to --size) are submitted at --rate Hz for
---seconds into a started engine, once per schedule. Latency is submit -> result (queueing included);
+--seconds into a started engine, once per schedule (live: re-grounding whenever the MLLM is free).
+Latency is submit -> result (queueing included);
 frames that arrive while the engine is busy replace the pending one and count as dropped.
 
     .venv/bin/python benchmarks/stream_latency.py [--model tiny] [--rate 30] [--seconds 10] [--targets 2]
@@ -43,12 +44,16 @@ def camera_frames(width: int, height: int, seed: int) -> tuple[list[StreamFrame]
 
 def run_schedule(model, schedule: str, args: argparse.Namespace, frames: list[StreamFrame],
                  expressions: list[str]) -> dict[str, float]:
-    config = EngineConfig(schedule=schedule, reground_every=args.reground_every, dtype=args.dtype)
+    reground_every = 1 if schedule == "live" else args.reground_every  # live: whenever the MLLM is free
+    config = EngineConfig(schedule=schedule, reground_every=reground_every, dtype=args.dtype,
+                          context_refresh=args.context_refresh)
     warm = StreamingEngine(model, config)
     for text in expressions[: args.targets]:
         warm.add_target(TargetSpec("", text))
     for f in frames[:4]:
         warm.process(f)
+        warm.wait_grounded()
+    warm.stop()
 
     results: list[FrameResult] = []
     lock = threading.Lock()
@@ -80,12 +85,14 @@ def run_schedule(model, schedule: str, args: argparse.Namespace, frames: list[St
     stats = engine.stats
     lat = sorted(r.latency_ms for r in results)
     states = Counter(t.state for r in results for t in r.targets)
+    ungrounded = sum(t.grounded_seq is None for r in results for t in r.targets)
     return {
         "submitted": stats["frames_in"], "processed": stats["frames_processed"], "errors": stats["errors"],
         "mean_ms": statistics.fmean(lat), "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)), "fps": stats["frames_processed"] / feed_s,
         "dropped": stats["frames_dropped"] / max(stats["frames_in"], 1),
-        "states": dict(states),
+        "states": dict(states), "ungrounded": ungrounded,
+        "mllm_ms": engine.grounding_stats["ms_mean"], "mllm_passes": engine.grounding_stats["groundings"],
     }
 
 
@@ -99,9 +106,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="stream length per schedule")
     parser.add_argument("--targets", type=int, default=2, help="referred targets tracked at once")
     parser.add_argument("--reground-every", type=int, default=8)
-    parser.add_argument("--schedules", default="full,fast")
+    parser.add_argument("--schedules", default="live,fast,full")
+    parser.add_argument("--context-refresh", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.split("x"))
     model = load_model(args.model, device=args.device)
     frames, expressions = camera_frames(width, height, args.seed)
@@ -113,7 +124,9 @@ def main() -> None:
         r = run_schedule(model, schedule, args, frames, expressions)
         print(f"  {schedule:>4}: latency mean {r['mean_ms']:.1f} ms, p50 {r['p50_ms']:.1f} ms, "
               f"p95 {r['p95_ms']:.1f} ms | processed {r['fps']:.1f} fps ({r['processed']}/{r['submitted']}) | "
-              f"dropped {100 * r['dropped']:.1f}% | errors {r['errors']} | states {r['states']}")
+              f"dropped {100 * r['dropped']:.1f}% | errors {r['errors']} | states {r['states']} "
+              f"({r['ungrounded']} before the first grounding) | MLLM {r['mllm_passes']} passes, "
+              f"{r['mllm_ms']:.0f} ms each")
 
 
 if __name__ == "__main__":

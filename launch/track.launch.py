@@ -36,8 +36,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("model", default_value="glus-tiny-synth",
                               description="model config name, YAML file or trained model directory"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu, cuda, cuda:N or auto"),
-        DeclareLaunchArgument("schedule", default_value="fast", choices=["fast", "full"],
-                              description="full: MLLM every frame; fast: MLLM every reground_every frames"),
+        DeclareLaunchArgument("schedule", default_value="live", choices=["live", "fast", "full"],
+                              description="live: tracker every frame, MLLM in its own worker; full: MLLM "
+                                          "every frame; fast: MLLM every reground_every frames"),
         DeclareLaunchArgument("use_depth", default_value="false", choices=["true", "false"],
                               description="subscribe depth + CameraInfo and publish 3D target points"),
         DeclareLaunchArgument("with_camera", default_value="false", choices=["true", "false"],

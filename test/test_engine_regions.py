@@ -261,7 +261,7 @@ def test_a_question_tracks_every_grounded_phrase_with_its_own_prompt_memory_and_
         engine.add_target(TargetSpec("q/phrase_1", "the red disk"))
     ids = ["q", "q/phrase_1", "q/phrase_2"]
     with Recorder(seg_model, "generate_answer") as generate, Recorder(seg_model, "grounded_prompts") as forced, \
-            Recorder(seg_model, "track_step") as track:
+            Recorder(seg_model, "track_steps") as track:
         results = [engine.process(frame(i)) for i in range(5)]
     # the answer is "[SEG] [SEG] [SEG]": three grounded phrases, one output each, then the plain target
     for k, result in enumerate(results):
@@ -274,17 +274,20 @@ def test_a_question_tracks_every_grounded_phrase_with_its_own_prompt_memory_and_
         assert disk.answer == "" and disk.phrases == [] and disk.phrase_target_ids == []
     # the same MLLM passes as with one tracked phrase: one generate, one teacher-forced pass per re-grounding
     assert len(generate.calls) == 1 and len(forced.calls) == 2
-    # every frame decodes each phrase with its own [SEG] prompt and its own memory bank, no grounding map
+    # every frame decodes each phrase with its own [SEG] prompt and its own memory bank, no grounding map,
+    # in one batched SAM 2 step with the other target
     target = engine._targets["q"]
     banks = [target.bank] + [p.bank for p in target.more]
     assert len(banks) == 3 and len({id(b) for b in banks}) == 3 and all(b is not None for b in banks)
-    calls = [c for c in track.calls if any(c[0][2] is b for b in banks)]
+    assert len(track.calls) == 5 and all(len(args[2]) == 4 for args, _ in track.calls)
+    calls = [(row, None) for (_features, prompts, banks_of_call, grids), _ in track.calls
+             for row in zip(prompts, banks_of_call, grids, strict=True) if any(row[1] is b for b in banks)]
     assert len(calls) == 3 * 5
     refreshed = {2: forced.results[0].prompts[0], 4: forced.results[1].prompts[0]}
     for i in range(5):
         source = generate.results[0].prompts if i < 2 else refreshed[2 if i < 4 else 4]
         for k in range(3):
-            (_features, prompt, bank, grounding), _ = calls[3 * i + k]
+            (prompt, bank, grounding), _ = calls[3 * i + k]
             assert bank is banks[k] and grounding is None
             assert torch.equal(prompt, source[k:k + 1])
     assert not torch.equal(source[0], source[1])  # different [SEG] tokens, different prompts

@@ -13,6 +13,7 @@ from glus_ros.sampling import (
     sample_context_frames,
     sample_query_clip,
     segment_bounds,
+    span_indices,
 )
 
 
@@ -87,6 +88,18 @@ def test_streaming_sampler_bounded_and_uniform():
     assert sampler.context_frames() == [85, 88, 91, 94]
     with pytest.raises(ValueError, match="increase"):
         sampler.push(50)
+
+
+def test_streaming_sampler_whole_span_reaches_from_the_oldest_to_the_newest_frame():
+    sampler = StreamingSampler(history=16, num_context=4, num_query=4, span="whole")
+    sampler.push(0)
+    assert sampler.context_frames() == [0, 0, 0, 0]
+    for i in range(1, 100):
+        sampler.push(i)
+    assert sampler.context_frames() == [84, 89, 94, 99]  # 84..99 in three equal steps
+    assert span_indices(7, 4) == [0, 2, 4, 6] and span_indices(5, 1) == [4]
+    with pytest.raises(ValueError, match="span"):
+        StreamingSampler(span="future")
 
 
 def test_streaming_sampler_early_stream():

@@ -189,7 +189,9 @@ def test_frames_without_targets_skip_the_model_but_fill_the_history(model: GLUSM
     engine.add_target(TargetSpec("", "the red disk"))
     assert engine.process(frame(5)).targets[0].target_id == "target_0"
     assert mllm.batches == [1]
-    assert engine.cache_sizes()["clip_embeds"] == 6  # context from the older frames + the query window
+    # context evenly over frames 0..5 (0, 2, 3, 5) + the query window 2..5: the frames seen before the target
+    # was added are read, each embedded once
+    assert engine.cache_sizes()["clip_embeds"] == 5
 
 
 def test_target_table_semantics(model: GLUSModel) -> None:
@@ -274,7 +276,7 @@ def test_worker_survives_an_exception_and_keeps_processing(model: GLUSModel, cap
 
     engine = StreamingEngine(model, EngineConfig(schedule="full"), on_result=on_result)
     engine.add_target(TargetSpec("a", "the red disk"))
-    with CallCounter(model, "track_step") as sam_step:
+    with CallCounter(model, "track_steps") as sam_step:
         engine.start()
         try:
             engine.submit(frame(0))

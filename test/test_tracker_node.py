@@ -426,7 +426,7 @@ def test_bad_parameters_are_refused_clearly(ros: Harness) -> None:
 
     tracker = ros.tracker(model="/no/such/model.yaml")
     result = tracker.set_parameters([Parameter("schedule", value="slow")])[0]
-    assert not result.successful and "schedule must be one of fast, full, got 'slow'" in result.reason
+    assert not result.successful and "schedule must be one of fast, full, live, got 'slow'" in result.reason
     assert not tracker.set_parameters([Parameter("qos_depth", value=0)])[0].successful
     assert tracker.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert _state(tracker) == "unconfigured" and tracker.engine is None

@@ -39,6 +39,19 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     parser.add_argument("--anchors", default="key", help="--points: 'key' or a frame stride K")
     parser.add_argument("--point-source", choices=["auto", "head", "mask"], default="auto",
                         help="--points: the point head, the [SEG] masks' components, or auto (head if present)")
+    live = parser.add_argument_group("live replay (--live)")
+    live.add_argument("--live", action="store_true",
+                      help="--model: replay every video frame by frame through the streaming engine, causally, "
+                           "and score its masks (glus_ros/live_eval.py)")
+    live.add_argument("--rate", type=float, default=0.0,
+                      help="--live: camera rate in Hz, frames the tracker has no time for are dropped; "
+                           "0 (default): no drops, the replay waits for the tracker and the MLLM worker")
+    live.add_argument("--schedule", choices=["live", "fast", "full"], default="live",
+                      help="--live: the engine's schedule (default: live)")
+    live.add_argument("--reground-every", type=int, default=1,
+                      help="--live: frames a prompt may age before the MLLM re-grounds (default: 1)")
+    live.add_argument("--context-refresh", type=int, default=8,
+                      help="--live: frames a choice of context frames is kept (default: 8)")
     parser.set_defaults(func=run)
 
 
@@ -53,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.dataset, args.data, args.split)
     if args.points:
         return _run_points(args, dataset)
+    if args.live:
+        return _run_live(args, dataset)
     if args.model is not None:
         from glus_ros.inference import predict_dataset  # heavy (torch, weights): only when asked
 
@@ -101,4 +116,37 @@ def _run_points(args: argparse.Namespace, dataset: ReferringDataset) -> int:
         print(f"counting accuracy ('how many' expressions): {result.counting_accuracy:.3f}")
     print(f"J&F of point-prompted masks: {result.j_and_f:.3f} (J {result.j:.3f}, F {result.f:.3f})")
     print(f"expressions: {len(result.expressions)}")
+    return 0
+
+
+def _run_live(args: argparse.Namespace, dataset: ReferringDataset) -> int:
+    """Replay the split through the streaming engine (``glus_ros/live_eval.py``), then score like ``--pred``."""
+    if args.model is None:
+        raise ValueError("--live replays a model: give --model")
+    if args.rate < 0:
+        raise ValueError(f"--rate must be >= 0 Hz (0: no drops), got {args.rate}")
+    import torch
+
+    from glus_ros.inference import load_model
+    from glus_ros.live_eval import predict_dataset_live
+    from glus_ros.streaming.engine import EngineConfig
+
+    config = EngineConfig(schedule=args.schedule, reground_every=args.reground_every,
+                          context_refresh=args.context_refresh, cpu_threads=1 if args.device == "cpu" else 0)
+    model = load_model(args.model, device=args.device)
+    mode = f"{args.rate:g} Hz with drops" if args.rate else "no drops"
+    out_dir = args.out if args.out is not None else Path.cwd() / f"eval_live_{args.split}"
+    stats = predict_dataset_live(model, dataset, out_dir, config, args.rate)
+    result = evaluate_predictions(out_dir, dataset, progress=True)
+    csv_path = write_csv(result, args.csv if args.csv is not None else out_dir / f"eval_{args.split}.csv")
+    print(f"live replay ({args.schedule} schedule, {mode}, torch threads {torch.get_num_threads()})")
+    print(f"J: {result.j:.3f}")
+    print(f"F: {result.f:.3f}")
+    print(f"J&F: {result.j_and_f:.3f}")
+    print(f"expressions: {result.num_expressions}")
+    print(f"frames answered: {stats.answered} of {stats.frames} ({100 * stats.answered_fraction:.1f}%), "
+          f"with a grounded target: {stats.grounded} ({100 * stats.grounded_fraction:.1f}%)")
+    print(f"latency p50 {stats.latency(50):.1f} ms, p95 {stats.latency(95):.1f} ms; "
+          f"MLLM passes {stats.groundings}")
+    print(f"csv: {csv_path}")
     return 0

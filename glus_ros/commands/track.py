@@ -164,7 +164,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_camera: str)
     parser.add_argument("--params", help="tracker parameter file (default: the package's config/tracker.yaml)")
     parser.add_argument("--model",
                         help=f"model config, YAML or trained directory (default: the params file's, {DEFAULT_MODEL})")
-    parser.add_argument("--schedule", choices=["fast", "full"], help="streaming schedule (default: params file)")
+    parser.add_argument("--schedule", choices=["live", "fast", "full"],
+                        help="streaming schedule (default: params file)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: params file)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="override one tracker parameter (repeatable), e.g. -p reground_every:=4")

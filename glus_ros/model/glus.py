@@ -26,6 +26,7 @@ from glus_ros.model.grounding_map import GroundingMap, grid_side, mask_prompt
 from glus_ros.model.key_frame import KeyFrameSelector
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.point_head import PointHead
+from glus_ros.model.prefix_cache import ContextPrefixCache
 from glus_ros.model.prompting import (
     IGNORE_INDEX,
     PHRASE_END,
@@ -226,12 +227,15 @@ class GLUSModel(nn.Module):
 
     # --- the MLLM step ----------------------------------------------------------------------
     def seg_prompts(self, context_embeds: torch.Tensor, query_embeds: torch.Tensor, expressions: list[str],
-                    answers: list[str] | None = None, context_pixels: torch.Tensor | None = None) -> SegOutput:
+                    answers: list[str] | None = None, context_pixels: torch.Tensor | None = None,
+                    prefix_cache: ContextPrefixCache | None = None) -> SegOutput:
         """One MLLM pass per sample over [context frames, query frames, expression, answer].
 
         context_embeds (B, Nc, T, D), query_embeds (B, Nq, T, D). Returns one prompt per query frame.
         ``context_pixels`` (B, Nc, 3, S, S): the context frames as the vision tower's input
-        (``clip_input``), needed by a model whose grounding map has a motion field.
+        (``clip_input``), needed by a model whose grounding map has a motion field. ``prefix_cache``
+        (inference): reuse the LLM's keys/values over the context frames and their motion field from an
+        earlier call with the same context (``prefix_cache.py``); the result is the same up to float rounding.
         """
         num_query = query_embeds.shape[1]
         num_context = context_embeds.shape[1]
@@ -243,7 +247,8 @@ class GLUSModel(nn.Module):
         route = routes(expressions, self.task_adapters)
         tasks = list(dict.fromkeys(route))
         if tasks == [None]:
-            return self._seg_pass(ids, mask, labels, frames, shown, num_query, num_context, context_pixels)
+            return self._seg_pass(ids, mask, labels, frames, shown, num_query, num_context, context_pixels,
+                                  prefix_cache)
         parts: list[tuple[list[int], SegOutput]] = []
         for task in tasks:  # each request under the task adapter its expression routes to (None: the base)
             rows = [i for i, r in enumerate(route) if r == task]
@@ -251,14 +256,20 @@ class GLUSModel(nn.Module):
             with self.task_adapters[task].applied(self) if task is not None else contextlib.nullcontext():
                 parts.append((rows, self._seg_pass(
                     ids[index], mask[index], labels[index.cpu()], frames[index], shown, num_query, num_context,
-                    None if context_pixels is None else context_pixels[index.to(context_pixels.device)])))
+                    None if context_pixels is None else context_pixels[index.to(context_pixels.device)],
+                    prefix_cache, task)))
         return parts[0][1] if len(parts) == 1 else _merge_rows(parts)
 
     def _seg_pass(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor,
-                  shown: int, num_query: int, num_context: int, context_pixels: torch.Tensor | None) -> SegOutput:
+                  shown: int, num_query: int, num_context: int, context_pixels: torch.Tensor | None,
+                  prefix_cache: ContextPrefixCache | None = None, task: str | None = None) -> SegOutput:
         """The MLLM pass and the heads on its [SEG] states, for one batch of encoded prompts."""
         batch = ids.shape[0]
-        logits, hidden_states = self.vlm(ids, mask, frames)
+        if prefix_cache is None or self.training:
+            logits, hidden_states = self.vlm(ids, mask, frames)
+        else:
+            length = prefix_cache.prefix_length(self.prompts, num_context, num_query, shown)
+            logits, hidden_states = prefix_cache.run(self.vlm, ids, mask, frames, length, task)
         hidden = hidden_states[self.cfg.vlm.seg_hidden_layer]
         seg_positions = ids == self.prompts.seg_id
         counts = seg_positions.sum(dim=1)
@@ -275,7 +286,12 @@ class GLUSModel(nn.Module):
             if self.grounding_map.spatial is not None:
                 words = self.grounding_map.spatial.words(seg_hidden.float(), hidden_states[0].float(),
                                                          self.prompts.word_mask(ids, mask, labels))
-            motion = self._motion_field(context_pixels, num_context, states.shape[-2])
+            tokens = states.shape[-2]
+            if prefix_cache is None or context_pixels is None:
+                motion = self._motion_field(context_pixels, num_context, tokens)
+            else:
+                motion = prefix_cache.motion(context_pixels,
+                                             lambda: self._motion_field(context_pixels, num_context, tokens), task)
             grounding = self.grounding_map(seg_hidden, states, words,
                                            None if motion is None else motion[:, None].expand(-1, num_query, -1, -1))
             if words is not None:
@@ -480,3 +496,13 @@ class GLUSModel(nn.Module):
         if grounding is not None:
             masks = mask_prompt(grounding, self.sam.sam.sam_prompt_encoder.mask_input_size)
         return self.sam.step(frame, bank, prompt.unsqueeze(1), mask_inputs=masks)
+
+    def track_steps(self, frame: FrameFeatures, prompts: Sequence[torch.Tensor], banks: Sequence[MemoryBank | None],
+                    groundings: Sequence[torch.Tensor | None]) -> list[MaskPrediction]:
+        """:meth:`track_step` for several tracks (targets) on one frame in one batched SAM 2 step: track b has its
+        own prompt ``prompts[b]`` (1, prompt_dim), memory bank and grounding-map logits (1, G, G) or None."""
+        if len(prompts) == 1:
+            return [self.track_step(frame, prompts[0], banks[0], groundings[0])]
+        size = self.sam.sam.sam_prompt_encoder.mask_input_size
+        masks = [None if g is None else mask_prompt(g, size) for g in groundings]
+        return self.sam.step_batch(frame, list(banks), torch.cat(list(prompts)).unsqueeze(1), masks)

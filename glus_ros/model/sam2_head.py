@@ -33,6 +33,13 @@ class FrameFeatures:
         return FrameFeatures([f[:, index] for f in self.vision_feats],
                              [p[:, index] for p in self.vision_pos], self.feat_sizes)
 
+    def expand(self, batch: int) -> FrameFeatures:
+        """One frame's features (batch 1) seen ``batch`` times, without a copy: one decode for many targets."""
+        if self.vision_feats[0].shape[1] != 1:
+            raise ValueError(f"expand needs the features of one frame, got a batch of {self.vision_feats[0].shape[1]}")
+        return FrameFeatures([f.expand(-1, batch, -1) for f in self.vision_feats],
+                             [p.expand(-1, batch, -1) for p in self.vision_pos], self.feat_sizes)
+
 
 @dataclass
 class MaskPrediction:
@@ -81,21 +88,27 @@ class SAM2Head(nn.Module):
         ``farthest_first``: the memories in the order the official GLUS code concatenates them (the result
         differs only by float summation order).
         """
+        reads = bank.read() if bank is not None else []
+        if farthest_first:
+            reads = reads[::-1]
+        return self._read_memory(frame, [reads])
+
+    def _read_memory(self, frame: FrameFeatures, reads: list[list[tuple[int, Any]]]) -> torch.Tensor:
+        """Memory attention for a batch whose row b reads ``reads[b]`` (the same slots ``t_rel`` in every row;
+        one row may stand for the whole batch) -> (B, C, H, W)."""
         sam = self.sam
         top = frame.vision_feats[-1]
         _hw, batch, channels = top.shape
         h, w = frame.feat_sizes[-1]
-        reads = bank.read() if bank is not None else []
-        if farthest_first:
-            reads = reads[::-1]
-        if not reads:
+        if not reads[0]:
             # first frame of a track: SAM 2 adds the learned no-memory embedding
             return (top + sam.no_mem_embed).permute(1, 2, 0).reshape(batch, channels, h, w)
         memory, memory_pos = [], []
-        for t_rel, entry in reads:
-            feats = entry.features.to(top.device)
+        for slot, (t_rel, _entry) in enumerate(reads[0]):
+            entries = [row[slot][1] for row in reads]
+            feats = torch.cat([e.features for e in entries]).to(top.device)
             memory.append(feats.flatten(2).permute(2, 0, 1).to(top.dtype))
-            enc = entry.pos_enc.to(top.device).flatten(2).permute(2, 0, 1)
+            enc = torch.cat([e.pos_enc for e in entries]).to(top.device).flatten(2).permute(2, 0, 1)
             if self.temporal_pos_enc:
                 enc = enc + sam.maskmem_tpos_enc[t_rel - 1]
             memory_pos.append(enc.to(top.dtype))
@@ -187,3 +200,43 @@ class SAM2Head(nn.Module):
         if bank is not None:
             bank.add(*self.encode_memory(frame, prediction, pix_feat))
         return prediction
+
+    def step_batch(self, frame: FrameFeatures, banks: list[MemoryBank | None], sparse_prompts: torch.Tensor,
+                   mask_inputs: list[torch.Tensor | None]) -> list[MaskPrediction]:
+        """:meth:`step` for several tracks on one frame (batch 1 features) at once: row b has its own prompt
+        ``sparse_prompts[b]`` (N, C), mask prompt and memory bank. Memory reads are batched over the rows that read
+        the same slots, the decoder over the rows with / without a mask prompt, the memory write over all rows."""
+        count = len(banks)
+        if sparse_prompts.shape[0] != count or len(mask_inputs) != count:
+            raise ValueError(f"{count} banks but {sparse_prompts.shape[0]} prompts / {len(mask_inputs)} mask inputs")
+        reads = [bank.read() if bank is not None else [] for bank in banks]
+        pix: list[torch.Tensor | None] = [None] * count
+        groups: dict[tuple, list[int]] = {}
+        for b, row in enumerate(reads):
+            key = tuple((t_rel, tuple(e.features.shape)) for t_rel, e in row)
+            groups.setdefault(key, []).append(b)
+        for rows in groups.values():
+            fused = self._read_memory(frame.expand(len(rows)), [reads[b] for b in rows])
+            for j, b in enumerate(rows):
+                pix[b] = fused[j:j + 1]
+        predictions: list[MaskPrediction | None] = [None] * count
+        for with_mask in (False, True):
+            rows = [b for b in range(count) if (mask_inputs[b] is not None) == with_mask]
+            if not rows:
+                continue
+            masks = torch.cat([mask_inputs[b] for b in rows]) if with_mask else None
+            pred = self.decode(torch.cat([pix[b] for b in rows]), frame.expand(len(rows)),
+                               sparse_prompts[rows], mask_inputs=masks)
+            for j, b in enumerate(rows):
+                predictions[b] = MaskPrediction(pred.low_res_logits[j:j + 1], pred.logits[j:j + 1],
+                                                pred.iou[j:j + 1], pred.object_score[j:j + 1])
+        done = [p for p in predictions if p is not None]
+        writers = [b for b in range(count) if banks[b] is not None]
+        if writers:
+            both = MaskPrediction(*(torch.cat([getattr(done[b], f) for b in writers])
+                                    for f in ("low_res_logits", "logits", "iou", "object_score")))
+            conditioned = torch.cat([pix[b] for b in writers]) if self.encoder_input == "conditioned" else None
+            feats, pos = self.encode_memory(frame.expand(len(writers)), both, conditioned)
+            for j, b in enumerate(writers):
+                banks[b].add(feats[j:j + 1], pos[j:j + 1])  # type: ignore[union-attr]
+        return done

@@ -29,6 +29,7 @@ CameraInfo must not stop the tracker (it then publishes without 3D points and wa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import threading
@@ -85,9 +86,12 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "sam2_checkpoint": ("", "official SAM 2 .pt checkpoint for the SAM 2 head ('' = none)"),
     "device": ("cpu", "cpu, cuda, cuda:N or auto"),
     "dtype": ("fp32", "fp32 or bf16 (autocast)"),
-    "schedule": ("fast", "full: MLLM re-grounds every frame (paper); fast: every reground_every frames"),
-    "reground_every": (8, "fast schedule: frames between MLLM re-groundings"),
-    "reground_below": (0.5, "fast schedule: re-ground a target whose score fell below this"),
+    "schedule": ("fast", "full: MLLM re-grounds every frame (paper); fast: every reground_every frames; live: the "
+                 "tracker on every frame, the MLLM in its own worker"),
+    "reground_every": (8, "fast: frames between MLLM re-groundings; live: the most frames a prompt ages"),
+    "reground_below": (0.5, "fast, live: re-ground a target whose score fell below this"),
+    "context_refresh": (1, "frames a choice of context frames is kept (> 1: the MLLM reuses their cached prefix)"),
+    "cpu_threads": (0, "torch intra-op threads for the process (0: torch's default)"),
     "history": (64, "frames kept for context sampling"),
     "max_targets": (8, "most targets tracked at once"),
     "image_topic": ("/camera/image_raw", "colour image topic (sensor_msgs/Image)"),
@@ -102,8 +106,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "qos_depth": (5, "camera subscription history depth"),
     "publish_debug_image": (True, "publish the rgb8 overlay on /glus/debug_image (drawn only with subscribers)"),
 }
-_CHOICES = {"schedule": ("fast", "full"), "dtype": ("fp32", "bf16"), "qos_reliability": tuple(RELIABILITY)}
-_POSITIVE_INTS = ("reground_every", "history", "max_targets", "qos_depth", "sync_queue_size")
+_CHOICES = {"schedule": ("fast", "full", "live"), "dtype": ("fp32", "bf16"), "qos_reliability": tuple(RELIABILITY)}
+_POSITIVE_INTS = ("reground_every", "history", "max_targets", "qos_depth", "sync_queue_size", "context_refresh")
 
 
 def check_parameter(name: str, value: Any) -> str | None:
@@ -112,6 +116,8 @@ def check_parameter(name: str, value: Any) -> str | None:
         return f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}"
     if name in _POSITIVE_INTS and value < 1:
         return f"{name} must be >= 1, got {value}"
+    if name == "cpu_threads" and value < 0:
+        return f"cpu_threads must be >= 0 (0: torch's default), got {value}"
     if name == "reground_below" and not 0.0 <= value <= 1.0:
         return f"reground_below must be in [0, 1], got {value}"
     if name in ("sync_slop_s", "depth_timeout_s") and not value >= 0.0:
@@ -208,6 +214,8 @@ class TrackerNode(LifecycleNode):
                 history=p["history"],
                 max_targets=p["max_targets"],
                 dtype=p["dtype"],
+                context_refresh=p["context_refresh"],
+                cpu_threads=p["cpu_threads"],
             )
             start = time.perf_counter()
             self.model = load_model(p["model"], p["checkpoint"] or None, p["sam2_checkpoint"] or None, p["device"])
@@ -304,7 +312,8 @@ class TrackerNode(LifecycleNode):
         GPU) of up to seconds, which would otherwise land on the first camera frame's latency.
         """
         start = time.perf_counter()
-        scratch = engine_type(self.model, config)
+        # inline, so that the one frame also runs the MLLM (a live engine's first frame waits for its worker)
+        scratch = engine_type(self.model, dataclasses.replace(config, schedule="full"))
         scratch.add_target(TargetSpec("warm_up", "the object"))
         scratch.process(StreamFrame(np.zeros((64, 64, 3), np.uint8), 0.0))
         return time.perf_counter() - start

@@ -23,10 +23,36 @@ Two kinds of target go another way through the MLLM (neither gets a grounding ma
   the kept answer on the current window (one MLLM pass for the whole target) to refresh all phrases'
   prompts. An answer without a grounded phrase has no mask: the target gives one "lost" output and is
   never re-grounded. ``max_targets`` counts targets, not phrases.
+
+Schedules. "full" and "fast" ground inline: the frame waits for the MLLM pass it triggers, and the prompt is
+decoded on the very frame it was computed on. "live" runs two loops on one engine: the tracker (SAM 2 image
+encoder, memory read, one batched mask decode for all targets and phrases, memory write) runs on every
+frame it gets and never waits for the MLLM, while a grounding worker thread re-grounds in the background
+on a snapshot of the newest window (context frames + query window as of the newest frame when it starts),
+whenever a target is due: a new or replaced target, a score below ``reground_below``, or a prompt older
+than ``reground_every`` frames (1: whenever the worker is free). A finished grounding is not applied to
+the frame it was computed on, which the tracker has long published: it waits in the target until the
+tracker's next frame, the newest one, where its [SEG] prompt replaces the old one (and its grounding map,
+computed on the snapshot's newest frame, is that frame's mask prompt: a coarse map, a few frames stale at
+most when the MLLM keeps up). Outputs say which frame a prompt comes from (``grounded_seq``) and how old it
+is (``grounding_age``). Until its first grounding lands a new target has no prompt: its output is state
+"grounding" with an empty mask, no box or point and score 0 (``grounded_seq`` None); a robot tells it from
+"lost" (grounded, not visible) by the state. Groundings computed before a ``reset`` or a frame-size change
+are discarded. With ``yield_to_tracker`` the worker pauses between transformer layers while the tracker
+works on a frame (``priority.py``), so on a CPU the MLLM runs only in the tracker's idle time; off by
+default, as on 2 cores with one torch thread per loop (``cpu_threads=1``) the two loops run side by side.
+
+Context frames are spread over the history as ``context_span`` says (default "whole": evenly from the oldest
+frame to the newest, both included; ``sampling.StreamingSampler``). Re-groundings reuse the context
+(``prefix_cache``): each frame's vision-tower embedding is computed once and kept while the frame is in the
+history, and the LLM keys/values over the context frames and their motion field are reused while the context
+frames stay the same (``context_refresh`` keeps a choice of context frames for that many frames;
+``model/prefix_cache.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -42,13 +68,24 @@ from glus_ros.inference import autocast_context
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.point_head import decode_points
+from glus_ros.model.prefix_cache import ContextPrefixCache
 from glus_ros.model.prompting import clean_expression
 from glus_ros.model.region import TRACK_REGION_QUESTION, Region
-from glus_ros.model.sam2_head import FrameFeatures
+from glus_ros.model.sam2_head import MaskPrediction
 from glus_ros.model.task_adapter import COUNTING, task_of
-from glus_ros.model.transforms import check_frame, clip_input, logits_to_frame, sam_input, to_tensor
+from glus_ros.model.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_frame,
+    logits_to_frame,
+    normalise_uint8,
+    resize_uint8,
+)
 from glus_ros.sampling import StreamingSampler
 from glus_ros.streaming.geometry import component_points, lift_point, mask_bbox, mask_point
+from glus_ros.streaming.priority import TrackerPriority, yield_between_layers
 from glus_ros.streaming.types import (
     MODES,
     PHRASE_ID_MARK,
@@ -62,21 +99,39 @@ from glus_ros.streaming.types import (
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("full", "fast")
+SCHEDULES = ("full", "fast", "live")
 VISIBLE_ABOVE = 0.5  # sigmoid(object_score) above this shows the mask (SAM 2's own rule)
 
 
 @dataclass
 class EngineConfig:
-    schedule: str = "fast"        # "full": MLLM every frame (paper); "fast": MLLM every `reground_every` frames
-    reground_every: int = 8       # fast: frames between MLLM re-groundings of a target
-    reground_below: float = 0.5   # fast: re-ground a target whose last visibility score fell below this
+    # "full": MLLM on every frame, inline (paper); "fast": inline every `reground_every` frames; "live": the
+    # tracker on every frame, the MLLM in its own worker (module docstring)
+    schedule: str = "fast"
+    reground_every: int = 8       # fast: frames between MLLM re-groundings; live: the most frames a prompt ages
+    reground_below: float = 0.5   # fast, live: re-ground a target whose last visibility score fell below this
     history: int = 64             # frames kept for context sampling (bounded)
     max_targets: int = 8
     dtype: str = "fp32"           # "fp32" or "bf16" (autocast)
     answer_tokens: int = 64       # question targets: most tokens of the generated answer
+    context_refresh: int = 1      # frames a choice of context frames is kept (> 1: prefix-cache hits)
+    # where the context frames come from: "whole" evenly over the history, newest frame included; "older" the
+    # history before the query window (the previous choice); sampling.StreamingSampler
+    context_span: str = "whole"
+    prefix_cache: bool = True     # reuse the context frames' LLM keys/values and motion field (inference)
+    # live, CPU: the MLLM worker pauses between layers while the tracker works (off: measured on 2 cores with one
+    # torch thread per loop, the loops run side by side without slowing the tracker, and a busy tracker starves a
+    # yielding MLLM; benchmarks/tracker_speed.py)
+    yield_to_tracker: bool = False
+    cpu_threads: int = 0          # > 0: torch intra-op threads for the process (set when the engine is made)
 
     def __post_init__(self) -> None:
+        if self.context_refresh < 1:
+            raise ValueError(f"context_refresh must be >= 1, got {self.context_refresh}")
+        if self.context_span not in StreamingSampler.SPANS:
+            raise ValueError(f"unknown context_span '{self.context_span}' (one of {', '.join(StreamingSampler.SPANS)})")
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be >= 0 (0: leave torch's setting), got {self.cpu_threads}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule '{self.schedule}' (one of {', '.join(SCHEDULES)})")
         if self.reground_every < 1:
@@ -132,6 +187,12 @@ class _Target:
     answer: str = ""
     phrases: list[tuple[str, int, int]] = field(default_factory=list)
     more: list[_Phrase] = field(default_factory=list)   # phrases 1.. (own prompt and memory bank each)
+    grounded_step: int | None = None     # engine step of the frame the current prompt was computed on
+    grounded_seq: int | None = None      # that frame's seq
+    # live: a finished grounding waiting for the tracker's next frame, and whether one is being computed
+    # (both guarded by the engine's target lock)
+    pending: _Grounding | None = None
+    in_flight: bool = False
 
     def phrase_ids(self) -> list[str]:
         """The output id each grounded phrase is tracked under (empty for other targets)."""
@@ -143,6 +204,36 @@ class _Target:
         if self.spec.region is not None:
             return "region"
         return "question" if is_question(self.spec.expression) else "expression"
+
+
+@dataclass(eq=False)
+class _Window:
+    """What one MLLM pass reads, taken from the history at its newest frame (a snapshot: the history goes on)."""
+
+    step: int                            # engine step of the newest frame
+    seq: int
+    epoch: int                           # the engine's reset count when taken
+    context: list[int]                   # context frame steps
+    query: list[int]                     # query window steps, oldest first (may be shorter than num_query)
+    inputs: dict[int, torch.Tensor]      # step -> CLIP-sized pixels of every frame above
+    image: np.ndarray                    # the newest frame (region targets' first grounding)
+
+
+@dataclass(eq=False)
+class _Grounding:
+    """The result of one target's MLLM pass on a window, applied by the tracker (inline: at once)."""
+
+    step: int
+    seq: int
+    epoch: int
+    prompt: torch.Tensor | None = None   # (1, prompt_dim) for the target (phrase 0)
+    grid: torch.Tensor | None = None     # (1, G, G) grounding map of the window's newest frame
+    points: list[tuple[float, float]] | None = None  # point head, normalised (0..1) on the newest frame
+    region_embed: torch.Tensor | None = None
+    phrase_prompts: list[torch.Tensor] = field(default_factory=list)  # phrases 1..
+    # a question's first grounding: (token ids, text, phrases, seg slots)
+    answer: tuple[list[int], str, list[tuple[str, int, int]], list[int]] | None = None
+    error: Exception | None = None       # the target cannot be grounded (a region that does not fit): drop it
 
 
 def is_question(expression: str) -> bool:
@@ -182,24 +273,50 @@ class StreamingEngine:
         sampling = model.cfg.sampling
         if self.config.history < sampling.num_query:
             raise ValueError(f"history {self.config.history} must hold at least the {sampling.num_query} query frames")
+        if self.config.cpu_threads:
+            torch.set_num_threads(self.config.cpu_threads)
         self._on_result = on_result
-        self._model_lock = threading.Lock()      # one frame through the model at a time; guards history and banks
-        self._targets_lock = threading.Lock()    # short: the target table
+        self._model_lock = threading.Lock()      # one frame through the tracker at a time; guards history and banks
+        self._targets_lock = threading.Lock()    # short: the target table (and live groundings waiting / in flight)
         self._cond = threading.Condition()       # pending slot, stats, worker life
         self._tokenizer_lock = threading.Lock()  # the tokenizer is shared by target validation and the MLLM pass
+        self._frames_lock = threading.Lock()     # short: the per-frame CLIP inputs and embeddings
+        self._mllm_lock = threading.Lock()       # one MLLM pass at a time (the prefix cache is not thread-safe)
         self._targets: dict[str, _Target] = {}
         self._assigned = 0
-        self._sampler = StreamingSampler(self.config.history, sampling.num_context, sampling.num_query)
+        self._sampler = self._new_sampler()
         self._clip_inputs: dict[int, torch.Tensor] = {}   # frame step -> CLIP-sized pixels (cheap to keep)
         self._clip_embeds: dict[int, torch.Tensor] = {}   # frame step -> vision tower output, computed on demand
+        self._seqs: dict[int, int] = {}                   # frame step -> its seq
+        self._newest_image: np.ndarray | None = None
+        self._prefix_cache = ContextPrefixCache() if self.config.prefix_cache else None
         self._size: tuple[int, int] | None = None
         self._step = 0
+        self._epoch = 0                          # resets so far: live groundings of an older epoch are discarded
         self._pending: tuple[StreamFrame, float] | None = None
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()     # one per worker, so a late old worker never outlives stop()
         self._seq = 0
         self._dropped_since_result = 0
         self._stats = {"frames_in": 0, "frames_processed": 0, "frames_dropped": 0, "errors": 0}
+        # live schedule: the grounding worker
+        self._priority = TrackerPriority()
+        self._ground_cond = threading.Condition()  # wakes the grounding worker; signals wait_grounded()
+        self._ground_wanted = False
+        self._grounder: threading.Thread | None = None
+        self._grounder_stop = threading.Event()
+        self._grounding_stats = {"groundings": 0, "targets_grounded": 0, "ms_total": 0.0, "ms_last": 0.0,
+                                 "errors": 0}
+
+    def _new_sampler(self) -> StreamingSampler:
+        sampling = self.model.cfg.sampling
+        return StreamingSampler(self.config.history, sampling.num_context, sampling.num_query,
+                                self.config.context_refresh, self.config.context_span)
+
+    @property
+    def live(self) -> bool:
+        """Whether the MLLM runs in its own worker beside the tracker (schedule "live")."""
+        return self.config.schedule == "live"
 
     # --- targets --------------------------------------------------------------------------------
     def _checked_spec(self, spec: TargetSpec) -> TargetSpec:
@@ -302,16 +419,25 @@ class StreamingEngine:
         if frame.intrinsics is not None and not isinstance(frame.intrinsics, CameraIntrinsics):
             raise ValueError(f"intrinsics: expected CameraIntrinsics, got {type(frame.intrinsics).__name__}")
 
+
     def process(self, frame: StreamFrame) -> FrameResult:
-        """One frame through the model, synchronously (tests, offline use); its seq is kept as given."""
+        """One frame through the model, synchronously (tests, offline use); its seq is kept as given.
+
+        Live schedule: the tracker step runs here and the grounding worker (started on first use) beside it;
+        :meth:`wait_grounded` lets a replay wait for the worker between frames.
+        """
         start = time.perf_counter()
         self.validate_frame(frame)
+        if self.live:
+            self._start_grounder()
         with self._cond:
             self._stats["frames_in"] += 1
         return self._run(frame, start)
 
     def start(self) -> None:
-        """Start the worker thread (idempotent)."""
+        """Start the worker thread (idempotent); live schedule: also the grounding worker."""
+        if self.live:
+            self._start_grounder()
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
                 return
@@ -338,7 +464,8 @@ class StreamingEngine:
             self._cond.notify()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the worker after its current frame and join it; a frame still pending is dropped (and counted)."""
+        """Stop the worker after its current frame and join it; a frame still pending is dropped (and counted).
+        Live schedule: the grounding worker stops after its current pass too (its result is kept for later)."""
         with self._cond:
             self._stop_event.set()
             thread, self._thread = self._thread, None
@@ -347,10 +474,13 @@ class StreamingEngine:
                 self._stats["frames_dropped"] += 1
                 self._dropped_since_result += 1
             self._cond.notify_all()
-        if thread is not None:
-            thread.join(timeout_s)
-            if thread.is_alive():
-                log.warning("streaming worker still busy %.1f s after stop(); it exits after its frame", timeout_s)
+        grounder = self._stop_grounder()
+        for worker in (thread, grounder):
+            if worker is not None:
+                worker.join(timeout_s)
+                if worker.is_alive():
+                    log.warning("streaming %s still busy %.1f s after stop(); it exits after its frame",
+                                worker.name, timeout_s)
 
     @property
     def running(self) -> bool:
@@ -362,6 +492,43 @@ class StreamingEngine:
         """frames_in, frames_processed, frames_dropped and errors (worker exceptions, on_result's included)."""
         with self._cond:
             return dict(self._stats)
+
+    @property
+    def grounding_stats(self) -> dict[str, float]:
+        """MLLM passes: ``groundings`` (passes), ``targets_grounded``, ``ms_mean`` / ``ms_last`` (wall time of a
+        pass, in the worker for "live"), ``in_flight`` (targets being grounded now), ``errors`` (failed passes)
+        and the prefix cache's ``prefix_hits`` / ``prefix_misses``."""
+        with self._ground_cond:
+            s = dict(self._grounding_stats)
+        with self._targets_lock:
+            s["in_flight"] = sum(t.in_flight for t in self._targets.values())
+        s["ms_mean"] = s.pop("ms_total") / s["groundings"] if s["groundings"] else 0.0
+        cache = self._prefix_cache
+        s["prefix_hits"] = cache.hits if cache is not None else 0
+        s["prefix_misses"] = cache.misses if cache is not None else 0
+        return s
+
+    def wait_grounded(self, timeout_s: float = 30.0) -> bool:
+        """Live schedule: block until no target is being grounded or due for grounding (a result waiting for
+        the next frame counts as done); True when that happened within ``timeout_s``. For replays that must
+        not skip an MLLM pass (``glus-ros eval --live`` without drops); a camera never waits. Other
+        schedules: True at once."""
+        if not self.live:
+            return True
+        self._start_grounder()
+        self._wake_grounder()
+        deadline = time.perf_counter() + timeout_s
+        with self._ground_cond:
+            while True:
+                with self._targets_lock:
+                    newest = self._step - 1
+                    busy = any(t.in_flight or self._due_live(t, newest) for t in self._targets.values())
+                if not busy or self._step == 0:
+                    return True
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return False
+                self._ground_cond.wait(min(left, 0.05))
 
     def cache_sizes(self) -> dict[str, int]:
         """How much per-frame and per-target state is held (all bounded; for monitoring and tests)."""
@@ -381,12 +548,15 @@ class StreamingEngine:
 
     # --- internals ------------------------------------------------------------------------------
     def _reset_locked(self) -> None:
-        sampling = self.model.cfg.sampling
-        self._sampler = StreamingSampler(self.config.history, sampling.num_context, sampling.num_query)
-        self._clip_inputs.clear()
-        self._clip_embeds.clear()
+        self._sampler = self._new_sampler()
+        with self._frames_lock:
+            self._clip_inputs.clear()
+            self._clip_embeds.clear()
+            self._seqs.clear()
+        self._newest_image = None  # (the prefix cache matches its entries exactly: nothing stale can hit)
         self._size = None
         self._step = 0
+        self._epoch += 1
         with self._targets_lock:
             for target in self._targets.values():
                 target.bank = self.model.new_memory_bank()
@@ -394,6 +564,8 @@ class StreamingEngine:
                 target.needs_ground = True
                 target.since_ground = 0
                 target.score = 1.0
+                target.pending = None
+                target.grounded_step = target.grounded_seq = None
                 for phrase in target.more:
                     phrase.bank = self.model.new_memory_bank()
                     phrase.prompt = None
@@ -420,7 +592,8 @@ class StreamingEngine:
 
     def _run(self, frame: StreamFrame, submitted: float) -> FrameResult:
         height, width = frame.image.shape[:2]
-        with self._model_lock:
+        busy = self._priority.busy() if self.live else contextlib.nullcontext()
+        with busy, self._model_lock:
             if self._size is not None and self._size != (height, width):
                 log.warning("frame size changed from %dx%d to %dx%d: resetting history and target memories",
                             self._size[1], self._size[0], width, height)
@@ -430,6 +603,8 @@ class StreamingEngine:
                 active = list(self._targets.values())
             with torch.inference_mode(), autocast_context(self.model.device, self.config.dtype):
                 outputs = self._infer(frame, active)
+        if self.live:
+            self._wake_grounder()
         with self._cond:
             self._stats["frames_processed"] += 1
             dropped, self._dropped_since_result = self._dropped_since_result, 0
@@ -438,6 +613,7 @@ class StreamingEngine:
                            frames_dropped=dropped, image=frame.image)
 
     def _due(self, target: _Target) -> bool:
+        """Inline schedules: whether the target is grounded on the current frame."""
         if target.answer_ids is not None and not target.seg_slots:
             return False  # an answer that grounds nothing: no [SEG] to refresh
         if self.config.schedule == "full" or target.needs_ground or target.prompt is None:
@@ -445,62 +621,113 @@ class StreamingEngine:
         score = min([target.score, *(p.score for p in target.more)])  # any phrase faded: re-ground them all
         return target.since_ground >= self.config.reground_every or score < self.config.reground_below
 
-    def _infer(self, frame: StreamFrame, active: list[_Target]) -> list[TargetOutput]:
+    def _due_live(self, target: _Target, newest: int) -> bool:
+        """Live schedule: whether the worker should ground the target on the window of frame step ``newest``."""
+        if target.in_flight or target.pending is not None:
+            return False
+        if target.answer_ids is not None and not target.seg_slots:
+            return False
+        if target.needs_ground or target.prompt is None or target.grounded_step is None:
+            return True
+        score = min([target.score, *(p.score for p in target.more)])
+        return newest - target.grounded_step >= self.config.reground_every or score < self.config.reground_below
+
+    # --- the tracker ---------------------------------------------------------------------------
+    def _push_frame(self, frame: StreamFrame) -> torch.Tensor:
+        """Add the frame to the history (its CLIP input kept, frames no window can read dropped); returns the
+        SAM 2 image encoder's input (1, 3, S, S). Both inputs are resized while the frame is 8-bit, once when
+        the two encoders read the same size (``transforms.resize_uint8``)."""
         model = self.model
-        pixels = to_tensor([frame.image]).to(model.device)
+        clip_size, sam_size = model.cfg.vlm.image_size, model.sam.image_size
+        small = resize_uint8(frame.image, clip_size).to(model.device)
+        sam_small = small if sam_size == clip_size else resize_uint8(frame.image, sam_size).to(model.device)
         step = self._step
-        self._clip_inputs[step] = clip_input(pixels, model.cfg.vlm.image_size)[0]
+        clip = normalise_uint8(small, CLIP_MEAN, CLIP_STD)[0]
         self._step += 1
         self._sampler.push(step)
-        kept = set(self._sampler.buffered())
-        for store in (self._clip_inputs, self._clip_embeds):
-            for old in [s for s in store if s not in kept]:
-                del store[old]
+        self._newest_image = frame.image
+        kept = set(self._sampler.buffered()) | set(self._sampler.context_frames())
+        with self._frames_lock:
+            self._clip_inputs[step] = clip
+            self._seqs[step] = frame.seq
+            for store in (self._clip_inputs, self._clip_embeds, self._seqs):
+                for old in [s for s in store if s not in kept]:
+                    del store[old]
+        return normalise_uint8(sam_small, IMAGENET_MEAN, IMAGENET_STD)
+
+    def _infer(self, frame: StreamFrame, active: list[_Target]) -> list[TargetOutput]:
+        model = self.model
+        sam_pixels = self._push_frame(frame)
         if not active:
             return []
-        features = model.encode_sam_frames(sam_input(pixels, model.sam.image_size))  # this frame only
-        grounding = [t for t in active if self._due(t)]
+        features = model.encode_sam_frames(sam_pixels)  # this frame only
         height, width = frame.image.shape[:2]
-        head_points: dict[int, list[tuple[float, float]]] = {}
-        maps: dict[int, torch.Tensor] = {}  # this frame's grounding maps, for the targets grounded on it
-        referring = [t for t in grounding if t.kind == "expression"]
-        if referring:
-            prompts, points, grid = self._ground([t.spec.expression for t in referring])
-            for i, target in enumerate(referring):
-                if grid is not None:
-                    maps[id(target)] = grid[i:i + 1]
-                target.prompt = prompts[i:i + 1]
-                if points is not None:
-                    head_points[id(target)] = [(x * width, y * height) for x, y in points[i]]
-        dropped = self._ground_regions([t for t in grounding if t.kind == "region"], frame.image)
-        for target in grounding:
-            if target.kind == "question":
-                self._ground_question(target)
-        for target in grounding:
-            target.needs_ground = False
-            target.since_ground = 0
+        if self.live:
+            with self._targets_lock:
+                landed = [(t, t.pending) for t in active if t.pending is not None]
+                for target, _ in landed:
+                    target.pending = None
+        else:
+            due = [t for t in active if self._due(t)]
+            landed = []
+            if due:
+                start = time.perf_counter()
+                landed = self._compute_groundings(self._snapshot(), due)
+                self._count_grounding(len(landed), (time.perf_counter() - start) * 1000.0)
+        fresh: dict[int, _Grounding] = {}
+        dropped: set[int] = set()
+        for target, grounding in landed:
+            if grounding.epoch != self._epoch:
+                continue  # computed on the history before a reset
+            if grounding.error is not None:
+                self._drop(target, grounding.error)
+                dropped.add(id(target))
+                continue
+            self._apply(target, grounding)
+            fresh[id(target)] = grounding
+        tracks: list[tuple[_Target, _Target | _Phrase, str]] = []  # (target, track, output id)
+        for target in active:
+            if id(target) in dropped or target.prompt is None:
+                continue
+            tracks.append((target, target, target.spec.target_id))
+            tracks += [(target, phrase, phrase_target_id(target.spec.target_id, k))
+                       for k, phrase in enumerate(target.more, start=1)]
+        decoded: dict[int, tuple[np.ndarray, float, str]] = {}
+        if tracks:
+            grids = [fresh[id(t)].grid if track is t and id(t) in fresh else None for t, track, _ in tracks]
+            preds = model.track_steps(features, [track.prompt for _, track, _ in tracks],
+                                      [track.bank for _, track, _ in tracks], grids)
+            for (target, track, _), pred in zip(tracks, preds, strict=True):
+                decoded[id(track)] = self._read_prediction(pred, track, id(target) in fresh, height, width)
         outputs = []
         for target in active:
-            if any(t is target for t in dropped):
+            if id(target) in dropped:
                 continue
-            if target.prompt is None:  # a question whose answer grounds nothing
-                target.score, target.state = 0.0, "lost"
-                outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "lost", frame))
+            if target.prompt is None:
+                if target.answer_ids is not None and not target.seg_slots:  # an answer that grounds nothing
+                    target.score, target.state = 0.0, "lost"
+                    outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "lost", frame))
+                else:  # live: waiting for its first grounding
+                    target.state = "grounding"
+                    outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "grounding",
+                                                frame))
                 continue
-            grounded = any(t is target for t in grounding)
-            mask, score, state = self._decode(features, target, maps.get(id(target)), grounded, height, width)
+            head_points = None
+            grounding = fresh.get(id(target))
+            if grounding is not None and grounding.points is not None:
+                head_points = [(x * width, y * height) for x, y in grounding.points]
             target.since_ground += 1
-            outputs.append(self._output(target, mask, score, state, frame, head_points.get(id(target))))
+            mask, score, state = decoded[id(target)]
+            outputs.append(self._output(target, mask, score, state, frame, head_points))
             for k, phrase in enumerate(target.more, start=1):  # a question's further grounded phrases
-                mask, score, state = self._decode(features, phrase, None, grounded, height, width)
+                mask, score, state = decoded[id(phrase)]
                 outputs.append(self._output(target, mask, score, state, frame,
                                             output_id=phrase_target_id(target.spec.target_id, k)))
         return outputs
 
-    def _decode(self, features: FrameFeatures, track: _Target | _Phrase, grid: torch.Tensor | None,
-                grounded: bool, height: int, width: int) -> tuple[np.ndarray, float, str]:
-        """One SAM 2 step of a target (or phrase) with its own prompt and memory bank; updates its score/state."""
-        pred = self.model.track_step(features, track.prompt, track.bank, grid)
+    def _read_prediction(self, pred: MaskPrediction, track: _Target | _Phrase, grounded: bool, height: int,
+                         width: int) -> tuple[np.ndarray, float, str]:
+        """A track's mask, score and state from its SAM 2 step; updates the track's score/state."""
         score = float(torch.sigmoid(pred.object_score.float())[0, 0])
         if score > VISIBLE_ABOVE:
             mask = (logits_to_frame(pred.logits, height, width)[0] > 0).cpu().numpy()
@@ -511,30 +738,74 @@ class StreamingEngine:
         track.score, track.state = score, state
         return mask, score, state
 
-    def _window(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+    def _apply(self, target: _Target, grounding: _Grounding) -> None:
+        """A grounding's prompts (and, first time, region embedding or answer) into the target; tracker only."""
+        if grounding.region_embed is not None and target.region_embed is None:
+            target.region_embed = grounding.region_embed
+        if grounding.answer is not None and target.answer_ids is None:
+            ids, text, phrases, slots = grounding.answer
+            target.answer_ids, target.answer, target.phrases, target.seg_slots = list(ids), text, phrases, slots
+            target.more = [_Phrase(self.model.new_memory_bank()) for _ in slots[1:]]
+        target.prompt = grounding.prompt
+        for phrase, prompt in zip(target.more, grounding.phrase_prompts, strict=False):
+            phrase.prompt = prompt
+        target.needs_ground = False
+        target.since_ground = 0
+        target.grounded_step, target.grounded_seq = grounding.step, grounding.seq
+
+    # --- the MLLM --------------------------------------------------------------------------------
+    def _snapshot(self) -> _Window:
+        """The newest frame's window (call with the model lock held)."""
+        context = self._sampler.context_frames()
+        query = self._sampler.query_frames()
+        step = query[-1]
+        with self._frames_lock:
+            inputs = {s: self._clip_inputs[s] for s in dict.fromkeys(context + query)}
+            seq = self._seqs[step]
+        assert self._newest_image is not None
+        return _Window(step, seq, self._epoch, context, query, inputs, self._newest_image)
+
+    def _compute_groundings(self, window: _Window, targets: list[_Target]) -> list[tuple[_Target, _Grounding]]:
+        """One MLLM pass per kind of target (referring targets batched, regions batched, each question alone)."""
+        with self._mllm_lock:
+            results: list[tuple[_Target, _Grounding]] = []
+            referring = [t for t in targets if t.kind == "expression"]
+            if referring:
+                prompts, points, grid = self._ground(window, [t.spec.expression for t in referring])
+                for i, target in enumerate(referring):
+                    results.append((target, _Grounding(
+                        window.step, window.seq, window.epoch, prompt=prompts[i:i + 1],
+                        grid=None if grid is None else grid[i:i + 1], points=None if points is None else points[i])))
+            results += self._ground_regions(window, [t for t in targets if t.kind == "region"])
+            for target in targets:
+                if target.kind == "question":
+                    results.append((target, self._ground_question(window, target)))
+            return results
+
+    def _window(self, window: _Window, batch: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
         """Context (B, Nc, T, D) and query window (B, Nq, T, D) embeddings for ``batch`` prompts, the
         newest frame's query slot (padding repeats the newest frame, so any slot >= it works) and the
         context frames' pixels (B, Nc, 3, S, S) for a motion field (None without context frames)."""
-        context = self._sampler.context_frames()
-        query = self._sampler.query_frames()
+        context, query = window.context, window.query
         num_query = self.model.cfg.sampling.num_query
         padded = query + [query[-1]] * (num_query - len(query))  # stream start: repeat the newest frame
-        embeds = self._embeds(context + padded)
+        embeds = self._embeds(window, context + padded)
         context_embeds = embeds[None, : len(context)].expand(batch, -1, -1, -1)
         query_embeds = embeds[None, len(context):].expand(batch, -1, -1, -1)
         pixels = None
         if context:
-            pixels = torch.stack([self._clip_inputs[s] for s in context])[None].expand(batch, -1, -1, -1, -1)
+            pixels = torch.stack([window.inputs[s] for s in context])[None].expand(batch, -1, -1, -1, -1)
         return context_embeds, query_embeds, len(query) - 1, pixels
 
-    def _ground(self, expressions: list[str]) -> tuple[torch.Tensor, list[list[tuple[float, float]]] | None,
-                                                       torch.Tensor | None]:
+    def _ground(self, window: _Window, expressions: list[str]) -> tuple[
+            torch.Tensor, list[list[tuple[float, float]]] | None, torch.Tensor | None]:
         """One batched MLLM pass over (context, query window) -> (B, prompt_dim) prompts for the newest frame,
         the point head's normalised points for it (None without a point head) and its grounding maps
         (B, G, G) (None without one)."""
-        context_embeds, query_embeds, newest, context_pixels = self._window(len(expressions))
+        context_embeds, query_embeds, newest, context_pixels = self._window(window, len(expressions))
         with self._tokenizer_lock:
-            out = self.model.seg_prompts(context_embeds, query_embeds, expressions, context_pixels=context_pixels)
+            out = self.model.seg_prompts(context_embeds, query_embeds, expressions, context_pixels=context_pixels,
+                                         **({"prefix_cache": self._prefix_cache} if self._prefix_cache else {}))
         points = None
         if self.model.point_head is not None and self.model.cfg.points is not None:
             states = out.query_states[:, newest:newest + 1] if out.query_states is not None else None
@@ -543,57 +814,57 @@ class StreamingEngine:
         grid = out.grounding[:, newest] if out.grounding is not None else None
         return out.prompts[:, newest], points, grid
 
-    def _ground_regions(self, targets: list[_Target], image: np.ndarray) -> list[_Target]:
-        """Prompts of "track <region>" for the newest frame in one batched MLLM pass; returns the targets dropped
-        because their region does not fit this frame (first grounding before any frame size was known)."""
-        dropped, ready = [], []
+    def _ground_regions(self, window: _Window, targets: list[_Target]) -> list[tuple[_Target, _Grounding]]:
+        """Prompts of "track <region>" for the newest frame in one batched MLLM pass; a region that does not fit
+        the frame (first grounding before any frame size was known) gives a grounding with its error."""
+        results, ready, embeds = [], [], []
         for target in targets:
-            if target.region_embed is None:  # first grounding: the newest frame is the one the region refers to
+            embed = target.region_embed
+            if embed is None:  # first grounding: the newest frame is the one the region refers to
                 try:
-                    target.region_embed = self.model.encode_regions({0: image}, [target.spec.region])
+                    embed = self.model.encode_regions({0: window.image}, [target.spec.region])
                 except ValueError as exc:
-                    self._drop(target, exc)
-                    dropped.append(target)
+                    results.append((target, _Grounding(window.step, window.seq, window.epoch, error=exc)))
                     continue
             ready.append(target)
+            embeds.append(embed)
         if ready:
-            context_embeds, query_embeds, newest, _pixels = self._window(len(ready))
+            context_embeds, query_embeds, newest, _pixels = self._window(window, len(ready))
             with self._tokenizer_lock:
                 out = self.model.grounded_prompts(context_embeds, query_embeds, [TRACK_REGION_QUESTION] * len(ready),
-                                                  region_embeds=[t.region_embed for t in ready])
-            for target, prompts in zip(ready, out.prompts, strict=True):
-                target.prompt = prompts[newest:newest + 1]  # one [SEG] per query frame, as the referring path
-        return dropped
+                                                  region_embeds=embeds)
+            for target, embed, prompts in zip(ready, embeds, out.prompts, strict=True):
+                results.append((target, _Grounding(  # one [SEG] per query frame, as the referring path
+                    window.step, window.seq, window.epoch, prompt=prompts[newest:newest + 1],
+                    region_embed=embed if target.region_embed is None else None)))
+        return results
 
-    def _ground_question(self, target: _Target) -> None:
-        """The first grounding generates and keeps the answer (and gives each grounded phrase after the first its
-        own memory bank); later ones teacher-force it on the current window (one MLLM pass each) to refresh every
-        grounded phrase's [SEG] prompt."""
-        context_embeds, query_embeds, _newest, _pixels = self._window(1)
+    def _ground_question(self, window: _Window, target: _Target) -> _Grounding:
+        """The first grounding generates the answer (kept by the target when applied); later ones teacher-force
+        it on the current window (one MLLM pass each) to refresh every grounded phrase's [SEG] prompt."""
+        result = _Grounding(window.step, window.seq, window.epoch)
+        context_embeds, query_embeds, _newest, _pixels = self._window(window, 1)
         question = target.spec.expression
         with self._tokenizer_lock:
             if target.answer_ids is None:
                 generated = self.model.generate_answer(context_embeds, query_embeds, question,
                                                        self.config.answer_tokens)
                 grounded = generated.answer.grounded
-                target.answer_ids = list(generated.token_ids)
-                target.answer = generated.answer.text
-                target.phrases = [(p.text, p.start, p.end) for p in grounded]
-                target.seg_slots = [p.seg_index for p in grounded]
-                target.more = [_Phrase(self.model.new_memory_bank()) for _ in grounded[1:]]
+                slots = [p.seg_index for p in grounded]
+                result.answer = (list(generated.token_ids), generated.answer.text,
+                                 [(p.text, p.start, p.end) for p in grounded], slots)
                 prompts = generated.prompts
             elif target.seg_slots:
+                slots = target.seg_slots
                 prompts = self.model.grounded_prompts(context_embeds, query_embeds, question,
                                                       answer_ids=[target.answer_ids]).prompts[0]
             else:
-                return
-        if not target.seg_slots:
-            target.prompt = None
-            return
-        first, *rest = target.seg_slots
-        target.prompt = prompts[first:first + 1]
-        for phrase, slot in zip(target.more, rest, strict=True):
-            phrase.prompt = prompts[slot:slot + 1]
+                return result
+        if slots:
+            first, *rest = slots
+            result.prompt = prompts[first:first + 1]
+            result.phrase_prompts = [prompts[slot:slot + 1] for slot in rest]
+        return result
 
     def _drop(self, target: _Target, exc: Exception) -> None:
         """Remove a target the worker cannot ground; reported like other worker errors, nothing else is lost."""
@@ -605,18 +876,110 @@ class StreamingEngine:
         with self._cond:
             self._stats["errors"] += 1
 
-    def _embeds(self, steps: list[int]) -> torch.Tensor:
-        missing = [s for s in dict.fromkeys(steps) if s not in self._clip_embeds]
+    def _embeds(self, window: _Window, steps: list[int]) -> torch.Tensor:
+        with self._frames_lock:
+            known = {s: self._clip_embeds[s] for s in steps if s in self._clip_embeds}
+        missing = [s for s in dict.fromkeys(steps) if s not in known]
         if missing:
-            encoded = self.model.encode_clip_frames(torch.stack([self._clip_inputs[s] for s in missing]))
-            for s, e in zip(missing, encoded, strict=True):
-                self._clip_embeds[s] = e
-        return torch.stack([self._clip_embeds[s] for s in steps])
+            encoded = self.model.encode_clip_frames(torch.stack([window.inputs[s] for s in missing]))
+            with self._frames_lock:
+                for s, e in zip(missing, encoded, strict=True):
+                    known[s] = e
+                    if s in self._clip_inputs and window.epoch == self._epoch:  # still in the history
+                        self._clip_embeds[s] = e
+        return torch.stack([known[s] for s in steps])
 
-    @staticmethod
-    def _output(target: _Target, mask: np.ndarray, score: float, state: str, frame: StreamFrame,
+    # --- the live grounding worker ---------------------------------------------------------------
+    def _start_grounder(self) -> None:
+        with self._ground_cond:
+            if self._grounder is not None and self._grounder.is_alive():
+                return
+            self._grounder_stop = threading.Event()
+            self._grounder = threading.Thread(target=self._grounder_loop, args=(self._grounder_stop,),
+                                              name="glus-grounding-worker", daemon=True)
+            self._grounder.start()
+
+    def _stop_grounder(self) -> threading.Thread | None:
+        with self._ground_cond:
+            self._grounder_stop.set()
+            grounder, self._grounder = self._grounder, None
+            self._ground_cond.notify_all()
+        return grounder
+
+    def _wake_grounder(self) -> None:
+        with self._ground_cond:
+            self._ground_wanted = True
+            self._ground_cond.notify_all()
+
+    def _grounder_loop(self, stop: threading.Event) -> None:
+        hooks = []
+        if self.config.yield_to_tracker and self.model.device.type == "cpu":  # on a GPU the loops do not compete
+            hooks = yield_between_layers(self.model.vlm, self._priority, threading.current_thread())
+        try:
+            while True:
+                with self._ground_cond:
+                    while not self._ground_wanted and not stop.is_set():
+                        self._ground_cond.wait()
+                    if stop.is_set():
+                        return
+                    self._ground_wanted = False
+                self._ground_once(stop)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _ground_once(self, stop: threading.Event) -> None:
+        """Ground every due target on a snapshot of the newest window; the results wait for the tracker."""
+        with self._model_lock:
+            if self._step == 0:
+                return
+            with self._targets_lock:
+                newest = self._step - 1
+                due = [t for t in self._targets.values() if self._due_live(t, newest)]
+                for target in due:
+                    target.in_flight = True
+            if not due:
+                with self._ground_cond:
+                    self._ground_cond.notify_all()  # wait_grounded: nothing left
+                return
+            window = self._snapshot()
+        start = time.perf_counter()
+        results: list[tuple[_Target, _Grounding]] = []
+        try:
+            with torch.inference_mode(), autocast_context(self.model.device, self.config.dtype):
+                results = self._compute_groundings(window, due)
+        except Exception:
+            log.exception("grounding worker failed on the window of frame seq %d; retrying on a later frame",
+                          window.seq)
+            with self._ground_cond:
+                self._grounding_stats["errors"] += 1
+            with self._cond:
+                self._stats["errors"] += 1
+            stop.wait(0.05)  # no busy loop on a persistent fault
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        with self._targets_lock:
+            for target, grounding in results:
+                if self._targets.get(target.spec.target_id) is target:  # not removed or replaced meanwhile
+                    target.pending = grounding
+            for target in due:
+                target.in_flight = False
+        if results:
+            self._count_grounding(len(results), elapsed_ms)
+        with self._ground_cond:
+            self._ground_wanted = True  # look again: more may be due (e.g. added meanwhile)
+            self._ground_cond.notify_all()
+
+    def _count_grounding(self, targets: int, elapsed_ms: float) -> None:
+        with self._ground_cond:
+            self._grounding_stats["groundings"] += 1
+            self._grounding_stats["targets_grounded"] += targets
+            self._grounding_stats["ms_total"] += elapsed_ms
+            self._grounding_stats["ms_last"] = elapsed_ms
+
+    def _output(self, target: _Target, mask: np.ndarray, score: float, state: str, frame: StreamFrame,
                 head_points: list[tuple[float, float]] | None = None, output_id: str | None = None) -> TargetOutput:
         spec = target.spec
+        age = None if target.grounded_step is None else self._step - 1 - target.grounded_step
         # one point per connected component, largest first; the representative point is the largest one's
         # (a mask of specks below component_points' min_area still gets its interior point)
         mask_points = component_points(mask) or [p for p in [mask_point(mask)] if p is not None]
@@ -629,4 +992,5 @@ class StreamingEngine:
                             mode=spec.mode,
                             points=head_points if head_points is not None else mask_points,
                             answer=target.answer, phrases=list(target.phrases),
-                            phrase_target_ids=target.phrase_ids())
+                            phrase_target_ids=target.phrase_ids(), grounded_seq=target.grounded_seq,
+                            grounding_age=age)

@@ -76,6 +76,11 @@ class TargetOutput:
     phrases: list[tuple[str, int, int]] = field(default_factory=list)
     # the output id each phrase is tracked under (same length as ``phrases``; empty for other targets)
     phrase_target_ids: list[str] = field(default_factory=list)
+    # seq of the frame whose window the MLLM computed the prompt in use on (None: no grounding yet, the target
+    # waits for its first one: state "grounding", empty mask), and how many frames before this one that was
+    # (0: grounded on this very frame, as in the inline schedules)
+    grounded_seq: int | None = None
+    grounding_age: int | None = None
 
 
 @dataclass
