@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,10 +172,12 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
 
 
 def model_config_dirs() -> list[Path]:
-    """Where named configs live: the source tree's ``models/`` and the installed share folder."""
+    """Where named configs live: the source tree's ``models/`` and the installed share folders (this prefix's,
+    then every ament prefix's: a colcon install puts them in ``<install>/glus_ros/share/glus_ros/models``)."""
     here = Path(__file__).resolve().parents[2] / "models"
-    installed = Path(sys.prefix) / "share" / "glus_ros" / "models"
-    return [p for p in (here, installed) if p.is_dir()]
+    prefixes = [sys.prefix, *(p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p)]
+    installed = [Path(prefix) / "share" / "glus_ros" / "models" for prefix in prefixes]
+    return list(dict.fromkeys(p for p in (here, *installed) if p.is_dir()))
 
 
 def resolve_config_path(spec: str | Path) -> Path:
