@@ -13,14 +13,16 @@ pip ignores it and installs them in ``bin/`` (``scripts/ament_register.py`` adds
 from glob import glob
 from os.path import isfile
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 PACKAGE = "glus_ros"
 
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=["glus_ros", "glus_ros.*"]),
+    # namespace-aware: glus_ros/model has no __init__.py, and plain find_packages() would leave it out of every
+    # non-editable install (colcon build, pip install .)
+    packages=find_namespace_packages(include=["glus_ros", "glus_ros.*"], exclude=["*.__pycache__"]),
     package_data={"glus_ros.training": ["*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

@@ -125,18 +125,21 @@ def test_colcon_installs_the_ament_python_layout(installed: Path, workspace: Pat
     assert not list(source.glob("*.egg-info")) and not (source / "build").exists(), "the build wrote into src/"
 
     # the ament index and Python paths of a sourced workspace: the install, then the underlay
-    code = ("import glus_ros, glus_ros.training.losses\n"
+    code = ("import sys, glus_ros.training.losses, glus_ros.ros.tracker_node, glus_ros.inference\n"
             "from ament_index_python.packages import get_package_prefix, get_package_share_directory, "
             "get_packages_with_prefixes\n"
             "from glus_ros.model.config import resolve_config_path\n"
             "print(get_package_share_directory('glus_ros')); print(get_package_prefix('glus_ros'))\n"
-            "print(get_packages_with_prefixes()['glus_ros_msgs']); print(glus_ros.__file__)\n"
-            "print(resolve_config_path('glus-tiny-synth'))\n")
+            "print(get_packages_with_prefixes()['glus_ros_msgs']); print(resolve_config_path('glus-tiny-synth'))\n"
+            "ours = [m for n, m in list(sys.modules.items()) if n == 'glus_ros' or n.startswith('glus_ros.')]\n"
+            "print(len(ours)); print(*(m.__file__ or list(m.__path__)[0] for m in ours))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=workspace, env={**os.environ, **installed_env(installed)},
                          capture_output=True, text=True, check=True).stdout.split()
-    share, prefix, msgs_prefix, module, model = out
+    share, prefix, msgs_prefix, model, count, *modules = out
     assert (Path(share), Path(prefix), Path(msgs_prefix)) == (installed / "share" / PACKAGE, installed, VENV)
-    assert Path(module).is_relative_to(site_packages(installed))  # the installed copy, not the source tree
+    # every glus_ros module (glus_ros.model too: a namespace package) comes from the install, none from the tree
+    assert int(count) > 20 and len(modules) == int(count)
+    assert all(Path(m).is_relative_to(site_packages(installed)) for m in modules), modules
     assert Path(model).is_relative_to(installed / "share" / PACKAGE / "models")
 
 

@@ -94,6 +94,7 @@ def _report(**changes: object) -> HealthReport:
 def test_health_levels() -> None:
     assert health_level(_report(), "active", "") == (0, "tracking at 25.0 Hz")
     assert health_level(_report(input_hz=0.0), "active", "")[0] == 1
+    assert health_level(_report(input_hz=0.0, window_s=0.0), "active", "") == (0, "active (first sample: no rates yet)")
     assert health_level(_report(input_hz=0.0), "inactive", "") == (0, "inactive (configured, not tracking)")
     assert health_level(_report(dropped_fraction=0.6), "active", "")[1].startswith("dropping 60% of the frames")
     assert health_level(_report(errors_in_window=3), "active", "") == (2, "3 frames failed in the last 5 s")

@@ -172,10 +172,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
 
 
 def model_config_dirs() -> list[Path]:
-    """Where named configs live: the source tree's ``models/`` and the installed share folders (this prefix's,
-    then every ament prefix's: a colcon install puts them in ``<install>/glus_ros/share/glus_ros/models``)."""
+    """Where named configs live: the source tree's ``models/`` and the installed share folders, the ament prefixes'
+    first in their order (a colcon overlay: ``<install>/glus_ros/share/glus_ros/models``), then this prefix's."""
     here = Path(__file__).resolve().parents[2] / "models"
-    prefixes = [sys.prefix, *(p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p)]
+    prefixes = [*(p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p), sys.prefix]
     installed = [Path(prefix) / "share" / "glus_ros" / "models" for prefix in prefixes]
     return list(dict.fromkeys(p for p in (here, *installed) if p.is_dir()))
 

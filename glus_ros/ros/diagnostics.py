@@ -103,7 +103,9 @@ def health_level(report: HealthReport, lifecycle_state: str, last_error: str) ->
     if lifecycle_state != "active":
         return 0, {"inactive": "inactive (configured, not tracking)", "unconfigured": "unconfigured (no model)",
                    "finalized": "finalized"}.get(lifecycle_state, lifecycle_state)
-    if report.window_s > 0 and report.input_hz == 0.0:
+    if report.window_s == 0:
+        return 0, "active (first sample: no rates yet)"
+    if report.input_hz == 0.0:
         return 1, f"active, but no camera frame in the last {report.window_s:.0f} s"
     if report.dropped_fraction > DROP_WARN_FRACTION:
         return 1, f"dropping {report.dropped_fraction:.0%} of the frames (the model is slower than the camera)"
