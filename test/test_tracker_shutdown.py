@@ -1,6 +1,6 @@
 """The tracker node ends cleanly while frames stream: SIGINT, SIGTERM and the lifecycle shutdown transition.
 
-A real ``tracker_node`` process (``python -m glus_ros.ros.tracker_node``, the console script's code) is configured
+A real ``tracker_node`` process (the venv's ``lib/glus_ros/tracker_node``, what ``ros2 launch`` starts) is configured
 and activated over its lifecycle services, tracks a target on a synthetic camera child process at 30 Hz, and is
 stopped while its worker is publishing: exit status 0 and no traceback (e.g. "Failed to publish: publisher's
 context is invalid" from a worker that published after rclpy shut down).
@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +48,9 @@ def no_traceback(stderr: str) -> bool:
 
 
 def tracker_command(node: str) -> list[str]:
-    return [sys.executable, "-m", "glus_ros.ros.tracker_node", "--ros-args", "-r", f"__node:={node}",
+    executable = Path(sys.prefix) / "lib" / "glus_ros" / "tracker_node"  # registered by scripts/install.sh
+    assert executable.is_file(), f"{executable} is missing: run scripts/install.sh (scripts/ament_register.py)"
+    return [str(executable), "--ros-args", "-r", f"__node:={node}",
             "-p", "image_topic:=/glus_shutdown/image", "-p", "use_depth:=true",
             "-p", "depth_topic:=/glus_shutdown/depth", "-p", "camera_info_topic:=/glus_shutdown/info"]
 
