@@ -120,10 +120,9 @@ def install_stand_in(folder: Path, monkeypatch: pytest.MonkeyPatch, name: str, c
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(textwrap.dedent(code))
     monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, name, None)  # records what was there (usually nothing): undone after the test
+    del sys.modules[name]  # ... and now nothing is: the import below finds the stand-in
     try:
-        module = __import__(name)
+        return __import__(name)
     except Exception:
         return None  # a broken package: what the code under test imports next fails the same way
-    monkeypatch.setitem(sys.modules, name, module)
-    return module
