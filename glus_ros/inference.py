@@ -118,6 +118,14 @@ class VideoSegmenter:
         """Masks for every frame; ``key_frame`` lets the selector choose ``start_frame``."""
         if len(frames) == 0:
             raise ValueError("the video has no frames")
+        if self.model.cfg.official is not None:  # the released weights: the official inference, step for step
+            from glus_ros.official_glus import OfficialVideoSegmenter
+
+            if key_frame:
+                raise ValueError("the released GLUS weights carry no key-frame selector (GLUS's key-frame "
+                                 "selection is a separate model): give the key frame as start_frame")
+            # the expression as given: the official prompt keeps its spacing (official_prompt.official_expression)
+            return OfficialVideoSegmenter(self.model).segment(frames, expression, start_frame, progress)
         expression = clean_expression(expression)
         key_scores = None
         if key_frame:
@@ -173,7 +181,8 @@ class VideoSegmenter:
 
 
 def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_checkpoint: str | Path | None = None,
-               device: str = "cpu", overrides: dict | None = None) -> GLUSModel:
+               device: str = "cpu", overrides: dict | None = None, vision_tower: str | Path | None = None,
+               dtype: str | None = None) -> GLUSModel:
     """A model from a config name / YAML / trained directory, with optional official checkpoints.
 
     ``overrides`` change config values that do not change the weights' shapes (e.g. ablations:
@@ -181,7 +190,23 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     folder (``ADDABLE_HEADS``), give its vision tower a finer input with the same token grid
     (``{"vlm": {"image_size": 128, "vision": {"patch_size": 16}}}``: the patch kernels are resized), or
     deepen its LLM (``{"vlm": {"text": {"num_hidden_layers": 8}}}``: new layers start as the identity).
+
+    A config with an ``official`` section (glus-s, glus-a) loads a released GLUS folder as it is published
+    (``glus_ros.official_glus.load_official_model``): ``vision_tower`` is the local CLIP folder and ``dtype``
+    the weights' precision ("bf16" by default on CUDA, else "fp32").
     """
+    from glus_ros.backends.loading import backend_of
+
+    if (backend := backend_of(spec)) != "glus":
+        raise ValueError(f"model {spec} is a {backend} model (glus_ros.backends): this runs GLUS models only; "
+                         "`glus-ros segment --points` runs it")
+    if _is_official(spec, overrides):
+        from glus_ros.official_glus import load_official_model
+
+        return load_official_model(spec, checkpoint, sam2_checkpoint, device, overrides, vision_tower, dtype)
+    if vision_tower is not None:
+        raise ValueError(f"--vision-tower is for the released GLUS weights (glus-s, glus-a); model {spec} "
+                         "carries its own vision tower")
     from glus_ros.model.checkpoints import (
         ADDABLE_HEADS,
         load_glus_checkpoint,
@@ -206,6 +231,12 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     if ckpt_dir is not None:
         load_glus_checkpoint(model, ckpt_dir)
     return model.to(resolve_device(device))
+
+
+def _is_official(spec: str | Path, overrides: dict | None) -> bool:
+    from glus_ros.model.config import load_config
+
+    return load_config(spec, overrides).official is not None
 
 
 def predict_dataset(model: str | Path | GLUSModel, dataset, out_dir: Path, device: str = "cpu",

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from glus_ros.commands.segment import add_model_arguments
+from glus_ros.commands.segment import add_model_arguments, load_model_from_args
 from glus_ros.model.region import REGION_TOKEN, Region, parse_region
 
 _TARGET_DIR = re.compile(r"^[A-Za-z0-9_]+$")
@@ -85,7 +85,6 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from glus_ros.grounding import GroundedSegmenter
-    from glus_ros.inference import load_model
     from glus_ros.model.prompting import clean_question
     from glus_ros.video_io import read_video, write_mask_png
 
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.start_frame is not None and not 0 <= args.start_frame < len(frames):
         raise ValueError(f"--start-frame {args.start_frame} outside the video's {len(frames)} frames")
     check_regions_on_video(regions, frames)
-    model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device)
+    model = load_model_from_args(args)
     result = GroundedSegmenter(model, dtype=args.dtype).answer(
         frames, question, regions, answer_text=args.answer, start_frame=args.start_frame,
         max_new_tokens=args.max_new_tokens, refresh_prompts=args.refresh_prompts)

@@ -17,11 +17,35 @@ log = logging.getLogger(__name__)
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the model."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"config name, YAML file or trained model directory (default: {DEFAULT_MODEL})")
-    parser.add_argument("--checkpoint", help="official GLUS/LISA checkpoint file or directory to load")
+                        help=f"config name, YAML file or trained model directory (default: {DEFAULT_MODEL}); "
+                             "'molmo2' or a Molmo2 folder for the Molmo2 backend (docs/backends.md)")
+    parser.add_argument("--checkpoint", help="official GLUS/LISA checkpoint file or directory to load "
+                                             "(--model molmo2: the Molmo2 folder)")
     parser.add_argument("--sam2-checkpoint", help="official SAM 2 .pt checkpoint for the SAM 2 head")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="autocast precision")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
+                        help="autocast precision (default fp32); for the released GLUS weights (glus-s, glus-a) "
+                             "the weights' precision (default bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--vision-tower", help="released GLUS weights: local CLIP ViT-L/14 folder "
+                                               "(openai/clip-vit-large-patch14 layout; the release has none)")
+    parser.add_argument("--model-override", help="YAML file merged into the model config (e.g. memory: {stride: 2})")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """The model the options of :func:`add_model_arguments` name; sets ``args.dtype`` to the run precision."""
+    from glus_ros.inference import load_model
+    from glus_ros.model.config import read_yaml_mapping
+
+    overrides = None
+    if args.model_override:
+        path = Path(args.model_override)
+        if not path.is_file():
+            raise FileNotFoundError(f"--model-override {path} does not exist")
+        overrides = read_yaml_mapping(path)
+    model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device, overrides,
+                       args.vision_tower, args.dtype)
+    args.dtype = args.dtype or "fp32"
+    return model
 
 
 def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
@@ -41,7 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
                         help="--points: the model's point head, one point per component of its [SEG] mask, "
                              "or auto (the head when the model has one)")
     parser.add_argument("--anchors", default="key",
-                        help="--points: 'key' (the most confident frame) or a stride K (points every K frames)")
+                        help="--points: 'key' (the most confident frame) or a stride K (points every K frames); "
+                             "a pointing backend (Molmo2): 'key' (the frame with most points), 'all' (every "
+                             "frame it pointed at) or K (those frames, at least K apart)")
     parser.add_argument("--max-frames", type=int, help="only the first N frames")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
     from glus_ros.commands.ask import add_region_arguments  # here: ask imports this module
@@ -52,8 +78,8 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from glus_ros.commands.ask import check_regions_on_video, region_or_expression
-    from glus_ros.inference import VideoSegmentation, VideoSegmenter, load_model
-    from glus_ros.video_io import overlay, read_video, write_mask_png, write_video
+    from glus_ros.inference import VideoSegmentation, VideoSegmenter
+    from glus_ros.video_io import read_video
 
     expression, region = region_or_expression(args)  # fail before loading anything
     out = Path(args.out)
@@ -63,7 +89,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.start_frame < len(frames):
         raise ValueError(f"--start-frame {args.start_frame} outside the video's {len(frames)} frames")
     check_regions_on_video([region] if region is not None else [], frames)
-    model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device)
+    from glus_ros.backends.loading import backend_of
+
+    if backend_of(args.model) != "glus":  # a pointing backend (Molmo2): points -> SAM 2 masks
+        return _run_pointing_backend(args, expression, region, frames, names, fps, out)
+    model = load_model_from_args(args)
+    if model.cfg.official is not None and region is None:
+        expression = args.expr  # the released weights' prompt takes the expression as given (spacing kept)
     if args.points and args.point_source == "head" and model.point_head is None:
         raise ValueError(f"--point-source head: model {args.model} has no point head")
     if args.key_frame and model.key_frame is None:
@@ -92,6 +124,15 @@ def run(args: argparse.Namespace) -> int:
             else:
                 result = segmenter.segment(frames, expression, start_frame=args.start_frame, progress=bar.update,
                                            key_frame=args.key_frame)
+    _write_outputs(args, expression, region, frames, names, fps, out, result, points_json)
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, expression: str, region, frames, names, fps: float, out: Path,
+                   result, points_json: dict | None, extra: dict | None = None) -> None:
+    """PNG masks, the overlay video, result.json and points.json (the same for every backend)."""
+    from glus_ros.video_io import overlay, write_mask_png, write_video
+
     out.mkdir(parents=True, exist_ok=True)
     for name, mask in zip(names, result.masks, strict=True):
         write_mask_png(out / f"{name}.png", mask)
@@ -108,12 +149,55 @@ def run(args: argparse.Namespace) -> int:
         "key_frame_scores": None if result.key_frame_scores is None
         else [round(float(s), 4) for s in result.key_frame_scores],
         "timings": result.timings, "overlay": str(video_path) if video_path else None,
+        **(extra or {}),
     }
     (out / "result.json").write_text(json.dumps(summary, indent=1))
     if points_json is not None:
         (out / "points.json").write_text(json.dumps({"normalised_xy": points_json}, indent=1))
     print(f"wrote {len(frames)} masks to {out} ({result.timings['per_frame_s'] * 1000:.0f} ms/frame)"
           + (f", overlay {video_path}" if video_path else ""))
+
+
+def _run_pointing_backend(args: argparse.Namespace, expression: str, region, frames, names, fps: float,
+                          out: Path) -> int:
+    """``segment`` with a backend that answers with points (Molmo2): points -> SAM 2 masks both ways."""
+    import time
+
+    from glus_ros.backends.loading import load_backend
+    from glus_ros.backends.video import BackendPointPredictor
+    from glus_ros.inference import VideoSegmentation
+
+    unsupported = [flag for flag, used in (("--region", region is not None), ("--key-frame", args.key_frame),
+                                           ("--start-frame", args.start_frame != 0),
+                                           ("--point-source", args.point_source != "auto"),
+                                           ("--vision-tower", args.vision_tower is not None),
+                                           ("--model-override", args.model_override is not None)) if used]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not available with the {args.model} model (a pointing "
+                         "backend: it chooses the frames it points at)")
+    if not args.points:
+        raise ValueError(f"model {args.model} answers with points: add --points (its masks are SAM 2's, "
+                         "prompted by those points and propagated both ways)")
+    anchors: str | int = args.anchors if args.anchors in ("key", "all") else _stride(args.anchors)
+    args.dtype = args.dtype or "fp32"
+    backend = load_backend(args.model, args.checkpoint, args.sam2_checkpoint, args.device, args.dtype)
+    predictor = BackendPointPredictor(backend, args.dtype, fps)
+    t0 = time.perf_counter()
+    pointed, predicted = predictor.segment(frames, expression, anchors)
+    took = time.perf_counter() - t0
+    result = VideoSegmentation(pointed.masks, pointed.scores, min(pointed.anchors, default=0),
+                               {"total_s": took, "per_frame_s": took / len(frames)})
+    grounding = predictor.last_grounding
+    points_json = {name: [[round(x, 5), round(y, 5)] for x, y in pts]
+                   for name, pts in zip(names, predicted.points, strict=True)}
+    extra = {"backend": backend.name, "anchors": pointed.anchors,
+             "answer": None if grounding is None else grounding.text,
+             "count": None if grounding is None else grounding.count,
+             "malformed_answer": bool(grounding is not None and grounding.malformed)}
+    if grounding is not None and grounding.malformed:
+        print(f"warning: the model's answer has no readable points; the target is lost on every frame: "
+              f"{(grounding.text or '')[:120]!r}")
+    _write_outputs(args, expression, region, frames, names, fps, out, result, points_json, extra)
     return 0
 
 

@@ -103,13 +103,18 @@ def load_sam2_checkpoint(sam2_base: nn.Module, path: Path, strict: bool = True) 
 
     Object-pointer weights of the official files are reported as unused: GLUS reads no pointers.
     """
+    return assign_state(sam2_base, read_sam2_state(path), str(path), strict=strict)
+
+
+def read_sam2_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of an official SAM 2 ``.pt`` (``{"model": state_dict}``); clear errors otherwise."""
     if not path.is_file():
         raise FileNotFoundError(f"SAM 2 checkpoint {path} does not exist")
     raw = _torch_load(path)
     if not isinstance(raw, dict) or "model" not in raw:
         keys = list(raw)[:5] if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{path}: not a SAM 2 checkpoint (expected a dict with a 'model' key, found {keys})")
-    return assign_state(sam2_base, raw["model"], str(path), strict=strict)
+    return raw["model"]
 
 
 def read_state_files(path: Path) -> dict[str, torch.Tensor]:

@@ -48,6 +48,13 @@ class VLMConfig:
     grounding_spatial: bool = False     # the map adds a ramp and near/far anchors for position/relation words
     grounding_motion: int = 0           # > 0: the spatial terms read a motion field of this many context frames
     visual_position: bool = False       # a learned row/column code added to each frame token (model/visual_position.py)
+    # how ``visual_token_pool`` tokens are averaged: "square" blocks of the patch grid (2x2 for 4), or "strip":
+    # runs of consecutive tokens in raster order (LLaVA/GLUS ``AvgPool1d(4, 4)``, 1x4 strips)
+    token_pool_layout: str = "square"
+    # vision tower input: "square" (resize to image_size, CLIP mean/std) or "shortest_edge_crop" (what
+    # CLIPImageProcessor does: short side bicubic to the crop size, centre crop; sizes from the CLIP folder)
+    clip_preprocess: str = "square"
+    vision_tower: str | None = None     # a local Hugging Face CLIP folder whose vision_model.* weights are loaded
 
     @property
     def patches_per_side(self) -> int:
@@ -55,6 +62,8 @@ class VLMConfig:
 
     @property
     def tokens_per_frame(self) -> int:
+        if self.token_pool_layout == "strip":
+            return self.patches_per_side ** 2 // self.visual_token_pool
         pool = _pool_side(self.visual_token_pool)
         return (self.patches_per_side // pool) ** 2
 
@@ -72,6 +81,25 @@ class MemoryConfig:
     slots: int = 7         # memory frames read per step: the previous one + older ones on a stride
     stride: int = 3        # inference stride between the older memory frames
     train_stride: int = 1
+    temporal_pos_enc: bool = True   # add SAM 2's maskmem_tpos_enc to the memory position (official GLUS: false)
+    encoder_input: str = "frame"    # memory encoder reads the frame's own features, or "conditioned" ones (official)
+
+
+@dataclass
+class DecoderConfig:
+    """How prompts enter the SAM 2 mask decoder."""
+
+    pad_point: bool = True   # a "not a point" padding point after the [SEG] prompt (SAM 2 style); official GLUS: false
+
+
+@dataclass
+class OfficialConfig:
+    """The official GLUS inference (github GLUS-video/GLUS ``inference_iter.py``, commit 8fd138b), step by step.
+
+    Present only in the configs for the released weights (glus-s, glus-a); ``glus_ros.official_glus`` runs it.
+    """
+
+    conversation: str = "llava_v1"
 
 
 @dataclass
@@ -101,6 +129,8 @@ class GLUSConfig:
     trainable: list[str] = field(default_factory=lambda: list(TRAINABLE_GROUPS))
     key_frame: KeyFrameConfig | None = None
     points: PointsConfig | None = None
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    official: OfficialConfig | None = None
 
     @property
     def sam_image_size(self) -> int:
@@ -136,6 +166,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
         memory = MemoryConfig(**raw.get("memory", {}))
         key_frame = KeyFrameConfig(**raw["key_frame"]) if raw.get("key_frame") else None
         points = PointsConfig(**raw["points"]) if raw.get("points") is not None else None  # {}: defaults
+        decoder = DecoderConfig(**raw.get("decoder", {}))
+        official = OfficialConfig(**raw["official"]) if raw.get("official") is not None else None
     except TypeError as exc:
         raise ValueError(f"{source}: {exc}") from exc
     trainable = list(raw.get("trainable", TRAINABLE_GROUPS))
@@ -145,12 +177,18 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
     cfg = GLUSConfig(
         name=str(raw.get("name", Path(source).stem)), vlm=vlm, sam2=raw["sam2"],
         sampling=sampling, memory=memory, trainable=trainable, key_frame=key_frame, points=points,
+        decoder=decoder, official=official,
     )
     if points is not None and (points.max_points < 1 or not 0.0 < points.threshold < 1.0):
         raise ValueError(f"{source}: points needs max_points >= 1 and 0 < threshold < 1")
-    _pool_side(cfg.vlm.visual_token_pool)
-    if cfg.vlm.patches_per_side % _pool_side(cfg.vlm.visual_token_pool):
-        raise ValueError(f"{source}: {cfg.vlm.patches_per_side} patches per side not divisible by the pool")
+    _check_switches(cfg, source)
+    if cfg.vlm.token_pool_layout == "strip":
+        if cfg.vlm.patches_per_side ** 2 % cfg.vlm.visual_token_pool:
+            raise ValueError(f"{source}: {cfg.vlm.patches_per_side ** 2} patch tokens not divisible by the pool")
+    else:
+        _pool_side(cfg.vlm.visual_token_pool)
+        if cfg.vlm.patches_per_side % _pool_side(cfg.vlm.visual_token_pool):
+            raise ValueError(f"{source}: {cfg.vlm.patches_per_side} patches per side not divisible by the pool")
     if cfg.memory.slots < 1 or cfg.memory.stride < 1 or cfg.memory.train_stride < 1:
         raise ValueError(f"{source}: memory slots and strides must be >= 1")
     if cfg.sampling.num_context < 0 or cfg.sampling.num_query < 1:
@@ -169,6 +207,27 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
             raise ValueError(f"{source}: the motion field reads {motion} context frames (vlm.grounding_motion) but "
                              f"sampling.num_context is {cfg.sampling.num_context}")
     return cfg
+
+
+def _check_switches(cfg: GLUSConfig, source: str) -> None:
+    """The enumerated switches, and what the official inference needs."""
+    choices = {"vlm.token_pool_layout": (cfg.vlm.token_pool_layout, ("square", "strip")),
+               "vlm.clip_preprocess": (cfg.vlm.clip_preprocess, ("square", "shortest_edge_crop")),
+               "memory.encoder_input": (cfg.memory.encoder_input, ("frame", "conditioned"))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
+    if cfg.official is not None:
+        if cfg.official.conversation != "llava_v1":
+            raise ValueError(f"{source}: official.conversation: only llava_v1 (the GLUS release) is implemented, "
+                             f"got {cfg.official.conversation!r}")
+        if cfg.sampling.num_context != 4 or not cfg.sampling.query_in_prompt:
+            raise ValueError(f"{source}: the official GLUS conversation shows 4 context frames and the query frames "
+                             "(sampling.num_context: 4, query_in_prompt: true)")
+        if cfg.vlm.tokenizer != "llama_sentencepiece":
+            raise ValueError(f"{source}: the official GLUS conversation needs vlm.tokenizer: llama_sentencepiece")
+        if not cfg.memory.enabled:
+            raise ValueError(f"{source}: the official GLUS inference reads the memory bank (memory.enabled: true)")
 
 
 def model_config_dirs() -> list[Path]:

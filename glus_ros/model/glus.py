@@ -99,14 +99,32 @@ class SegProjection(nn.Sequential):
         super().__init__(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim), nn.Dropout(0.0))
 
 
+class _OfficialConversationOnly:
+    """``GLUSModel.prompts`` of a model for the released weights: their prompts are the official conversation."""
+
+    def __getattr__(self, name: str):
+        raise ValueError("this model follows the official GLUS conversation (config 'official'): segment videos "
+                         "with VideoSegmenter (glus_ros.official_glus); glus_ros's own prompt format "
+                         f"(PromptBuilder.{name}) is not defined for it")
+
+
 class GLUSModel(nn.Module):
-    def __init__(self, cfg: GLUSConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, cfg: GLUSConfig, tokenizer: PreTrainedTokenizerBase, empty_llm: bool = False) -> None:
+        """``empty_llm``: the language model on the meta device, for a checkpoint loader to assign (official
+        releases; glus_ros.model.official_checkpoint)."""
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.prompts = PromptBuilder(tokenizer, cfg.vlm)
-        self.vlm = VisionLanguageModel(cfg.vlm, len(tokenizer), tokenizer.pad_token_id, self.prompts.image_id)
-        self.sam = SAM2Head(cfg.sam2)
+        if cfg.official is None:
+            self.prompts = PromptBuilder(tokenizer, cfg.vlm)
+            image_id = self.prompts.image_id
+        else:
+            from glus_ros.model.official_prompt import IMAGE_PLACEHOLDER
+
+            self.prompts = _OfficialConversationOnly()  # type: ignore[assignment]
+            image_id = IMAGE_PLACEHOLDER
+        self.vlm = VisionLanguageModel(cfg.vlm, len(tokenizer), tokenizer.pad_token_id, image_id, empty_llm)
+        self.sam = SAM2Head(cfg.sam2, cfg.memory.temporal_pos_enc, cfg.decoder.pad_point, cfg.memory.encoder_input)
         self.seg_projection = SegProjection(self.vlm.hidden_size, self.sam.prompt_dim)
         # low-rank LLM deltas for one kind of request (task_adapter.py); plain attribute, not in state_dict
         self.task_adapters: dict[str, TaskAdapter] = {}

@@ -70,6 +70,16 @@ class MemoryBank:
             del self._entries[old]
         return step
 
+    def skip(self) -> int:
+        """A step that writes no memory (the official GLUS code stores nothing for a frame whose answer is not
+        [SEG]); later reads find no entry there. Returns the step number."""
+        step = self.next_step
+        self.next_step += 1
+        oldest_needed = self.next_step - 1 - (self.slots - 1) * self.stride
+        for old in [s for s in self._entries if s < oldest_needed]:
+            del self._entries[old]
+        return step
+
     def read(self) -> list[tuple[int, MemoryEntry]]:
         """The ``(t_rel, entry)`` pairs for the next step to decode (empty for the first step)."""
         return [(t_rel, self._entries[s]) for t_rel, s in

@@ -48,8 +48,18 @@ def build_sam2(node: dict[str, Any]) -> nn.Module:
 
 
 class SAM2Head(nn.Module):
-    def __init__(self, sam2_node: dict[str, Any]) -> None:
+    def __init__(self, sam2_node: dict[str, Any], temporal_pos_enc: bool = True, pad_point: bool = True,
+                 encoder_input: str = "frame") -> None:
+        """The switches (config ``memory.temporal_pos_enc``, ``decoder.pad_point``, ``memory.encoder_input``)
+        choose between SAM 2's own way and the official GLUS code's (false, false, "conditioned"): the memory
+        position without SAM 2's temporal encoding, the [SEG] embedding as the whole sparse prompt, and the
+        memory encoder reading the memory-conditioned features."""
         super().__init__()
+        if encoder_input not in ("frame", "conditioned"):
+            raise ValueError(f"encoder_input must be 'frame' or 'conditioned', got {encoder_input!r}")
+        self.temporal_pos_enc = temporal_pos_enc
+        self.pad_point = pad_point
+        self.encoder_input = encoder_input
         self.sam = build_sam2(sam2_node)
         if self.sam.use_obj_ptrs_in_encoder:
             raise ValueError("GLUS reads the memory without object pointers: set use_obj_ptrs_in_encoder: false")
@@ -64,13 +74,20 @@ class SAM2Head(nn.Module):
         return FrameFeatures(feats, pos, sizes)
 
     # --- memory read ------------------------------------------------------------------------
-    def condition_on_memory(self, frame: FrameFeatures, bank: MemoryBank | None) -> torch.Tensor:
-        """Top-level features fused with the memory bank through memory attention -> (B, C, H, W)."""
+    def condition_on_memory(self, frame: FrameFeatures, bank: MemoryBank | None,
+                            farthest_first: bool = False) -> torch.Tensor:
+        """Top-level features fused with the memory bank through memory attention -> (B, C, H, W).
+
+        ``farthest_first``: the memories in the order the official GLUS code concatenates them (the result
+        differs only by float summation order).
+        """
         sam = self.sam
         top = frame.vision_feats[-1]
         _hw, batch, channels = top.shape
         h, w = frame.feat_sizes[-1]
         reads = bank.read() if bank is not None else []
+        if farthest_first:
+            reads = reads[::-1]
         if not reads:
             # first frame of a track: SAM 2 adds the learned no-memory embedding
             return (top + sam.no_mem_embed).permute(1, 2, 0).reshape(batch, channels, h, w)
@@ -79,7 +96,9 @@ class SAM2Head(nn.Module):
             feats = entry.features.to(top.device)
             memory.append(feats.flatten(2).permute(2, 0, 1).to(top.dtype))
             enc = entry.pos_enc.to(top.device).flatten(2).permute(2, 0, 1)
-            memory_pos.append((enc + sam.maskmem_tpos_enc[t_rel - 1]).to(top.dtype))
+            if self.temporal_pos_enc:
+                enc = enc + sam.maskmem_tpos_enc[t_rel - 1]
+            memory_pos.append(enc.to(top.dtype))
         fused = sam.memory_attention(
             curr=frame.vision_feats[-1:], curr_pos=frame.vision_pos[-1:],
             memory=torch.cat(memory, dim=0), memory_pos=torch.cat(memory_pos, dim=0), num_obj_ptr_tokens=0,
@@ -103,15 +122,21 @@ class SAM2Head(nn.Module):
         """
         sam = self.sam
         batch = pix_feat.shape[0]
-        if point_coords is None:
-            point_coords = pix_feat.new_zeros(batch, 1, 2)
-            point_labels = -torch.ones(batch, 1, dtype=torch.int32, device=pix_feat.device)
-        sparse, dense = sam.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None,
-                                               masks=None if mask_inputs is None else mask_inputs.to(pix_feat.dtype))
+        masks = None if mask_inputs is None else mask_inputs.to(pix_feat.dtype)
+        if point_coords is None and not self.pad_point and sparse_prompt is not None:
+            # the official GLUS prompt: no points, the [SEG] embedding is the whole sparse prompt
+            sparse, dense = sam.sam_prompt_encoder(points=None, boxes=None, masks=masks)
+            # (in the prompt's dtype, as the official code casts it: bf16 with bf16 weights)
+            sparse, dense = sparse.expand(batch, -1, -1).to(sparse_prompt.dtype), dense.expand(batch, -1, -1, -1)
+        else:
+            if point_coords is None:
+                point_coords = pix_feat.new_zeros(batch, 1, 2)
+                point_labels = -torch.ones(batch, 1, dtype=torch.int32, device=pix_feat.device)
+            sparse, dense = sam.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=masks)
         if sparse_prompt is not None:
             sparse = torch.cat([sparse_prompt.to(sparse.dtype), sparse], dim=1)
         low_res, iou, _tokens, object_score = sam.sam_mask_decoder(
-            image_embeddings=pix_feat, image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+            image_embeddings=pix_feat, image_pe=self.dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             multimask_output=False, repeat_image=False, high_res_features=self.high_res_features(frame),
         )
@@ -119,12 +144,36 @@ class SAM2Head(nn.Module):
         logits = F.interpolate(low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return MaskPrediction(low_res, logits, iou.float(), object_score.float())
 
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's dense positional encoding, in the dtype of its weights.
+
+        sam2 1.1 builds the grid in float32, which fails against bf16 weights; the SAM 2.0 code GLUS ships
+        builds it in the weights' dtype, and so does this (float32 weights: sam2's own result).
+        """
+        encoder = self.sam.sam_prompt_encoder
+        matrix = encoder.pe_layer.positional_encoding_gaussian_matrix
+        if matrix.dtype == torch.float32:
+            return encoder.get_dense_pe()
+        h, w = encoder.image_embedding_size
+        grid = torch.ones((h, w), device=matrix.device, dtype=matrix.dtype)
+        y = (grid.cumsum(dim=0) - 0.5) / h
+        x = (grid.cumsum(dim=1) - 0.5) / w
+        return encoder.pe_layer._pe_encoding(torch.stack([x, y], dim=-1)).permute(2, 0, 1)[None]
+
     # --- memory write -----------------------------------------------------------------------
-    def encode_memory(self, frame: FrameFeatures, prediction: MaskPrediction) -> tuple[torch.Tensor, torch.Tensor]:
-        """Memory encoder on the frame's own (non-memory) features and the predicted mask."""
+    def encode_memory(self, frame: FrameFeatures, prediction: MaskPrediction,
+                      conditioned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory encoder on the predicted mask and the frame's own (non-memory) features, or, with
+        ``encoder_input: conditioned``, the memory-conditioned ones (``conditioned``, (B, C, H, W))."""
+        feats_in = frame.vision_feats
+        if self.encoder_input == "conditioned":
+            if conditioned is None:
+                raise ValueError("encoder_input 'conditioned': pass the memory-conditioned features")
+            feats_in = [*frame.vision_feats[:-1], conditioned.flatten(2).permute(2, 0, 1)]
         feats, pos = self.sam._encode_new_memory(
-            current_vision_feats=frame.vision_feats, feat_sizes=frame.feat_sizes,
-            pred_masks_high_res=prediction.logits, object_score_logits=prediction.object_score,
+            current_vision_feats=feats_in, feat_sizes=frame.feat_sizes,
+            pred_masks_high_res=prediction.logits.to(self.sam.no_mem_embed.dtype),  # the weights' dtype
+            object_score_logits=prediction.object_score,
             is_mask_from_pts=False,
         )
         return feats, pos[-1]
@@ -136,5 +185,5 @@ class SAM2Head(nn.Module):
         pix_feat = self.condition_on_memory(frame, bank)
         prediction = self.decode(pix_feat, frame, sparse_prompt, point_coords, point_labels, mask_inputs)
         if bank is not None:
-            bank.add(*self.encode_memory(frame, prediction))
+            bank.add(*self.encode_memory(frame, prediction, pix_feat))
         return prediction

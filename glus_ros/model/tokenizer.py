@@ -62,9 +62,17 @@ def build_builtin_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(spec: str, checkpoint_dir: Path | None = None) -> PreTrainedTokenizerBase:
-    """``builtin``, ``checkpoint`` (the tokenizer files next to the weights) or a directory."""
+    """``builtin``, ``checkpoint`` (the tokenizer files next to the weights), ``llama_sentencepiece`` (the slow
+    LLaMA tokenizer of the GLUS releases, read from the checkpoint folder as it is, nothing added) or a directory."""
     if spec == "builtin":
         return build_builtin_tokenizer()
+    if spec == "llama_sentencepiece":
+        from glus_ros.model.llama_tokenizer import LlamaSentencePieceTokenizer
+
+        if checkpoint_dir is None:
+            raise ValueError("this model reads the LLaMA tokenizer of its release folder: pass the checkpoint "
+                             "directory (--checkpoint DIR, holding tokenizer.model and added_tokens.json)")
+        return LlamaSentencePieceTokenizer(checkpoint_dir)  # type: ignore[return-value]
     folder = checkpoint_dir if spec == "checkpoint" else Path(spec)
     if folder is None:
         raise ValueError("this model reads its tokenizer from the checkpoint: pass the checkpoint directory")

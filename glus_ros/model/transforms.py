@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,3 +52,62 @@ def clip_input(images: torch.Tensor, size: int) -> torch.Tensor:
 def logits_to_frame(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(N, 1, S, S) mask logits at SAM size -> (N, H, W) logits at the frame's own size."""
     return F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+
+
+@dataclass(frozen=True)
+class ClipProcessorSpec:
+    """What ``CLIPImageProcessor`` (preprocessor_config.json of a CLIP folder) does to a frame."""
+
+    shortest_edge: int = 224
+    crop_height: int = 224
+    crop_width: int = 224
+    mean: tuple[float, ...] = CLIP_MEAN
+    std: tuple[float, ...] = CLIP_STD
+    rescale_factor: float = 1 / 255
+    resample: int = 3          # PIL bicubic
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> ClipProcessorSpec:
+        """The spec of ``folder/preprocessor_config.json`` (defaults: openai/clip-vit-large-patch14's values)."""
+        path = Path(folder) / "preprocessor_config.json"
+        if not path.is_file():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        size, crop = raw.get("size", 224), raw.get("crop_size", 224)
+        edge = size.get("shortest_edge") if isinstance(size, dict) else size
+        crop_h, crop_w = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (crop, crop)
+        if not all(isinstance(v, int) and v > 0 for v in (edge, crop_h, crop_w)):
+            raise ValueError(f"{path}: expected size.shortest_edge and crop_size height/width as positive integers")
+        for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
+            if raw.get(flag, True) is not True:
+                raise ValueError(f"{path}: {flag} is off; the GLUS vision tower input needs every step")
+        return cls(edge, crop_h, crop_w, tuple(raw.get("image_mean", CLIP_MEAN)), tuple(raw.get("image_std", CLIP_STD)),
+                   float(raw.get("rescale_factor", 1 / 255)), int(raw.get("resample", 3)))
+
+
+def clip_processor_input(frame: np.ndarray, spec: ClipProcessorSpec) -> torch.Tensor:
+    """One HxWx3 uint8 frame -> (3, crop_h, crop_w), as CLIPImageProcessor makes it (transformers 4.31).
+
+    The short side is resized to ``shortest_edge`` with PIL bicubic on the uint8 image (the long side to
+    ``int(edge * long / short)``), the centre is cropped, then x * rescale_factor
+    in float64 -> float32 and (x - mean) / std in float32.
+    """
+    from PIL import Image
+
+    check_frame(frame)
+    height, width = frame.shape[:2]
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = spec.shortest_edge, int(spec.shortest_edge * long / short)
+    new_h, new_w = (new_long, new_short) if width <= height else (new_short, new_long)
+    resized = np.array(Image.fromarray(frame).resize((new_w, new_h), resample=spec.resample))
+    top, left = (new_h - spec.crop_height) // 2, (new_w - spec.crop_width) // 2
+    if top < 0 or left < 0:
+        raise ValueError(f"CLIP crop {spec.crop_width}x{spec.crop_height} is larger than the frame resized to "
+                         f"{new_w}x{new_h} (shortest_edge {spec.shortest_edge}); GLUS's processor never pads")
+    crop = resized[top:top + spec.crop_height, left:left + spec.crop_width]
+    scaled = (crop * spec.rescale_factor).astype(np.float32)
+    normed = (scaled - np.array(spec.mean, dtype=np.float32)) / np.array(spec.std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(normed.transpose(2, 0, 1)))

@@ -7,10 +7,12 @@ hidden states at the [SEG] positions.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import AutoModel, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from glus_ros.model.config import VLMConfig, _pool_side
 from glus_ros.model.temporal import TemporalModule
@@ -18,7 +20,9 @@ from glus_ros.model.visual_position import VisualPositionEmbedding
 
 
 class VisionLanguageModel(nn.Module):
-    def __init__(self, cfg: VLMConfig, vocab_size: int, pad_id: int, image_id: int) -> None:
+    def __init__(self, cfg: VLMConfig, vocab_size: int, pad_id: int, image_id: int, empty_llm: bool = False) -> None:
+        """``empty_llm``: the language model and LM head are built on the meta device (no memory, no random
+        init) for a loader to assign checkpoint tensors to; the vision tower and projector are built normally."""
         super().__init__()
         self.cfg = cfg
         self.image_id = image_id
@@ -35,7 +39,11 @@ class VisionLanguageModel(nn.Module):
             image_seq_length=cfg.tokens_per_frame,
             projector_hidden_act="gelu",
         )
-        self.llava = LlavaForConditionalGeneration(llava_cfg)
+        with torch.device("meta") if empty_llm else contextlib.nullcontext():
+            self.llava = LlavaForConditionalGeneration(llava_cfg)
+        if empty_llm:
+            self.llava.model.vision_tower = AutoModel.from_config(llava_cfg.vision_config)
+            self.llava.model.multi_modal_projector = type(self.llava.model.multi_modal_projector)(llava_cfg)
         if cfg.projector == "linear":  # LLaVA-1 (LISA-7B-v1) uses one Linear
             self.llava.model.multi_modal_projector = nn.Linear(vision["hidden_size"], text["hidden_size"])
         elif cfg.projector != "mlp2x_gelu":
@@ -69,6 +77,10 @@ class VisionLanguageModel(nn.Module):
         projector alone make of the frame (vision pre-training).
         """
         grid = self.patch_features(pixel_values)                  # (N, G, G, D)
+        if self.cfg.token_pool_layout == "strip":  # LLaVA/GLUS AvgPool1d over the raster token sequence
+            feats = F.avg_pool1d(grid.flatten(1, 2).transpose(1, 2), self.cfg.visual_token_pool).transpose(1, 2)
+            tokens = self.projector(feats)
+            return tokens if self.visual_position is None or not position else self.visual_position(tokens)
         pool = _pool_side(self.cfg.visual_token_pool)
         if pool > 1:
             feats = F.avg_pool2d(grid.permute(0, 3, 1, 2), pool).flatten(2).transpose(1, 2)

@@ -83,18 +83,30 @@ class PointsEvaluation:
         return (self.j + self.f) / 2
 
 
-def evaluate_points(model: GLUSModel, reader: PointDataset, anchors: str | int = "key",
+class SegmentsWithPoints(Protocol):
+    """``PointPredictor`` or ``glus_ros.backends.video.BackendPointPredictor`` (any backend's points)."""
+
+    def segment(self, frames: Sequence[np.ndarray], expression: str, anchors: str | int = "key"): ...
+
+
+def evaluate_points(model: GLUSModel | None, reader: PointDataset, anchors: str | int = "key",
                     expressions: Sequence[Expression] | None = None, split: Literal["ids", "components"] = "ids",
                     dtype: str = "fp32", progress: bool = False, source: str = "auto",
-                    min_fraction: float = MIN_COMPONENT_FRACTION) -> PointsEvaluation:
+                    min_fraction: float = MIN_COMPONENT_FRACTION,
+                    predictor: SegmentsWithPoints | None = None) -> PointsEvaluation:
     """Score ``model``'s pointing on ``reader`` (all its expressions unless ``expressions`` is given).
 
     ``source``: where the points come from (``PointPredictor``: the point head, the [SEG] masks, or auto);
     ``min_fraction``: the mask source's smallest component kept, as a fraction of the largest.
+    ``predictor``: score another backend's points instead (e.g. ``BackendPointPredictor`` over Molmo2);
+    then ``model``, ``dtype``, ``source`` and ``min_fraction`` are not read.
     """
     from tqdm import tqdm
 
-    predictor = PointPredictor(model, dtype, source, min_fraction=min_fraction)
+    if predictor is None:
+        if model is None:
+            raise ValueError("evaluate_points needs a model or a predictor")
+        predictor = PointPredictor(model, dtype, source, min_fraction=min_fraction)
     todo = list(reader.expressions() if expressions is None else expressions)
     if not todo:
         raise ValueError("no expressions to evaluate")
