@@ -6,6 +6,10 @@ the ament index, that the venv's own registration (scripts/ament_register.py) ha
 installed executables start and answer across processes: the installed camera_source streams, the installed
 tracker_node answers lifecycle get_state / change_state and ListTargets, publishes results, RViz markers and
 /diagnostics, and ends cleanly on SIGINT.
+
+glus_ros.training (the root training/ folder, as the git symlink glus_ros/training -> ../training) is checked in
+every install form: colcon with and without --symlink-install, the pip wheel (non-editable) and the editable venv
+install (test_packaging.py); in none of them may a top-level ``training`` shadow the sam2 wheel's own.
 """
 
 from __future__ import annotations
@@ -94,6 +98,19 @@ def site_packages(prefix: Path) -> Path:
     return prefix / Path(sysconfig.get_path("purelib", vars={"base": ".", "platbase": "."}))
 
 
+def top_level_training(cwd: Path, env: dict[str, str]) -> Path:
+    """Where a top-level ``import training`` comes from in that environment (it must stay the sam2 wheel's)."""
+    code = "import importlib.util as u; s = u.find_spec('training'); print(s.origin if s else '')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**os.environ, **env}, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out, "no top-level training module: the sam2 wheel installs one"
+    return Path(out)
+
+
+def assert_training_is_sam2s(origin: Path) -> None:
+    assert origin.is_relative_to(site_packages(VENV)) and (origin.parents[1] / "sam2").is_dir(), origin
+
+
 def installed_env(prefix: Path) -> dict[str, str]:
     """What ``source install/setup.bash`` sets for glus_ros: the install first on the ament and Python paths."""
     return {"AMENT_PREFIX_PATH": f"{prefix}{os.pathsep}{VENV}", "PYTHONPATH": str(site_packages(prefix))}
@@ -141,6 +158,9 @@ def test_colcon_installs_the_ament_python_layout(installed: Path, workspace: Pat
     assert int(count) > 20 and len(modules) == int(count)
     assert all(Path(m).is_relative_to(site_packages(installed)) for m in modules), modules
     assert Path(model).is_relative_to(installed / "share" / PACKAGE / "models")
+    # glus_ros.training is installed inside glus_ros only: the sam2 wheel's top-level `training` is untouched
+    assert not (site_packages(installed) / "training").exists()
+    assert_training_is_sam2s(top_level_training(workspace, installed_env(installed)))
 
 
 def test_the_venv_registration_matches_the_colcon_install(installed: Path) -> None:
@@ -171,6 +191,46 @@ def test_symlink_install_builds_too(tmp_path_factory: pytest.TempPathFactory) ->
     out = subprocess.run([sys.executable, "-c", "import glus_ros.training.losses as m; print(m.__file__)"],
                          cwd=ws, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(out).resolve() == ws / "src" / PACKAGE / "training" / "losses.py"
+    assert not (hook / "training").exists()  # colcon links only the packages: no top-level `training` on the path
+    assert_training_is_sam2s(top_level_training(ws, env))
+
+
+def test_git_stores_the_training_subpackage_as_a_relative_symlink() -> None:
+    """What a clean clone checks out (and copy_sources reproduces): glus_ros/training -> ../training, mode 120000."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-s", "glus_ros/training"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    mode, blob = listed[0], listed[1]
+    target = subprocess.run(["git", "cat-file", "-p", blob], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout
+    assert (mode, target) == ("120000", "../training")
+
+
+def test_pip_wheel_holds_glus_ros_training_as_files(tmp_path: Path) -> None:
+    """A non-editable pip install (the wheel pip builds): glus_ros.training as regular files inside glus_ros,
+    glus_ros.model (a namespace package) included, no top-level `training`, the ament data files under .data/."""
+    import zipfile
+
+    source = tmp_path / "src"
+    copy_sources(source)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("glus_ros-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        entries = {info.filename: info for info in archive.infolist()}
+        tops = {name.split("/")[0] for name in entries}
+        assert tops == {"glus_ros", "glus_ros-0.1.0.data", "glus_ros-0.1.0.dist-info"}, tops
+        ours = {name.removeprefix("glus_ros/training/") for name in entries if name.startswith("glus_ros/training/")}
+        assert ours == {p.name for p in (REPO / "training").iterdir() if p.suffix in (".py", ".yaml")}
+        assert not any(info.external_attr >> 28 == 0o12 for info in entries.values()), "symlinks in the wheel"
+        assert archive.read("glus_ros/training/losses.py") == (REPO / "training" / "losses.py").read_bytes()
+        assert "glus_ros/model/config.py" in entries
+        data = "glus_ros-0.1.0.data/data/share/"
+        assert {f"{data}ament_index/resource_index/packages/glus_ros", f"{data}glus_ros/launch/track.launch.py",
+                f"{data}glus_ros/package.xml"} <= set(entries)
 
 
 def test_installed_executables_start_and_answer(installed: Path, ros_test_env: RosTestEnv) -> None:

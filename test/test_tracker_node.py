@@ -591,6 +591,88 @@ def test_target_frame_transforms_the_target_point_with_tf2(ros: Harness, express
     assert "no transform camera_color_optical_frame -> map" in tracker.last_input_error
 
 
+def test_the_node_converts_and_pairs_with_cv_bridge_and_message_filters_where_they_import(
+        ros: Harness, expression: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Jazzy install has cv_bridge and message_filters (here: the stand-ins): every colour and depth image of the
+    camera goes through CvBridge, colour and depth are paired by ApproximateTimeSynchronizer, and the 3D points
+    are the same as with the builtin path (the consistency test above); /diagnostics names the libraries."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from glus_ros_msgs.msg import TargetResultArray
+    from std_msgs.msg import String
+
+    from helpers_standins import CV_BRIDGE, MESSAGE_FILTERS, install_stand_in
+
+    bridge = install_stand_in(tmp_path, monkeypatch, "cv_bridge", CV_BRIDGE)
+    filters = install_stand_in(tmp_path, monkeypatch, "message_filters", MESSAGE_FILTERS)
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    diagnostics = ros.record(DiagnosticArray, "/diagnostics")
+    tracker = ros.tracker(use_depth=True)
+    tracker.trigger_configure()
+    ros.command_publisher().publish(String(data=expression))
+    assert ros.spin_until(lambda: bool(tracker.engine.targets()))
+    tracker.trigger_activate()
+    assert tracker.backends == {"image_conversion": "cv_bridge", "sync": "message_filters"}
+
+    def with_3d() -> list:
+        return [m for m in results if m.results and m.results[0].has_point_3d]
+
+    def reported() -> dict:
+        statuses = [{kv.key: kv.value for kv in s.values} for a in diagnostics for s in a.status]
+        return next((v for v in reversed(statuses) if v.get("lifecycle_state") == "active"), {})
+
+    assert ros.spin_until(lambda: len(with_3d()) >= 3 and reported()), (
+        f"{len(results)} results; errors {dict(tracker.input_errors)}")
+    kinds = set(bridge.calls)
+    assert kinds == {("rgb8", "rgb8"), ("16UC1", "passthrough")}, kinds  # camera_source: rgb8 + 16UC1 mm
+    assert {index for index, _, _ in filters.seen} == {0, 1}  # colour and depth both went through the synchroniser
+    assert 0.1 < with_3d()[-1].results[0].point_3d.z < 100.0
+    values = reported()
+    assert (values["image_conversion"], values["sync"], values["sync_dropped"]) == ("cv_bridge", "message_filters",
+                                                                                    "n/a")
+
+
+def test_diagnostics_once_a_second_in_every_state(ros: Harness, expression: str) -> None:
+    """/diagnostics at 1 Hz from construction on: model state, lifecycle state, rates, latency and drops."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from std_msgs.msg import String
+
+    arrays = ros.record(DiagnosticArray, "/diagnostics")
+    tracker = ros.tracker()
+
+    def statuses(state: str) -> list[tuple[float, Any, dict]]:
+        found = []
+        for array in arrays:
+            for s in array.status:
+                values = {kv.key: kv.value for kv in s.values}
+                if s.name == "tracker: language tracker" and values["lifecycle_state"] == state:
+                    found.append((array.header.stamp.sec + array.header.stamp.nanosec * 1e-9, s, values))
+        return found
+
+    assert ros.spin_until(lambda: bool(statuses("unconfigured")))
+    _, status, values = statuses("unconfigured")[-1]
+    assert status.level == DiagnosticStatus.OK and status.message == "unconfigured (no model)"
+    assert values["model_state"] == "not loaded" and values["targets"] == "0"
+    tracker.trigger_configure()
+    assert ros.spin_until(lambda: bool(statuses("inactive")))
+    assert statuses("inactive")[-1][2]["model_state"] == "loaded on cpu"
+    ros.command_publisher().publish(String(data=expression))
+    assert ros.spin_until(lambda: bool(tracker.engine.targets()))
+    tracker.trigger_activate()
+    assert ros.spin_until(lambda: len(statuses("active")) >= 4, 20.0)
+    stamps = [t for t, _, _ in statuses("active")]
+    gaps = np.diff(stamps)
+    assert 0.8 <= float(np.mean(gaps)) <= 1.25 and gaps.max() < 2.5, gaps  # 1 Hz (a busy CPU may delay one)
+    _, status, values = statuses("active")[-1]
+    assert status.level in (DiagnosticStatus.OK, DiagnosticStatus.WARN), status.message  # WARN: dropping frames
+    assert float(values["input_rate_hz"]) > 5.0 and float(values["processed_rate_hz"]) > 0.0
+    assert float(values["latency_p50_ms"]) > 0.0 and float(values["latency_max_ms"]) >= float(values["latency_p50_ms"])
+    assert int(values["frames_in"]) >= int(values["frames_processed"]) + int(values["frames_dropped"]) - 1
+    assert values["targets"] == "1" and values["results_published"] != "0"
+    tracker.trigger_deactivate()
+    assert ros.spin_until(lambda: bool(statuses("inactive")[-1:]) and statuses("inactive")[-1][0] > stamps[-1])
+    assert statuses("inactive")[-1][1].message == "inactive (configured, not tracking)"
+
+
 # --- conversions without spinning ----------------------------------------------------------------------
 
 
