@@ -468,6 +468,7 @@ def test_parameters_apply_live_or_are_refused_with_what_to_do(ros: Harness, expr
     assert all(r.successful for r in _set(tracker, schedule="full", reground_every=3, max_targets=1))
     config = tracker.engine.config
     assert (config.schedule, config.reground_every, config.max_targets) == ("full", 3, 1)
+    assert tracker.engine.running  # a schedule change restarts the worker (a schedule may bring its own)
     with pytest.raises(ValueError, match="max_targets 1"):
         tracker.engine.add_target(TargetSpec("second", "the blue one"))
     (bad,) = _set(tracker, reground_below=2.0)

@@ -198,7 +198,13 @@ class TrackerNode(LifecycleNode):
         engine = self.engine
         engine_changes = {k: v for k, v in live.items() if k in _ENGINE_LIVE}
         if engine is not None and engine_changes:
+            # a schedule decides which workers run: a running engine is stopped and started again around it
+            restart = "schedule" in engine_changes and engine.running
+            if restart:
+                engine.stop()
             engine.config = dataclasses.replace(engine.config, **engine_changes)  # validated again by EngineConfig
+            if restart:
+                engine.start()
         if "target_frame" in live:
             self._update_tf()
         self.get_logger().info("applied " + ", ".join(f"{k}={v!r}" for k, v in live.items()))
