@@ -2,21 +2,27 @@
 
 ``training/`` lives at the repository root (the layout ROS users expect next to ``launch/`` and
 ``config/``) but is installed as ``glus_ros.training``: it imports the core as a sub-package, and a
-top-level module named ``training`` in site-packages would collide with any other project's.
+top-level module named ``training`` in site-packages would collide with any other project's. The
+sub-package is the symlink ``glus_ros/training -> ../training`` rather than a ``package_dir`` mapping,
+because ``colcon build --symlink-install`` (setup.py develop) ignores ``package_dir`` entries.
+
+setup.cfg puts the console scripts in ``lib/glus_ros`` for colcon (where ``ros2 run`` and launch look);
+pip ignores it and installs them in ``bin/`` (``scripts/ament_register.py`` adds ``lib/glus_ros`` there).
 """
 
 from glob import glob
 from os.path import isfile
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 PACKAGE = "glus_ros"
 
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=[*find_packages(include=["glus_ros", "glus_ros.*"]), "glus_ros.training"],
-    package_dir={"glus_ros.training": "training"},
+    # namespace-aware: glus_ros/model has no __init__.py, and plain find_packages() would leave it out of every
+    # non-editable install (colcon build, pip install .)
+    packages=find_namespace_packages(include=["glus_ros", "glus_ros.*"], exclude=["*.__pycache__"]),
     package_data={"glus_ros.training": ["*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything glus_ros needs into .venv/ in the repository root (CPU machine, no ROS install):
 # torch (CPU wheel, pinned, first), the ML stack, sam2 without torchvision, the ROS 2 Jazzy wheels,
-# the glus_ros_msgs interfaces built from msg/, and glus_ros itself (editable).
+# the glus_ros_msgs interfaces built from msg/, and glus_ros itself (editable, registered in the venv's
+# ament index like a colcon install: ros2 launch / ros2 run find it).
 # Safe to re-run: every step is idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,8 +53,11 @@ cmake --build "$BUILD" -j2 >>"$ROOT/build/msgs-cmake.log" 2>&1 \
   || { tail -40 "$ROOT/build/msgs-cmake.log"; exit 1; }
 cmake --install "$BUILD" >>"$ROOT/build/msgs-cmake.log" 2>&1
 
-step "glus_ros (editable) and the developer tools"
+step "glus_ros (editable) and the developer tools (ruff, pytest, colcon)"
 pip_install --no-build-isolation --no-deps -e .
 pip_install -r requirements-dev.txt
+
+step "registering glus_ros in the venv's ament index (share/glus_ros, lib/glus_ros: what colcon installs)"
+$VENV/bin/python scripts/ament_register.py --prefix "$VENV"
 
 step "done: activate with 'source .venv/bin/activate'"

@@ -63,6 +63,10 @@ class RosTestEnv:
         """A not-yet-started child running test/ros_children/``script`` in this environment."""
         return RosChild(script, args, self.child_env(), self.log_dir)
 
+    def process(self, argv: Sequence[str], extra_env: dict[str, str] | None = None) -> RosChild:
+        """A not-yet-started child running the command ``argv`` (e.g. an installed executable) in this environment."""
+        return RosChild(Path(argv[0]).name, argv[1:], self.child_env(extra_env), self.log_dir, program=argv[0])
+
 
 _session: RosTestEnv | None = None
 
@@ -110,8 +114,11 @@ class RosChild:
     Its stderr goes to a file so that a failing test can show why the child failed.
     """
 
-    def __init__(self, script: str, args: Sequence[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, script: str, args: Sequence[str], env: dict[str, str], log_dir: Path,
+                 program: str | None = None) -> None:
         self.script = CHILDREN_DIR / script
+        # a script of test/ros_children/ run by this interpreter, or ``program`` itself (an executable)
+        self.argv = [str(program)] if program is not None else [sys.executable, str(self.script)]
         self.args = [str(a) for a in args]
         self.env = env
         self.stderr_path = log_dir / f"{self.script.stem}-{time.monotonic_ns()}.stderr"
@@ -120,7 +127,7 @@ class RosChild:
     def __enter__(self) -> RosChild:
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, str(self.script), *self.args],
+                [*self.argv, *self.args],
                 env=self.env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -149,6 +156,19 @@ class RosChild:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout_s)
+
+    def signal_and_wait(self, sig: int, timeout_s: float = 20.0) -> int:
+        """Send ``sig`` and wait for the exit; returns the exit status (killed after ``timeout_s``: AssertionError)."""
+        if self.proc is None:
+            raise RuntimeError(f"child {self.script.name} not started")
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5.0)
+            raise AssertionError(f"{self.script.name} did not exit within {timeout_s} s of signal {sig}; "
+                                 f"{self.describe()}") from None
 
     def stderr_text(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
@@ -217,3 +237,48 @@ def udp_ports(pid: int) -> set[int]:
 def spdp_multicast_port(domain_id: int) -> int:
     """The RTPS well-known discovery multicast port (PB + DG * domain + d0 = 7400 + 250 * domain)."""
     return 7400 + 250 * domain_id
+
+
+def lifecycle_state(executor: Any, probe: Any, node: str, timeout_s: float, child: RosChild | None = None) -> str:
+    """The label of lifecycle node ``node``'s current state ('' when it never answered), via ``<node>/get_state``."""
+    from lifecycle_msgs.srv import GetState
+
+    client = probe.create_client(GetState, f"{node}/get_state")
+    try:
+        if not spin_until(executor, client.service_is_ready, timeout_s, child):
+            return ""
+        reply = call_idempotent(executor, client, GetState.Request(), timeout_s, child)
+        return "" if reply is None else reply.current_state.label
+    finally:
+        probe.destroy_client(client)
+
+
+def lifecycle_transition(executor: Any, probe: Any, node: str, transition: int, goal: str, timeout_s: float,
+                         child: RosChild | None = None) -> bool:
+    """Drive ``node`` through ``transition`` (a lifecycle_msgs/Transition id) over its ``change_state`` service.
+
+    ChangeState is not idempotent, so a request whose answer was lost (see call_idempotent) is only sent again
+    when ``get_state`` shows it never arrived. Returns whether the node reached state ``goal``.
+    """
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    client = probe.create_client(ChangeState, f"{node}/change_state")
+    deadline = time.monotonic() + timeout_s
+    try:
+        if not spin_until(executor, client.service_is_ready, timeout_s, child):
+            return False
+        before = lifecycle_state(executor, probe, node, timeout_s, child)
+        while time.monotonic() < deadline:
+            future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+            if spin_until(executor, future.done, min(5.0, deadline - time.monotonic()), child):
+                return lifecycle_state(executor, probe, node, timeout_s, child) == goal
+            client.remove_pending_request(future)
+            state = lifecycle_state(executor, probe, node, max(1.0, deadline - time.monotonic()), child)
+            if state != before:  # it arrived; the transition may still have been running
+                return state == goal
+            if child is not None and not child.alive():
+                return False
+        return False
+    finally:
+        probe.destroy_client(client)

@@ -21,6 +21,7 @@ from glus_ros.cli import main
 from glus_ros.datasets.mevis import Expression, MevisDataset
 from glus_ros.datasets.refytvos import RefYoutubeVosDataset
 from glus_ros.evaluation import evaluate_predictions, read_prediction, write_csv
+from glus_ros.model.config import DEFAULT_MODEL
 
 from helpers_datasets import (
     write_mevis,
@@ -428,13 +429,27 @@ def test_cli_eval_allow_missing(mevis, capsys):
     assert "missing predictions scored as empty: 1" in capsys.readouterr().out
 
 
-def test_cli_eval_needs_exactly_one_source(mevis):
+def test_cli_eval_takes_one_source(mevis):
     root, pred = mevis
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--pred", str(pred), "--model", "glus-s", "--data", str(root)])
     assert exc.value.code == 2
-    with pytest.raises(SystemExit):
-        main(["eval", "--data", str(root)])
+
+
+def test_cli_eval_without_model_or_pred_runs_the_shipped_model(mevis, tmp_path, capsys):
+    """Like segment and track: no --model means the default model, with exactly its predictions and scores."""
+    root, _ = mevis
+    implicit, explicit = tmp_path / "implicit", tmp_path / "explicit"
+    assert main(["eval", "--data", str(root), "--split", "valid_u", "--out", str(implicit)]) == 0
+    assert main(["eval", "--model", DEFAULT_MODEL, "--data", str(root), "--split", "valid_u",
+                 "--out", str(explicit)]) == 0
+    first, second = capsys.readouterr().out.split("csv:")[:2]
+    assert "J&F:" in first and first.split("J&F:")[1].split()[0] == second.split("J&F:")[1].split()[0]
+    pngs = sorted(p.relative_to(implicit) for p in implicit.rglob("*.png"))
+    assert pngs and pngs == sorted(p.relative_to(explicit) for p in explicit.rglob("*.png"))
+    for name in pngs:
+        assert (implicit / name).read_bytes() == (explicit / name).read_bytes(), name
+    assert (implicit / "eval_valid_u.csv").read_text() == (explicit / "eval_valid_u.csv").read_text()
 
 
 def test_cli_eval_model_runs_the_real_model_first(mevis, tmp_path, capsys):

@@ -219,3 +219,28 @@ def test_stamps() -> None:
     for bad in (-0.5, math.nan, math.inf):
         with pytest.raises(ValueError, match="stamp"):
             float_to_stamp(bad)
+
+
+def test_depth_units_and_no_depth_conventions_reach_3d_points_correctly() -> None:
+    """16UC1 millimetres and 32FC1 metres give the same 3D point; 0, NaN, +inf and -inf (REP 117) are no depth."""
+    from glus_ros.ros.image_conversion import depth_values_to_metres
+    from glus_ros.streaming.geometry import lift_point
+    from glus_ros.streaming.types import CameraIntrinsics
+
+    intrinsics = CameraIntrinsics(100.0, 100.0, 2.0, 2.0)
+    mm = np.full((5, 5), 1250, np.uint16)
+    metres = np.full((5, 5), 1.25, np.float32)
+    from_mm = lift_point(3.0, 1.0, depth_to_metres(_raw(mm.astype("<u2"), "16UC1", pad=0)), intrinsics)
+    from_m = lift_point(3.0, 1.0, depth_to_metres(_raw(metres.astype("<f4"), "32FC1", pad=0)), intrinsics)
+    assert from_mm == pytest.approx(from_m) and from_m == pytest.approx((0.0125, -0.0125, 1.25))
+    holes = np.array([[np.nan, np.inf, -np.inf, 0.0, -1.0]] * 5, np.float32)
+    decoded = depth_to_metres(_raw(holes.astype("<f4"), "32FC1", pad=0))
+    assert lift_point(2.0, 2.0, decoded, intrinsics) is None  # nothing valid near the point
+    holes[2, 2] = 2.0
+    assert lift_point(2.0, 2.0, depth_to_metres(_raw(holes.astype("<f4"), "32FC1", pad=0)), intrinsics)[2] == 2.0
+    zero_mm = np.zeros((5, 5), np.uint16)
+    assert lift_point(2.0, 2.0, depth_to_metres(_raw(zero_mm, "16UC1", pad=0)), intrinsics) is None
+    with pytest.raises(ValueError, match=r"32FC1 depth: expected an \(H, W\) float32 array, got uint16"):
+        depth_values_to_metres(mm, "32FC1")
+    with pytest.raises(UnsupportedEncodingError):
+        depth_values_to_metres(mm, "rgb8")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -146,13 +147,30 @@ def _cli(ros_test_env: RosTestEnv, cwd: Path, *args: str, timeout: float = 120.0
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_track_command_runs_camera_and_tracker(ros_test_env: RosTestEnv, tmp_path: Path) -> None:
-    proc = _cli(ros_test_env, tmp_path, "track", "--camera", "synth", "--duration", "4", "--expression", "the blue one",
-                "-p", "schedule:=full")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    last = [line for line in proc.stdout.splitlines() if "results published" in line][-1]
-    published = int(last.split("results published ")[1].split(";")[0])
-    assert published > 0 and "target_0: " in last, proc.stdout
+def _published(line: str) -> int:
+    return int(line.split("results published ")[1].split(";")[0])
+
+
+def test_track_command_runs_camera_and_tracker_until_sigterm(ros_test_env: RosTestEnv, tmp_path: Path) -> None:
+    """The one-process runner streams until SIGTERM, then ends like on Ctrl-C: status 0, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "glus_ros.cli", "track", "--camera", "synth", "--expression",
+                             "the blue one", "-p", "schedule:=full"], cwd=tmp_path, env=ros_test_env.child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # a status line every 2 s
+            lines.append(line)
+            if "results published" in line and _published(line) > 0:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    stdout = "".join(lines) + rest
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "Failed to publish" not in stderr, stderr[-3000:]
+    last = [line for line in stdout.splitlines() if "results published" in line][-1]
+    assert _published(last) > 0 and "target_0: " in last, stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from glus_ros.model.region import Region
-from glus_ros.streaming.types import FrameResult, TargetOutput
+from glus_ros.streaming.types import FrameResult, TargetOutput, TargetSpec
 
 from helpers_model import tiny_model
 from helpers_ros import RosChild, RosTestEnv, rclpy_context, ros_session, spin_until
@@ -56,13 +56,13 @@ class Harness:
     camera: RosChild
     trackers: list = field(default_factory=list)
 
-    def tracker(self, **params: Any) -> Any:
+    def tracker(self, cli_args: list[str] | None = None, **params: Any) -> Any:
         from rclpy.parameter import Parameter
 
         from glus_ros.ros.tracker_node import TrackerNode
 
         overrides = [Parameter(k, value=v) for k, v in params.items()]
-        node = TrackerNode(context=self.context, parameter_overrides=overrides)
+        node = TrackerNode(context=self.context, parameter_overrides=overrides, cli_args=cli_args)
         self.executor.add_node(node)
         self.trackers.append(node)
         return node
@@ -432,6 +432,246 @@ def test_bad_parameters_are_refused_clearly(ros: Harness) -> None:
     assert _state(tracker) == "unconfigured" and tracker.engine is None
     tracker.set_parameters([Parameter("model", value="tiny")])
     assert tracker.trigger_configure() == TransitionCallbackReturn.SUCCESS
+
+
+def _set(tracker: Any, **values: Any) -> list:
+    from rclpy.parameter import Parameter
+
+    return tracker.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+
+
+def test_parameters_apply_live_or_are_refused_with_what_to_do(ros: Harness, expression: str) -> None:
+    from glus_ros_msgs.msg import TargetResultArray
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    tracker = ros.tracker()
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    overlays = ros.record(Image, "/glus/debug_image")
+    assert _set(tracker, reground_every=5)[0].successful  # unconfigured: anything goes, read at configure
+    assert tracker.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert tracker.engine.config.reground_every == 5
+    (refused,) = _set(tracker, model="tiny")
+    assert not refused.successful and "model is read at configure and the tracker is inactive" in refused.reason
+    assert "clean up first" in refused.reason and tracker.get_parameter("model").value != "tiny"
+    assert _set(tracker, image_topic="/camera/image_raw")[0].successful  # inactive: read at the next activate
+    ros.command_publisher().publish(String(data=expression))
+    assert ros.spin_until(lambda: bool(tracker.engine.targets()))
+    assert tracker.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert ros.spin_until(lambda: len(results) >= 3 and len(overlays) >= 3)
+
+    (refused,) = _set(tracker, image_topic="/elsewhere")
+    assert not refused.successful and "deactivate first" in refused.reason
+    assert tracker.get_parameter("image_topic").value == "/camera/image_raw"
+    # live: the running engine takes them at once
+    assert all(r.successful for r in _set(tracker, schedule="full", reground_every=3, max_targets=1))
+    config = tracker.engine.config
+    assert (config.schedule, config.reground_every, config.max_targets) == ("full", 3, 1)
+    assert tracker.engine.running  # a schedule change restarts the worker (a schedule may bring its own)
+    with pytest.raises(ValueError, match="max_targets 1"):
+        tracker.engine.add_target(TargetSpec("second", "the blue one"))
+    (bad,) = _set(tracker, reground_below=2.0)
+    assert not bad.successful and "reground_below must be in [0, 1]" in bad.reason
+    assert tracker.engine.config.reground_below == 0.5
+    assert _set(tracker, publish_debug_image=False)[0].successful
+    ros.spin_for(0.5)
+    count, n_overlays = len(results), len(overlays)
+    assert ros.spin_until(lambda: len(results) >= count + 3)
+    assert len(overlays) <= n_overlays + 1, "the overlay switch did not apply live"  # one may be in flight
+
+
+def test_deactivate_releases_the_stream_state_and_keeps_targets(ros: Harness, expression: str) -> None:
+    """The off switch: history and memories go (the model too, off a GPU); targets stay and are grounded again."""
+    from glus_ros_msgs.msg import TargetResult, TargetResultArray
+    from std_msgs.msg import String
+
+    tracker = ros.tracker()
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    tracker.trigger_configure()
+    ros.command_publisher().publish(String(data=expression))
+    assert ros.spin_until(lambda: bool(tracker.engine.targets()))
+    tracker.trigger_activate()
+    assert ros.spin_until(lambda: len(results) >= 10)
+    assert tracker.engine.cache_sizes()["history"] >= 2
+    tracker.trigger_deactivate()
+    sizes = tracker.engine.cache_sizes()
+    assert (sizes["history"], sizes["clip_inputs"], sizes["clip_embeds"], sizes["max_memory_entries"]) == (0, 0, 0, 0)
+    assert [s.target_id for s, _ in tracker.engine.targets()] == ["target_0"]
+    assert tracker.model_state() == "loaded on cpu"  # on a GPU: "offloaded to cpu (from cuda:0)" until activate
+    reactivated = ros.probe.get_clock().now().nanoseconds
+    tracker.trigger_activate()
+
+    def after() -> list:  # by stamp: results of before the switch may still be on their way
+        return [m for m in results if m.header.stamp.sec * 10**9 + m.header.stamp.nanosec > reactivated]
+
+    assert ros.spin_until(lambda: len(after()) >= 3)
+    first_again = after()[0].results[0]
+    assert first_again.state in (TargetResult.GROUNDING, TargetResult.LOST)  # a fresh grounding, not tracking on
+    assert _set(tracker, release_on_deactivate=False)[0].successful
+    tracker.trigger_deactivate()
+    assert tracker.engine.cache_sizes()["history"] >= 2, "release_on_deactivate:=false keeps the stream state"
+
+
+def test_per_topic_qos_overrides(ros: Harness, tmp_path: Any) -> None:
+    """ROS 2 qos_overrides per topic (params file, nested form) win over the camera-wide sensor-data default."""
+    from rclpy.qos import ReliabilityPolicy
+
+    params = tmp_path / "qos.yaml"
+    params.write_text(
+        "tracker:\n  ros__parameters:\n    qos_overrides:\n"
+        "      /glus_qos/depth:\n        subscription:\n          reliability: reliable\n"
+        "      /glus/markers:\n        publisher:\n          reliability: best_effort\n")
+    tracker = ros.tracker(["--ros-args", "--params-file", str(params)], use_depth=True, image_topic="/glus_qos/image",
+                          depth_topic="/glus_qos/depth", camera_info_topic="/glus_qos/info")
+    tracker.trigger_configure()
+    tracker.trigger_activate()
+
+    def reliability(endpoints: list) -> set:
+        return {e.qos_profile.reliability for e in endpoints if e.node_name == "tracker"}
+
+    assert reliability(tracker.get_subscriptions_info_by_topic("/glus_qos/depth")) == {ReliabilityPolicy.RELIABLE}
+    assert reliability(tracker.get_subscriptions_info_by_topic("/glus_qos/image")) == {ReliabilityPolicy.BEST_EFFORT}
+    assert reliability(tracker.get_publishers_info_by_topic("/glus/markers")) == {ReliabilityPolicy.BEST_EFFORT}
+    assert reliability(tracker.get_publishers_info_by_topic("/glus/segmentation")) == {ReliabilityPolicy.RELIABLE}
+    name = "qos_overrides./glus_qos/depth.subscription.reliability"
+    assert tracker.get_parameter(name).value == "reliable"
+    assert not _set(tracker, **{name: "best_effort"})[0].successful  # read-only: fixed when the topic was made
+
+
+def test_target_frame_needs_tf2(ros: Harness) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from glus_ros.ros.bridges import tf_module
+
+    if tf_module()[0] is not None:
+        pytest.skip("tf2_ros is installed here")
+    tracker = ros.tracker()
+    (refused,) = _set(tracker, target_frame="base_link")
+    assert not refused.successful and refused.reason.startswith("target_frame needs tf2_ros")
+    assert "leave it empty" in refused.reason and tracker.get_parameter("target_frame").value == ""
+    preset = ros.tracker(target_frame="base_link")  # e.g. from a params file: configure says why it cannot
+    assert preset.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "target_frame needs tf2_ros" in preset.last_error
+
+
+def test_target_frame_transforms_the_target_point_with_tf2(ros: Harness, expression: str, tmp_path: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where tf2_ros imports (here: the stand-in, a fixed camera -> base_link transform), /glus/target_point
+    carries the 3D point of the same frame's result, transformed into target_frame."""
+    from geometry_msgs.msg import PointStamped
+    from glus_ros_msgs.msg import TargetResultArray
+    from std_msgs.msg import String
+
+    from helpers_standins import TF2_ROS, install_stand_in
+
+    install_stand_in(tmp_path, monkeypatch, "tf2_ros", TF2_ROS)
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    points = ros.record(PointStamped, "/glus/target_point")
+    tracker = ros.tracker(use_depth=True, target_frame="base_link")
+    tracker.trigger_configure()
+    ros.command_publisher().publish(String(data=expression))
+    assert ros.spin_until(lambda: bool(tracker.engine.targets()))
+    tracker.trigger_activate()
+    by_stamp = {}
+
+    def matched() -> int:
+        by_stamp.update({_stamp(m.header): m.results[0].point_3d for m in results
+                         if m.results and m.results[0].has_point_3d})
+        return sum(_stamp(p.header) in by_stamp for p in points)
+
+    assert ros.spin_until(lambda: matched() >= 3), f"{len(points)} points, errors {dict(tracker.input_errors)}"
+    for point in points:
+        assert point.header.frame_id == "base_link" and point.point.z > 0.1  # 3D only: no pixel points
+        if _stamp(point.header) in by_stamp:
+            q = by_stamp[_stamp(point.header)]  # 90 degrees about z, then 1 m along x
+            assert (point.point.x, point.point.y, point.point.z) == pytest.approx((1.0 - q.y, q.x, q.z), abs=1e-6)
+    # an unknown frame: nothing is published in it, and the failure is counted
+    assert _set(tracker, target_frame="map")[0].successful
+    assert ros.spin_until(lambda: tracker.input_errors["tf"] >= 2)
+    assert "no transform camera_color_optical_frame -> map" in tracker.last_input_error
+
+
+def test_the_node_converts_and_pairs_with_cv_bridge_and_message_filters_where_they_import(
+        ros: Harness, expression: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Jazzy install has cv_bridge and message_filters (here: the stand-ins): every colour and depth image of the
+    camera goes through CvBridge, colour and depth are paired by ApproximateTimeSynchronizer, and the 3D points
+    are the same as with the builtin path (the consistency test above); /diagnostics names the libraries."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from glus_ros_msgs.msg import TargetResultArray
+    from std_msgs.msg import String
+
+    from helpers_standins import CV_BRIDGE, MESSAGE_FILTERS, install_stand_in
+
+    bridge = install_stand_in(tmp_path, monkeypatch, "cv_bridge", CV_BRIDGE)
+    filters = install_stand_in(tmp_path, monkeypatch, "message_filters", MESSAGE_FILTERS)
+    results = ros.record(TargetResultArray, "/glus/segmentation")
+    diagnostics = ros.record(DiagnosticArray, "/diagnostics")
+    tracker = ros.tracker(use_depth=True)
+    tracker.trigger_configure()
+    ros.command_publisher().publish(String(data=expression))
+    assert ros.spin_until(lambda: bool(tracker.engine.targets()))
+    tracker.trigger_activate()
+    assert tracker.backends == {"image_conversion": "cv_bridge", "sync": "message_filters"}
+
+    def with_3d() -> list:
+        return [m for m in results if m.results and m.results[0].has_point_3d]
+
+    def reported() -> dict:
+        statuses = [{kv.key: kv.value for kv in s.values} for a in diagnostics for s in a.status]
+        return next((v for v in reversed(statuses) if v.get("lifecycle_state") == "active"), {})
+
+    assert ros.spin_until(lambda: len(with_3d()) >= 3 and reported()), (
+        f"{len(results)} results; errors {dict(tracker.input_errors)}")
+    kinds = set(bridge.calls)
+    assert kinds == {("rgb8", "rgb8"), ("16UC1", "passthrough")}, kinds  # camera_source: rgb8 + 16UC1 mm
+    assert {index for index, _, _ in filters.seen} == {0, 1}  # colour and depth both went through the synchroniser
+    assert 0.1 < with_3d()[-1].results[0].point_3d.z < 100.0
+    values = reported()
+    assert (values["image_conversion"], values["sync"], values["sync_dropped"]) == ("cv_bridge", "message_filters",
+                                                                                    "n/a")
+
+
+def test_diagnostics_once_a_second_in_every_state(ros: Harness, expression: str) -> None:
+    """/diagnostics at 1 Hz from construction on: model state, lifecycle state, rates, latency and drops."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from std_msgs.msg import String
+
+    arrays = ros.record(DiagnosticArray, "/diagnostics")
+    tracker = ros.tracker()
+
+    def statuses(state: str) -> list[tuple[float, Any, dict]]:
+        found = []
+        for array in arrays:
+            for s in array.status:
+                values = {kv.key: kv.value for kv in s.values}
+                if s.name == "tracker: language tracker" and values["lifecycle_state"] == state:
+                    found.append((array.header.stamp.sec + array.header.stamp.nanosec * 1e-9, s, values))
+        return found
+
+    assert ros.spin_until(lambda: bool(statuses("unconfigured")))
+    _, status, values = statuses("unconfigured")[-1]
+    assert status.level == DiagnosticStatus.OK and status.message == "unconfigured (no model)"
+    assert values["model_state"] == "not loaded" and values["targets"] == "0"
+    tracker.trigger_configure()
+    assert ros.spin_until(lambda: bool(statuses("inactive")))
+    assert statuses("inactive")[-1][2]["model_state"] == "loaded on cpu"
+    ros.command_publisher().publish(String(data=expression))
+    assert ros.spin_until(lambda: bool(tracker.engine.targets()))
+    tracker.trigger_activate()
+    assert ros.spin_until(lambda: len(statuses("active")) >= 4, 20.0)
+    stamps = [t for t, _, _ in statuses("active")]
+    gaps = np.diff(stamps)
+    assert 0.8 <= float(np.mean(gaps)) <= 1.25 and gaps.max() < 2.5, gaps  # 1 Hz (a busy CPU may delay one)
+    _, status, values = statuses("active")[-1]
+    assert status.level in (DiagnosticStatus.OK, DiagnosticStatus.WARN), status.message  # WARN: dropping frames
+    assert float(values["input_rate_hz"]) > 5.0 and float(values["processed_rate_hz"]) > 0.0
+    assert float(values["latency_p50_ms"]) > 0.0 and float(values["latency_max_ms"]) >= float(values["latency_p50_ms"])
+    assert int(values["frames_in"]) >= int(values["frames_processed"]) + int(values["frames_dropped"]) - 1
+    assert values["targets"] == "1" and values["results_published"] != "0"
+    tracker.trigger_deactivate()
+    assert ros.spin_until(lambda: bool(statuses("inactive")[-1:]) and statuses("inactive")[-1][0] > stamps[-1])
+    assert statuses("inactive")[-1][1].message == "inactive (configured, not tracking)"
 
 
 # --- conversions without spinning ----------------------------------------------------------------------

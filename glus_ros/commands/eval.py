@@ -8,6 +8,7 @@ from pathlib import Path
 from glus_ros.datasets.mevis import MevisDataset
 from glus_ros.datasets.refytvos import RefYoutubeVosDataset
 from glus_ros.evaluation import ReferringDataset, evaluate_predictions, write_csv
+from glus_ros.model.config import DEFAULT_MODEL
 
 DATASETS = {"mevis": MevisDataset, "refytvos": RefYoutubeVosDataset}
 
@@ -18,9 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
         help="J, F and J&F of predicted masks on MeViS / Ref-YouTube-VOS",
         description=__doc__,
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--pred", type=Path, help="prediction folder: <pred>/<video>/<exp_id>/<frame>.png")
-    source.add_argument("--model", help="model spec to run on the split first, then score its predictions")
+    source.add_argument("--model", help="model spec to run on the split first, then score its predictions "
+                                        f"(default without --pred: {DEFAULT_MODEL}, the shipped model)")
     parser.add_argument("--data", type=Path, required=True, help="dataset root (holds <split>/JPEGImages)")
     parser.add_argument("--split", default="valid", help="dataset split (default: valid)")
     parser.add_argument(
@@ -63,6 +65,8 @@ def open_dataset(kind: str, root: Path, split: str) -> ReferringDataset:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pred is None and args.model is None:  # as segment and track: the shipped model unless told otherwise
+        args.model = DEFAULT_MODEL
     dataset = open_dataset(args.dataset, args.data, args.split)
     if args.points:
         return _run_points(args, dataset)

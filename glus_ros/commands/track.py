@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -209,6 +210,20 @@ def run(args: argparse.Namespace) -> int:
     params = Path(args.params) if args.params else package_config("tracker.yaml")
     camera_params = Path(args.camera_params) if args.camera_params else default_camera_params()
     apply_ros_environment()  # before rclpy starts: the user's DDS profile wins, else shared memory only
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the run like Ctrl-C: cleanly, status 0
+    try:
+        return _track(args, params, camera_params)
+    except KeyboardInterrupt:  # during start-up or shutdown: what was started is closed already
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _track(args: argparse.Namespace, params: Path, camera_params: Path | None) -> int:
     from rclpy.executors import ExternalShutdownException
 
     pipeline = start_pipeline(params, args.param, pipeline_overrides(args), args.camera, camera_params)
@@ -218,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
 
             apply_text_command(pipeline.tracker.engine, args.expression)
         topic = pipeline.tracker.get_parameter("image_topic").value
-        print(f"tracking on {topic} -> /glus/segmentation, /glus/mask, /glus/target_point, /glus/debug_image; "
+        print(f"tracking on {topic} -> /glus/segmentation, /glus/mask, /glus/target_point, /glus/debug_image, "
+              "/glus/markers, /diagnostics; "
               f"targets: /glus/command, /tracker/set_targets" + ("" if args.duration else "; Ctrl-C to stop"),
               flush=True)
         started = time.monotonic()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,10 +231,12 @@ def _check_switches(cfg: GLUSConfig, source: str) -> None:
 
 
 def model_config_dirs() -> list[Path]:
-    """Where named configs live: the source tree's ``models/`` and the installed share folder."""
+    """Where named configs live: the source tree's ``models/`` and the installed share folders, the ament prefixes'
+    first in their order (a colcon overlay: ``<install>/glus_ros/share/glus_ros/models``), then this prefix's."""
     here = Path(__file__).resolve().parents[2] / "models"
-    installed = Path(sys.prefix) / "share" / "glus_ros" / "models"
-    return [p for p in (here, installed) if p.is_dir()]
+    prefixes = [*(p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p), sys.prefix]
+    installed = [Path(prefix) / "share" / "glus_ros" / "models" for prefix in prefixes]
+    return list(dict.fromkeys(p for p in (here, *installed) if p.is_dir()))
 
 
 def resolve_config_path(spec: str | Path) -> Path:

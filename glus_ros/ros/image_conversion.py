@@ -126,8 +126,26 @@ def depth_to_metres(msg: Image | Any) -> np.ndarray:
     dtype = _DEPTH_LAYOUTS.get(msg.encoding)
     if dtype is None:
         raise UnsupportedEncodingError(msg.encoding, SUPPORTED_DEPTH_ENCODINGS)
-    values = _pixels(msg, 1, dtype)[:, :, 0]
-    if dtype == "u2":
+    return depth_values_to_metres(_pixels(msg, 1, dtype)[:, :, 0], msg.encoding)
+
+
+def depth_values_to_metres(values: np.ndarray, encoding: str) -> np.ndarray:
+    """Decoded depth pixels ((H, W), the encoding's dtype) -> float32 metres, a new array.
+
+    16UC1/mono16 are millimetres (0 = no reading stays 0); 32FC1 is metres (REP 117: NaN no return, -inf
+    too close, +inf too far; all of them and values <= 0 mean "no depth" to the tracker).
+    """
+    values = np.asarray(values)
+    if values.ndim == 3 and values.shape[2] == 1:
+        values = values[:, :, 0]
+    expected = _DEPTH_LAYOUTS.get(encoding)
+    if expected is None:
+        raise UnsupportedEncodingError(encoding, SUPPORTED_DEPTH_ENCODINGS)
+    want = np.dtype(expected)
+    if values.ndim != 2 or (values.dtype.kind, values.dtype.itemsize) != (want.kind, want.itemsize):
+        raise ValueError(f"{encoding} depth: expected an (H, W) {np.dtype(expected)} array, got {values.dtype} "
+                         f"of shape {values.shape}")
+    if expected == "u2":
         return values.astype(np.float32) / np.float32(1000.0)
     return values.astype(np.float32, copy=True)
 

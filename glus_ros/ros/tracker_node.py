@@ -10,18 +10,27 @@ A thin ROS shell over :class:`glus_ros.streaming.StreamingEngine`:
   region is that command's error in SetTargets); before the first image they are checked when the target is
   first grounded, which drops a target whose region does not fit (logged by the engine). A question
   (expression ending in "?") is answered once and its answer published with every result.
-* activate: subscribe the camera (colour, or colour + depth matched by :mod:`glus_ros.ros.sync`, with
-  the newest CameraInfo) and start the engine's worker. Image callbacks only decode and submit; the
-  worker runs the model and publishes from its own thread, so a slow model drops frames (newest wins)
-  instead of queueing them.
-* deactivate: unsubscribe and stop the worker; nothing is published while inactive.
+* activate: subscribe the camera (colour, or colour + depth matched by message_filters where installed, else
+  :mod:`glus_ros.ros.sync`, with the newest CameraInfo) and start the engine's worker. Image callbacks only
+  decode and submit; the worker runs the model and publishes from its own thread, so a slow model drops
+  frames (newest wins) instead of queueing them.
+* deactivate (the off switch): unsubscribe and stop the worker; nothing is published while inactive. With
+  ``release_on_deactivate`` the stream's history and target memories are dropped (targets stay and are
+  re-grounded on activation) and a model on a GPU moves to host memory, freeing the accelerator; activate
+  moves it back.
 * cleanup / shutdown: drop the engine and the model and free their memory.
 
 Outputs (all stamped with the exact header of the image they belong to):
 ``/glus/segmentation`` (TargetResultArray), ``/glus/mask`` (mono8 mask of the first target),
 ``/glus/target_point`` (PointStamped of the first target with a point: the 3D point in metres in the
-camera optical frame when depth and CameraInfo are available, otherwise the 2D pixel (x, y) with z = 0),
-``/glus/debug_image`` (rgb8 overlay, only drawn while someone subscribes).
+camera optical frame when depth and CameraInfo are available, otherwise the 2D pixel (x, y) with z = 0; with
+``target_frame`` only 3D points, transformed by tf2 into that frame), ``/glus/debug_image`` (rgb8 overlay) and
+``/glus/markers`` (RViz MarkerArray of the 3D targets, :mod:`glus_ros.ros.markers`), both only built while
+someone subscribes. ``/diagnostics`` gets the node's health once a second in every state
+(:mod:`glus_ros.ros.diagnostics`).
+
+Shutdown (SIGINT, SIGTERM, the lifecycle shutdown transition) stops publishing before anything is torn down:
+the worker may finish a frame after rclpy's context is gone, and that result is dropped, not published.
 
 Why CameraInfo is not part of the synchronised set: intrinsics do not change per frame, and a missing
 CameraInfo must not stop the tracker (it then publishes without 3D points and warns).
@@ -41,90 +50,51 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import PointStamped
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Point, PointStamped
 from glus_ros_msgs.msg import ReferringCommandArray, TargetResultArray
 from glus_ros_msgs.srv import ClearTargets, ListTargets, SetTargets
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.service import Service
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
+from visualization_msgs.msg import MarkerArray
 
-from glus_ros.model.config import DEFAULT_MODEL
-from glus_ros.ros import messages
+from glus_ros.ros import bridges, messages
+from glus_ros.ros.diagnostics import HealthMonitor, tracker_status
 from glus_ros.ros.image_conversion import (
-    compressed_to_rgb,
-    depth_to_metres,
     float_to_stamp,
-    image_to_rgb,
     intrinsics_from_camera_info,
     mask_to_image,
     rgb_to_image,
     stamp_to_float,
 )
+from glus_ros.ros.markers import target_markers
 from glus_ros.ros.overlay import draw_result
-from glus_ros.ros.qos import RELIABILITY, qos_profile, results_qos, sensor_qos
-from glus_ros.ros.sync import ApproximateTimeSync
+from glus_ros.ros.qos import qos_profile, results_qos, sensor_qos
+from glus_ros.ros.tracker_params import LIVE, PARAMETERS, applies_at, change_refusal, check_parameter
 from glus_ros.streaming.types import CameraIntrinsics, FrameResult, StreamFrame, TargetSpec
+
+__all__ = ["PARAMETERS", "TrackerNode", "check_parameter", "main"]
 
 NODE_NAME = "tracker"
 SEGMENTATION_TOPIC = "/glus/segmentation"
 MASK_TOPIC = "/glus/mask"
 POINT_TOPIC = "/glus/target_point"
 DEBUG_IMAGE_TOPIC = "/glus/debug_image"
+MARKERS_TOPIC = "/glus/markers"
+DIAGNOSTICS_TOPIC = "/diagnostics"
 COMMAND_TOPIC = "/glus/command"
 COMMANDS_TOPIC = "/glus/commands"
 THROTTLE_S = 5.0
 MAX_PENDING_HEADERS = 256
-
-# name -> (default, description). Types follow the defaults (float parameters need a decimal point in YAML).
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "model": (DEFAULT_MODEL, "model config name, YAML file or trained model directory"),
-    "checkpoint": ("", "official GLUS/LISA checkpoint to load ('' = none)"),
-    "sam2_checkpoint": ("", "official SAM 2 .pt checkpoint for the SAM 2 head ('' = none)"),
-    "device": ("cpu", "cpu, cuda, cuda:N or auto"),
-    "dtype": ("fp32", "fp32 or bf16 (autocast)"),
-    "schedule": ("fast", "full: MLLM re-grounds every frame (paper); fast: every reground_every frames; live: the "
-                 "tracker on every frame, the MLLM in its own worker"),
-    "reground_every": (8, "fast: frames between MLLM re-groundings; live: the most frames a prompt ages"),
-    "reground_below": (0.5, "fast, live: re-ground a target whose score fell below this"),
-    "context_refresh": (1, "frames a choice of context frames is kept (> 1: the MLLM reuses their cached prefix)"),
-    "cpu_threads": (0, "torch intra-op threads for the process (0: torch's default)"),
-    "history": (64, "frames kept for context sampling"),
-    "max_targets": (8, "most targets tracked at once"),
-    "image_topic": ("/camera/image_raw", "colour image topic (sensor_msgs/Image)"),
-    "compressed": (False, "subscribe sensor_msgs/CompressedImage on <image_topic>/compressed instead"),
-    "use_depth": (False, "also subscribe depth + CameraInfo and publish 3D target points"),
-    "depth_topic": ("/camera/depth/image_raw", "depth image registered to the colour image (16UC1 mm or 32FC1 m)"),
-    "camera_info_topic": ("/camera/camera_info", "CameraInfo of the colour camera (intrinsics for 3D points)"),
-    "sync_slop_s": (0.05, "largest colour/depth stamp difference still matched [s]"),
-    "sync_queue_size": (10, "colour/depth messages buffered per input while matching"),
-    "depth_timeout_s": (1.0, "with use_depth: track without depth when none arrived for this long [s]"),
-    "qos_reliability": ("best_effort", "camera subscription reliability: best_effort or reliable"),
-    "qos_depth": (5, "camera subscription history depth"),
-    "publish_debug_image": (True, "publish the rgb8 overlay on /glus/debug_image (drawn only with subscribers)"),
-}
-_CHOICES = {"schedule": ("fast", "full", "live"), "dtype": ("fp32", "bf16"), "qos_reliability": tuple(RELIABILITY)}
-_POSITIVE_INTS = ("reground_every", "history", "max_targets", "qos_depth", "sync_queue_size", "context_refresh")
-
-
-def check_parameter(name: str, value: Any) -> str | None:
-    """Why ``value`` is not acceptable for parameter ``name``, or None when it is."""
-    if name in _CHOICES and value not in _CHOICES[name]:
-        return f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}"
-    if name in _POSITIVE_INTS and value < 1:
-        return f"{name} must be >= 1, got {value}"
-    if name == "cpu_threads" and value < 0:
-        return f"cpu_threads must be >= 0 (0: torch's default), got {value}"
-    if name == "reground_below" and not 0.0 <= value <= 1.0:
-        return f"reground_below must be in [0, 1], got {value}"
-    if name in ("sync_slop_s", "depth_timeout_s") and not value >= 0.0:
-        return f"{name} must be >= 0, got {value}"
-    if name in ("model", "image_topic") and not str(value).strip():
-        return f"{name} must not be empty"
-    return None
+DIAGNOSTICS_PERIOD_S = 1.0
+# EngineConfig fields set live
+_ENGINE_LIVE = ("schedule", "reground_every", "reground_below", "max_targets", "context_refresh")
 
 
 def _logged_transition(
@@ -152,15 +122,21 @@ class TrackerNode(LifecycleNode):
         for name, (default, description) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description))
         self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_live_parameters)
         self.engine: Any = None  # StreamingEngine while configured
         self.model: Any = None
         self._params: dict[str, Any] = {}
         self._headers: dict[int, Header] = {}
         self._headers_lock = threading.Lock()
         self._publish_lock = threading.Lock()
+        self._publishing = False  # outputs enabled: set after activate, cleared first on deactivate / shutdown
         self._camera_lock = threading.Lock()
         self._intrinsics: tuple[CameraIntrinsics, int, int] | None = None
-        self._sync: ApproximateTimeSync | None = None
+        self._sync: Any = None  # colour/depth synchroniser (bridges.colour_depth_sync) while active with depth
+        self._decoder = bridges.image_decoder()
+        self._sync_backend = ""
+        self._tf: bridges.PointTransformer | None = None
+        self._offloaded_from: Any = None  # the accelerator the model was moved off at deactivate
         self._last_depth_time: float | None = None   # monotonic time of the last depth image
         self._first_image_time: float | None = None  # ... and of the first colour image since activation
         self._outputs: dict[str, Any] = {}       # lifecycle publishers by role (configure .. cleanup)
@@ -171,6 +147,11 @@ class TrackerNode(LifecycleNode):
         self.last_error = ""  # why the last transition failed (for callers that trigger transitions themselves)
         self.results_published = 0
         self.debug_images_published = 0
+        self.markers_published = 0
+        self.health = HealthMonitor()
+        # diagnostics in every state (also unconfigured and inactive: that is when an operator looks)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, qos_profile("reliable", 10))
+        self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
 
     @property
     def lifecycle_state(self) -> str:
@@ -178,18 +159,63 @@ class TrackerNode(LifecycleNode):
         return self._state_machine.current_state[1]
 
     def output_subscribers(self) -> dict[str, int]:
-        """Subscribers per output (segmentation, mask, point, debug); empty while unconfigured."""
+        """Subscribers per output (segmentation, mask, point, debug, markers); empty while unconfigured."""
         with self._publish_lock:
             return {role: pub.get_subscription_count() for role, pub in self._outputs.items()}
 
+    @property
+    def backends(self) -> dict[str, str]:
+        """Which library converts images and pairs colour with depth ("cv_bridge" / "message_filters", or ours)."""
+        return {"image_conversion": self._decoder.backend, "sync": self._sync_backend or "none (no depth)"}
+
+    def model_state(self) -> str:
+        """'not loaded', 'loaded on <device>' or 'offloaded to cpu (from <device>)'."""
+        if self.model is None:
+            return "not loaded"
+        if self._offloaded_from is not None:
+            return f"offloaded to cpu (from {self._offloaded_from})"
+        return f"loaded on {self.model.device}"
+
     # --- parameters ---------------------------------------------------------------------------------
     def _validate_parameters(self, params: Sequence[Parameter]) -> SetParametersResult:
+        """Refuse a bad value, and a change that could not take effect in the current state (say what to do)."""
+        state = self.lifecycle_state
         for param in params:
-            if param.name in PARAMETERS:
-                reason = check_parameter(param.name, param.value)
-                if reason is not None:
-                    return SetParametersResult(successful=False, reason=reason)
+            if param.name not in PARAMETERS:
+                continue  # e.g. qos_overrides.* (read-only, declared with their publisher / subscription)
+            reason = check_parameter(param.name, param.value) or change_refusal(param.name, state)
+            if reason is None and param.name == "target_frame" and param.value:
+                reason = self._tf_unavailable()
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
+
+    def _apply_live_parameters(self, params: Sequence[Parameter]) -> None:
+        """Live parameters take effect now: the engine's schedule and limits, output switches, target_frame."""
+        live = {p.name: p.value for p in params if p.name in PARAMETERS and applies_at(p.name) == LIVE}
+        if not live or not self._params:
+            return  # unconfigured: configure reads every parameter anyway
+        self._params.update(live)
+        engine = self.engine
+        engine_changes = {k: v for k, v in live.items() if k in _ENGINE_LIVE}
+        if engine is not None and engine_changes:
+            # a schedule decides which workers run: a running engine is stopped and started again around it
+            restart = "schedule" in engine_changes and engine.running
+            if restart:
+                engine.stop()
+            engine.config = dataclasses.replace(engine.config, **engine_changes)  # validated again by EngineConfig
+            if restart:
+                engine.start()
+        if "target_frame" in live:
+            self._update_tf()
+        self.get_logger().info("applied " + ", ".join(f"{k}={v!r}" for k, v in live.items()))
+
+    @staticmethod
+    def _tf_unavailable() -> str | None:
+        module, reason = bridges.tf_module()
+        if module is not None:
+            return None
+        return f"target_frame needs tf2_ros, which this install cannot import ({reason}); leave it empty"
 
     def _read_parameters(self) -> dict[str, Any]:
         values = {name: self.get_parameter(name).value for name in PARAMETERS}
@@ -197,7 +223,18 @@ class TrackerNode(LifecycleNode):
             reason = check_parameter(name, value)
             if reason is not None:
                 raise ValueError(reason)
+        if values["target_frame"] and (reason := self._tf_unavailable()):
+            raise ValueError(reason)
         return values
+
+    def _update_tf(self) -> None:
+        """A TransformListener exactly while target_frame is set (it subscribes /tf and /tf_static)."""
+        if self._params.get("target_frame") and self._tf is None:
+            module, _ = bridges.tf_module()
+            if module is not None:
+                self._tf = bridges.PointTransformer(module, self)
+        elif not self._params.get("target_frame"):
+            self._tf = None  # its subscriptions go with the listener
 
     # --- lifecycle ----------------------------------------------------------------------------------
     @_logged_transition
@@ -230,12 +267,22 @@ class TrackerNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {self.last_error}")
             self._release_model()
             return TransitionCallbackReturn.FAILURE
+        self.last_error = ""
+        self._decoder = bridges.image_decoder()
+        self._update_tf()
+        self.get_logger().info(f"image conversion: {self._decoder.backend}"
+                               + (f" ({self._decoder.reason})" if self._decoder.reason else ""))
         out_qos = results_qos()
+        overrides = QoSOverridingOptions.with_default_policies  # per-topic qos_overrides.<topic>.publisher.*
         self._outputs = {
-            "segmentation": self.create_lifecycle_publisher(TargetResultArray, SEGMENTATION_TOPIC, out_qos),
-            "mask": self.create_lifecycle_publisher(Image, MASK_TOPIC, out_qos),
-            "point": self.create_lifecycle_publisher(PointStamped, POINT_TOPIC, out_qos),
-            "debug": self.create_lifecycle_publisher(Image, DEBUG_IMAGE_TOPIC, out_qos),
+            role: self.create_lifecycle_publisher(msg_type, topic, out_qos, qos_overriding_options=overrides())
+            for role, msg_type, topic in (
+                ("segmentation", TargetResultArray, SEGMENTATION_TOPIC),
+                ("mask", Image, MASK_TOPIC),
+                ("point", PointStamped, POINT_TOPIC),
+                ("debug", Image, DEBUG_IMAGE_TOPIC),
+                ("markers", MarkerArray, MARKERS_TOPIC),
+            )
         }
         command_qos = qos_profile("reliable", 10)
         self._config_entities = [
@@ -255,47 +302,55 @@ class TrackerNode(LifecycleNode):
             self.last_error = str(exc)
             self.get_logger().error(f"activate failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        self.last_error = ""
+        self._restore_model()
         with self._camera_lock:
             self._intrinsics = None  # possibly another camera now
         camera_qos = sensor_qos(p["qos_reliability"], p["qos_depth"])
+
+        def subscribe(msg_type: type, topic: str, callback: Callable[[Any], None]) -> Any:
+            return self.create_subscription(msg_type, topic, callback, camera_qos,
+                                            qos_overriding_options=QoSOverridingOptions.with_default_policies())
+
         if p["compressed"]:
-            image_sub = self.create_subscription(
-                CompressedImage, p["image_topic"].rstrip("/") + "/compressed", self._on_compressed, camera_qos
-            )
+            image_sub = subscribe(CompressedImage, p["image_topic"].rstrip("/") + "/compressed", self._on_compressed)
         else:
-            image_sub = self.create_subscription(Image, p["image_topic"], self._on_image, camera_qos)
+            image_sub = subscribe(Image, p["image_topic"], self._on_image)
         self._camera_subs = [image_sub]
+        self._sync_backend = ""
         if p["use_depth"]:
-            self._sync = ApproximateTimeSync(("image", "depth"), p["sync_slop_s"], p["sync_queue_size"])
+            self._sync, self._sync_backend, why = bridges.colour_depth_sync(
+                ("image", "depth"), p["sync_slop_s"], p["sync_queue_size"])
             self._camera_subs += [
-                self.create_subscription(Image, p["depth_topic"], self._on_depth, camera_qos),
-                self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, camera_qos),
+                subscribe(Image, p["depth_topic"], self._on_depth),
+                subscribe(CameraInfo, p["camera_info_topic"], self._on_camera_info),
             ]
+            self.get_logger().info(f"colour/depth sync: {self._sync_backend}" + (f" ({why})" if why else ""))
         self._last_depth_time = None
         self._first_image_time = None
         result = super().on_activate(state)  # enables the lifecycle publishers
+        self._publishing = True
         self.engine.start()
         self.get_logger().info(f"active: {image_sub.topic_name}" + (f" + {p['depth_topic']}" if p["use_depth"] else ""))
         return result
 
     @_logged_transition
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._drop_camera_subscriptions()
-        if self.engine is not None:
-            self.engine.stop()
+        self._stop_streaming()
+        if self.engine is not None and self._params.get("release_on_deactivate", True):
+            self._release_stream_state()
         return super().on_deactivate(state)
 
     @_logged_transition
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._publishing = False
         self._drop_configured_entities()
         self._release_model()
         return super().on_cleanup(state)
 
     @_logged_transition
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._drop_camera_subscriptions()
-        if self.engine is not None:
-            self.engine.stop()
+        self._stop_streaming()
         self._drop_configured_entities()
         self._release_model()
         return super().on_shutdown(state)
@@ -304,6 +359,42 @@ class TrackerNode(LifecycleNode):
         self.get_logger().error(f"error while in state {state.label!r}: releasing everything")
         self.on_shutdown(state)
         return TransitionCallbackReturn.SUCCESS
+
+    def _stop_streaming(self) -> None:
+        """Outputs off first (a frame in flight is dropped, not published), then the camera and the worker."""
+        self._publishing = False
+        self._drop_camera_subscriptions()
+        if self.engine is not None:
+            self.engine.stop()
+
+    def _release_stream_state(self) -> None:
+        """The off switch: forget history and target memories, and move a model on an accelerator to host memory.
+
+        ``engine.reset`` waits for a frame still in the model (it takes the model lock), so nothing runs on the
+        weights while they move. Targets stay and are grounded again after activation.
+        """
+        self.engine.reset()
+        self.health.reset()
+        device = self.model.device
+        if device.type == "cpu":
+            return
+        import torch
+
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        self.model.to("cpu")
+        self._offloaded_from = device
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            after = torch.cuda.memory_allocated(device)
+            self.get_logger().info(f"model moved off {device}: {(before - after) / 2**20:.0f} MiB freed "
+                                   f"({after / 2**20:.0f} MiB still allocated by this process)")
+
+    def _restore_model(self) -> None:
+        if self._offloaded_from is not None and self.model is not None:
+            self.model.to(self._offloaded_from)
+            self.get_logger().info(f"model back on {self._offloaded_from}")
+        self._offloaded_from = None
 
     def _warm_up(self, engine_type: type, config: Any) -> float:
         """One throwaway frame through a scratch engine on the same model; returns seconds.
@@ -343,6 +434,8 @@ class TrackerNode(LifecycleNode):
         device_is_cuda = self.model is not None and self.model.device.type == "cuda"
         self.engine = None
         self.model = None
+        self._offloaded_from = None
+        self._tf = None
         with self._headers_lock:
             self._headers.clear()
         gc.collect()
@@ -350,6 +443,31 @@ class TrackerNode(LifecycleNode):
             import torch
 
             torch.cuda.empty_cache()
+
+    # --- diagnostics (executor thread, 1 Hz) --------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        engine = self.engine
+        stats = engine.stats if engine is not None else {}
+        report = self.health.sample(time.monotonic(), stats)
+        p = self._params or {name: self.get_parameter(name).value for name in ("model", "device")}
+        sync_stats = getattr(self._sync, "stats", None)
+        extra: dict[str, Any] = {
+            "model": p["model"], "device": p["device"], "model_state": self.model_state(),
+            "targets": len(engine.targets()) if engine is not None else 0,
+            "results_published": self.results_published,
+            "input_errors": sum(self.input_errors.values()),
+            "sync_dropped": sum(sync_stats.dropped.values()) if sync_stats is not None else None,
+            "target_frame": self._params.get("target_frame") or "(camera frame)",
+            **self.backends,
+        }
+        if self.model is not None and self.model.device.type == "cuda":
+            import torch
+
+            extra["gpu_memory_allocated_mib"] = round(torch.cuda.memory_allocated(self.model.device) / 2**20, 1)
+        status = tracker_status(f"{self.get_name()}: language tracker", str(p["device"]), report,
+                                self.lifecycle_state, self.last_error, extra)
+        msg = DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
+        self._diagnostics_pub.publish(msg)
 
     # --- bad input ----------------------------------------------------------------------------------
     def _input_error(self, kind: str, text: str) -> None:
@@ -361,7 +479,7 @@ class TrackerNode(LifecycleNode):
     # --- camera input -------------------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
         try:
-            rgb = image_to_rgb(msg)
+            rgb = self._decoder.rgb(msg)
         except ValueError as exc:
             self._input_error("image", f"dropping image on {self._params['image_topic']}: {exc}")
             return
@@ -369,7 +487,7 @@ class TrackerNode(LifecycleNode):
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         try:
-            rgb = compressed_to_rgb(msg)
+            rgb = self._decoder.compressed_rgb(msg)
         except ValueError as exc:
             self._input_error("image", f"dropping compressed image: {exc}")
             return
@@ -398,7 +516,7 @@ class TrackerNode(LifecycleNode):
 
     def _on_depth(self, msg: Image) -> None:
         try:
-            depth = depth_to_metres(msg)
+            depth = self._decoder.depth_metres(msg)
         except ValueError as exc:
             self._input_error("depth", f"dropping depth image on {self._params['depth_topic']}: {exc}")
             return
@@ -475,23 +593,54 @@ class TrackerNode(LifecycleNode):
                 del self._headers[seq]
         if header is None:
             header = Header(stamp=float_to_stamp(result.stamp), frame_id=result.frame_id)
-        points = (messages.target_point_msg(t, header) for t in result.targets)
-        point = next((p for p in points if p is not None), None)
         with self._publish_lock:  # publishers are destroyed under this lock (cleanup/shutdown)
-            pubs = self._outputs
-            if not pubs:
-                return  # cleaned up meanwhile
-            stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-            latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
-            pubs["segmentation"].publish(messages.frame_result_to_msg(result, header, latency_ms))
-            if result.targets:
-                pubs["mask"].publish(mask_to_image(result.targets[0].mask, header))
-            if point is not None:
-                pubs["point"].publish(point)
-            if self._params.get("publish_debug_image") and pubs["debug"].get_subscription_count() > 0:
-                pubs["debug"].publish(rgb_to_image(draw_result(result), "rgb8", header))
-                self.debug_images_published += 1
-            self.results_published += 1
+            if not (self._publishing and self._outputs and self.context.ok()):
+                return  # deactivated, cleaned up or shut down while the frame was in the model
+            try:
+                self._publish(result, header, self._outputs)
+            except Exception:
+                if self._publishing and self.context.ok():
+                    raise
+                # rclpy shut down (SIGINT / SIGTERM) between the check above and the publish: drop the result
+
+    def _publish(self, result: FrameResult, header: Header, pubs: dict[str, Any]) -> None:
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
+        pubs["segmentation"].publish(messages.frame_result_to_msg(result, header, latency_ms))
+        if result.targets:
+            pubs["mask"].publish(mask_to_image(result.targets[0].mask, header))
+        point = self._target_point(result, header)
+        if point is not None:
+            pubs["point"].publish(point)
+        if self._params.get("publish_debug_image") and pubs["debug"].get_subscription_count() > 0:
+            pubs["debug"].publish(rgb_to_image(draw_result(result), "rgb8", header))
+            self.debug_images_published += 1
+        if self._params.get("publish_markers") and pubs["markers"].get_subscription_count() > 0:
+            with self._camera_lock:
+                known = self._intrinsics
+            intrinsics = known[0] if known is not None else None
+            pubs["markers"].publish(target_markers(result.targets, header, intrinsics))
+            self.markers_published += 1
+        self.results_published += 1
+        self.health.record_result(time.monotonic(), latency_ms)
+
+    def _target_point(self, result: FrameResult, header: Header) -> PointStamped | None:
+        """The first target's point for /glus/target_point; with target_frame its 3D point transformed by tf
+        (a 2D pixel point has no place in another frame, and a failed lookup publishes nothing)."""
+        target_frame = self._params.get("target_frame")
+        if not target_frame:
+            points = (messages.target_point_msg(t, header) for t in result.targets)
+            return next((p for p in points if p is not None), None)
+        lifted = next((t.point_3d for t in result.targets if t.point_3d is not None), None)
+        tf = self._tf
+        if lifted is None or tf is None:
+            return None
+        try:
+            x, y, z = tf.transform(lifted, header.frame_id, target_frame, header.stamp)
+        except LookupError as exc:
+            self._input_error("tf", str(exc))
+            return None
+        return PointStamped(header=Header(stamp=header.stamp, frame_id=target_frame), point=Point(x=x, y=y, z=z))
 
     # --- commands -----------------------------------------------------------------------------------
     def _on_text_command(self, msg: String) -> None:
@@ -541,7 +690,11 @@ class TrackerNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script ``tracker_node``: the node alone, waiting for lifecycle transitions (e.g. from launch)."""
+    """Console script ``tracker_node``: the node alone, waiting for lifecycle transitions (e.g. from launch).
+
+    SIGINT and SIGTERM end it with status 0: rclpy's handlers shut the context down, the spin returns, the
+    worker is stopped (a result it still finishes is dropped) and the node is destroyed.
+    """
     import sys
 
     from glus_ros.ros_env import apply_ros_environment
@@ -556,8 +709,8 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node.engine is not None:
-            node.engine.stop()
+        node._stop_streaming()
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
