@@ -24,7 +24,7 @@ from transformers import Molmo2Config, Molmo2ForConditionalGeneration
 from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
 from glus_ros.backends.molmo2_random import CHAT_TEMPLATE, IMAGE_TOKENS, TEXT_SPECIALS, byte_tokenizer
-from glus_ros.model.config import load_config
+from glus_ros.model.config import DEFAULT_MODEL, load_config
 from glus_ros.model.sam2_head import build_sam2
 
 FRAME_SIZE = 56      # 4 x 4 patches of 14 px
@@ -213,3 +213,13 @@ def write_tiny_sam2(path: Path, seed: int = 0) -> Path:
 
 
 
+
+
+def write_default_sam2(path: Path) -> Path:
+    """The shipped default model's trained SAM 2 as an official-layout checkpoint: masks that follow a shape."""
+    from glus_ros.inference import load_model
+
+    state = dict(load_model(DEFAULT_MODEL).sam.sam.state_dict())
+    state["obj_ptr_proj.layers.0.weight"] = torch.zeros(4, 4)
+    torch.save({"model": state}, path)
+    return path

@@ -111,6 +111,9 @@ def frame_of_time(times: Sequence[float]) -> dict[str, int]:
 class Molmo2Backend(GroundingBackend):
     name: ClassVar = "molmo2"
     answers: ClassVar = "points"
+    # frames closer than this may print the same time in the prompt (its points could not tell them apart):
+    # one printed decimal, with a margin so that rounding never prints two frames this far apart alike
+    min_frame_gap_s: ClassVar[float] = 1.05 * 10.0 ** -TIME_DECIMALS
 
     def __init__(self, model, inputs: Molmo2Inputs, tracker: SAM2Tracker, settings: Molmo2Settings,
                  folder: Molmo2Folder, logits_processor=None) -> None:
@@ -127,6 +130,12 @@ class Molmo2Backend(GroundingBackend):
     @property
     def tracker(self) -> SAM2Tracker:
         return self._tracker
+
+    def to(self, device: str | torch.device) -> Molmo2Backend:
+        """Move the language model and the SAM 2 tracker (the ROS node's off switch moves them to the CPU)."""
+        self.model.to(device)
+        self._tracker.to(device)
+        return self
 
     @property
     def max_new_tokens(self) -> int:

@@ -164,7 +164,12 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_camera: str)
     """Options shared by track and demo."""
     parser.add_argument("--params", help="tracker parameter file (default: the package's config/tracker.yaml)")
     parser.add_argument("--model",
-                        help=f"model config, YAML or trained directory (default: the params file's, {DEFAULT_MODEL})")
+                        help=f"model config, YAML, trained directory or a Molmo2 folder (default: the params file's, "
+                             f"{DEFAULT_MODEL})")
+    parser.add_argument("--checkpoint",
+                        help="official GLUS/LISA checkpoint folder for --model (default: params file, none)")
+    parser.add_argument("--sam2-checkpoint",
+                        help="official SAM 2 .pt: the SAM 2 head (needed by a pointing backend such as Molmo2)")
     parser.add_argument("--schedule", choices=["live", "fast", "full"],
                         help="streaming schedule (default: params file)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: params file)")
@@ -176,7 +181,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_camera: str)
 
 
 def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in (("model", args.model), ("schedule", args.schedule), ("device", args.device)) if v}
+    pairs = (("model", args.model), ("checkpoint", args.checkpoint), ("sam2_checkpoint", args.sam2_checkpoint),
+             ("schedule", args.schedule), ("device", args.device))
+    return {k: v for k, v in pairs if v}
 
 
 def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:

@@ -40,6 +40,7 @@ from glus_ros.points.coords import Point, frame_to_sam, inside_frame, to_pixels
 
 if TYPE_CHECKING:
     from glus_ros.model.glus import GLUSModel
+    from glus_ros.model.sam2_head import FrameFeatures, SAM2Head
 
 Source = tuple[str, int]   # ("anchor" | "absent" | "forward" | "backward", anchor frame)
 
@@ -163,23 +164,8 @@ class PointPropagator:
     def _decode_anchor(self, cache: FrameCache, t: int, points: list[Point], height: int, width: int,
                        ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
         """One positive point per prompt, union of the masks; returns (low-res prob map, memory)."""
-        sam = self.model.sam
-        frame = cache.sam_features(t)
-        n = len(points)
-        device = self.model.device
-        coords = torch.tensor(frame_to_sam(points, height, width, sam.image_size), dtype=torch.float32,
-                              device=device).view(n, 1, 2)
-        labels = torch.ones(n, 1, dtype=torch.int32, device=device)
-        per_point = frame.select(torch.zeros(n, dtype=torch.long, device=device))
-        pred = sam.decode(sam.condition_on_memory(per_point, None), per_point, None, coords, labels)
-        low_res = pred.low_res_logits.amax(dim=0, keepdim=True)
-        logits = pred.logits.amax(dim=0, keepdim=True)
-        present = torch.ones_like(pred.object_score[:1])  # the points say the object is there
-        feats, pos = sam.sam._encode_new_memory(
-            current_vision_feats=frame.vision_feats, feat_sizes=frame.feat_sizes, pred_masks_high_res=logits,
-            object_score_logits=present, is_mask_from_pts=True,
-        )
-        return torch.sigmoid(low_res[0, 0].float()).cpu().numpy(), (feats, pos[-1])
+        anchor = decode_point_anchor(self.model.sam, cache.sam_features(t), points, height, width)
+        return torch.sigmoid(anchor.low_res_logits[0, 0].float()).cpu().numpy(), anchor.memory
 
     def _propagate(self, cache: FrameCache, memory: tuple[torch.Tensor, torch.Tensor] | None, order: list[int],
                    anchor: int, keep: bool) -> dict[int, PassOutput]:
@@ -196,6 +182,41 @@ class PointPropagator:
             if not keep:
                 cache.keep_only(set())
         return out
+
+
+@dataclass
+class PointAnchor:
+    """SAM 2's answer to points on one frame: the union of the per-point masks and its memory."""
+
+    low_res_logits: torch.Tensor                 # (1, 1, h, w)
+    logits: torch.Tensor                         # (1, 1, S, S) at SAM 2's input size
+    memory: tuple[torch.Tensor, torch.Tensor]    # (features, position encoding) for a memory bank
+
+
+def decode_point_anchor(sam: SAM2Head, frame: FrameFeatures, points: Sequence[Point], height: int, width: int,
+                        ) -> PointAnchor:
+    """Pixel ``points`` of an HxW frame (features ``frame``, batch 1) -> its anchor mask and memory.
+
+    Each point is its own single positive prompt and the mask is their union (module doc); the memory is
+    encoded from the binarised mask as "object present", as SAM 2 encodes a prompted frame.
+    """
+    n = len(points)
+    if n == 0:
+        raise ValueError("an anchor needs at least one point")
+    device = frame.vision_feats[0].device
+    coords = torch.tensor(frame_to_sam(points, height, width, sam.image_size), dtype=torch.float32,
+                          device=device).view(n, 1, 2)
+    labels = torch.ones(n, 1, dtype=torch.int32, device=device)
+    per_point = frame.select(torch.zeros(n, dtype=torch.long, device=device))
+    pred = sam.decode(sam.condition_on_memory(per_point, None), per_point, None, coords, labels)
+    low_res = pred.low_res_logits.amax(dim=0, keepdim=True)
+    logits = pred.logits.amax(dim=0, keepdim=True)
+    present = torch.ones_like(pred.object_score[:1])  # the points say the object is there
+    feats, pos = sam.sam._encode_new_memory(
+        current_vision_feats=frame.vision_feats, feat_sizes=frame.feat_sizes, pred_masks_high_res=logits,
+        object_score_logits=present, is_mask_from_pts=True,
+    )
+    return PointAnchor(low_res, logits, (feats, pos[-1]))
 
 
 def normalised_anchors(points: Mapping[int, Sequence[Point]], height: int, width: int) -> dict[int, list[Point]]:

@@ -239,8 +239,8 @@ class TrackerNode(LifecycleNode):
     # --- lifecycle ----------------------------------------------------------------------------------
     @_logged_transition
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from glus_ros.inference import load_model
-        from glus_ros.streaming.engine import EngineConfig, StreamingEngine
+        from glus_ros.streaming.build import load_stream_model, make_engine
+        from glus_ros.streaming.engine import EngineConfig
 
         try:
             p = self._params = self._read_parameters()
@@ -255,12 +255,14 @@ class TrackerNode(LifecycleNode):
                 cpu_threads=p["cpu_threads"],
             )
             start = time.perf_counter()
-            self.model = load_model(p["model"], p["checkpoint"] or None, p["sam2_checkpoint"] or None, p["device"])
-            self.engine = StreamingEngine(self.model, config, on_result=self._on_result)
+            # a GLUS model or a pointing backend (Molmo2), as the model config says; the engine follows it
+            self.model = load_stream_model(p["model"], p["checkpoint"] or None, p["sam2_checkpoint"] or None,
+                                           p["device"])
+            self.engine = make_engine(self.model, config, on_result=self._on_result)
             loaded = time.perf_counter() - start
             self.get_logger().info(
                 f"loaded model {p['model']!r} on {p['device']} in {loaded:.1f} s, warmed up in "
-                f"{self._warm_up(StreamingEngine, config):.1f} s (schedule {p['schedule']})"
+                f"{self._warm_up(config):.1f} s (schedule {p['schedule']}, {type(self.engine).__name__})"
             )
         except Exception as exc:  # a failed transition must say why (rclpy would swallow it silently)
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -396,7 +398,7 @@ class TrackerNode(LifecycleNode):
             self.get_logger().info(f"model back on {self._offloaded_from}")
         self._offloaded_from = None
 
-    def _warm_up(self, engine_type: type, config: Any) -> float:
+    def _warm_up(self, config: Any) -> float:
         """One throwaway frame through a scratch engine on the same model; returns seconds.
 
         Why: the first forward pass pays one-off costs (allocations, kernel selection; CUDA context on a
@@ -404,7 +406,9 @@ class TrackerNode(LifecycleNode):
         """
         start = time.perf_counter()
         # inline, so that the one frame also runs the MLLM (a live engine's first frame waits for its worker)
-        scratch = engine_type(self.model, dataclasses.replace(config, schedule="full"))
+        from glus_ros.streaming.build import make_engine
+
+        scratch = make_engine(self.model, dataclasses.replace(config, schedule="full"))
         scratch.add_target(TargetSpec("warm_up", "the object"))
         scratch.process(StreamFrame(np.zeros((64, 64, 3), np.uint8), 0.0))
         return time.perf_counter() - start

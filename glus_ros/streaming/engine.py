@@ -270,9 +270,9 @@ class StreamingEngine:
                  on_result: Callable[[FrameResult], None] | None = None) -> None:
         self.model = model.eval()
         self.config = config or EngineConfig()
-        sampling = model.cfg.sampling
-        if self.config.history < sampling.num_query:
-            raise ValueError(f"history {self.config.history} must hold at least the {sampling.num_query} query frames")
+        num_query = self._window_sizes()[1]
+        if self.config.history < num_query:
+            raise ValueError(f"history {self.config.history} must hold at least the {num_query} query frames")
         if self.config.cpu_threads:
             torch.set_num_threads(self.config.cpu_threads)
         self._on_result = on_result
@@ -308,10 +308,15 @@ class StreamingEngine:
         self._grounding_stats = {"groundings": 0, "targets_grounded": 0, "ms_total": 0.0, "ms_last": 0.0,
                                  "errors": 0}
 
-    def _new_sampler(self) -> StreamingSampler:
+    def _window_sizes(self) -> tuple[int, int]:
+        """(context frames, query frames) one MLLM pass reads: the model's sampling config."""
         sampling = self.model.cfg.sampling
-        return StreamingSampler(self.config.history, sampling.num_context, sampling.num_query,
-                                self.config.context_refresh, self.config.context_span)
+        return sampling.num_context, sampling.num_query
+
+    def _new_sampler(self) -> StreamingSampler:
+        num_context, num_query = self._window_sizes()
+        return StreamingSampler(self.config.history, num_context, num_query, self.config.context_refresh,
+                                self.config.context_span)
 
     @property
     def live(self) -> bool:
@@ -319,7 +324,8 @@ class StreamingEngine:
         return self.config.schedule == "live"
 
     # --- targets --------------------------------------------------------------------------------
-    def _checked_spec(self, spec: TargetSpec) -> TargetSpec:
+    def _checked_spec_common(self, spec: TargetSpec) -> TargetSpec:
+        """Checks every engine makes: id, mode; returns the spec with its id stripped."""
         if not isinstance(spec.target_id, str):
             raise ValueError(f"target_id must be a string, got {type(spec.target_id).__name__}")
         if spec.mode not in MODES:
@@ -327,6 +333,10 @@ class StreamingEngine:
         if PHRASE_ID_MARK in spec.target_id:
             raise ValueError(f"target_id {spec.target_id!r} contains '{PHRASE_ID_MARK}', which names the phrases of "
                              "a question target's answer; choose another id")
+        return dataclasses.replace(spec, target_id=spec.target_id.strip())
+
+    def _checked_spec(self, spec: TargetSpec) -> TargetSpec:
+        spec = self._checked_spec_common(spec)
         if spec.region is not None:  # the expression is only a label: it may be empty
             region = self._checked_region(spec.region)
             empty = isinstance(spec.expression, str) and not spec.expression.strip()
@@ -662,18 +672,7 @@ class StreamingEngine:
             return []
         features = model.encode_sam_frames(sam_pixels)  # this frame only
         height, width = frame.image.shape[:2]
-        if self.live:
-            with self._targets_lock:
-                landed = [(t, t.pending) for t in active if t.pending is not None]
-                for target, _ in landed:
-                    target.pending = None
-        else:
-            due = [t for t in active if self._due(t)]
-            landed = []
-            if due:
-                start = time.perf_counter()
-                landed = self._compute_groundings(self._snapshot(), due)
-                self._count_grounding(len(landed), (time.perf_counter() - start) * 1000.0)
+        landed = self._landed_groundings(active)
         fresh: dict[int, _Grounding] = {}
         dropped: set[int] = set()
         for target, grounding in landed:
@@ -724,6 +723,22 @@ class StreamingEngine:
                 outputs.append(self._output(target, mask, score, state, frame,
                                             output_id=phrase_target_id(target.spec.target_id, k)))
         return outputs
+
+    def _landed_groundings(self, active: list[_Target]) -> list[tuple[_Target, _Grounding]]:
+        """The groundings to apply on this frame: live, those the worker finished; inline, computed now."""
+        if self.live:
+            with self._targets_lock:
+                landed = [(t, t.pending) for t in active if t.pending is not None]
+                for target, _ in landed:
+                    target.pending = None
+            return landed  # type: ignore[return-value]
+        due = [t for t in active if self._due(t)]
+        if not due:
+            return []
+        start = time.perf_counter()
+        landed = self._compute_groundings(self._snapshot(), due)
+        self._count_grounding(len(landed), (time.perf_counter() - start) * 1000.0)
+        return landed
 
     def _read_prediction(self, pred: MaskPrediction, track: _Target | _Phrase, grounded: bool, height: int,
                          width: int) -> tuple[np.ndarray, float, str]:

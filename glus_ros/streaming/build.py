@@ -1,0 +1,39 @@
+"""Which engine streams a model: loading by backend, so the nodes and ``glus-ros track`` stay backend-agnostic.
+
+A GLUS model (the tiny default, the released GLUS weights) streams through :class:`StreamingEngine`; a
+pointing backend (Molmo2, selected by the model config: ``backends.loading``) through
+:class:`PointingStreamingEngine`, its points seeding the same SAM 2 memory tracker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from glus_ros.backends.base import GroundingBackend
+from glus_ros.streaming.engine import EngineConfig, StreamingEngine
+from glus_ros.streaming.types import FrameResult
+
+
+def load_stream_model(spec: str | Path, checkpoint: str | Path | None = None,
+                      sam2_checkpoint: str | Path | None = None, device: str = "cpu") -> Any:
+    """A ``GLUSModel`` for a GLUS config or folder, the loaded backend for any other (e.g. a Molmo2 folder)."""
+    from glus_ros.backends.loading import backend_of, load_backend
+    from glus_ros.inference import load_model
+
+    if backend_of(spec) == "glus":
+        return load_model(spec, checkpoint, sam2_checkpoint, device)
+    return load_backend(spec, checkpoint, sam2_checkpoint, device)
+
+
+def make_engine(model: Any, config: EngineConfig | None = None,
+                on_result: Callable[[FrameResult], None] | None = None) -> StreamingEngine:
+    """The streaming engine for what :func:`load_stream_model` returned."""
+    if isinstance(model, GroundingBackend):
+        if model.answers == "points":
+            from glus_ros.streaming.pointing import PointingStreamingEngine
+
+            return PointingStreamingEngine(model, config, on_result)
+        model = model.tracker   # a GLUS backend: its GLUSModel is the engine's model
+    return StreamingEngine(model, config, on_result)
