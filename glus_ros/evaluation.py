@@ -120,12 +120,17 @@ def evaluate_predictions(
     allow_missing: bool = False,
     progress: bool = False,
     bound_th: float = DEFAULT_BOUND_TH,
+    from_frame: int = 0,
 ) -> EvalResult:
     """J, F and J&F of every expression of ``dataset`` from the PNG masks under ``pred_dir``.
 
     Missing files are an error (how many, and the first few) unless ``allow_missing``, which scores
-    them as empty masks and counts them in ``EvalResult.missing``.
+    them as empty masks and counts them in ``EvalResult.missing``. ``from_frame`` > 0 scores each video
+    from that frame on (a live replay cannot have a mask on the frame its command arrives with: comparing
+    live and offline on the frames after it separates that from the tracking quality).
     """
+    if from_frame < 0:
+        raise ValueError(f"from_frame must be >= 0, got {from_frame}")
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder not found: {pred_dir}")
@@ -154,8 +159,10 @@ def evaluate_predictions(
             path = prediction_path(pred_dir, e, frame)
             if path not in missing_set:
                 preds[t] = read_prediction(path, shape)
-        j, f = video_j_f(preds, gts, bound_th)
-        rows.append(ExpressionScore(e.video, e.exp_id, e.text, j, f, len(frames)))
+        if from_frame >= len(frames):
+            raise ValueError(f"from_frame {from_frame}: video {e.video} has only {len(frames)} frames")
+        j, f = video_j_f(preds[from_frame:], gts[from_frame:], bound_th)
+        rows.append(ExpressionScore(e.video, e.exp_id, e.text, j, f, len(frames) - from_frame))
     return EvalResult(rows=tuple(rows), missing=len(missing))
 
 

@@ -480,3 +480,22 @@ def test_cli_eval_key_frame_without_selector_is_clear(mevis, tmp_path, capsys):
 def test_cli_eval_missing_data_folder(tmp_path, capsys):
     assert main(["eval", "--pred", str(tmp_path), "--data", str(tmp_path / "absent")]) == 2
     assert "absent" in capsys.readouterr().err
+
+
+def test_scoring_from_a_later_frame_scores_only_those_frames(refytvos):
+    from glus_ros.evaluation import prediction_path, read_prediction
+    from glus_ros.metrics import video_j_f
+
+    ds = RefYoutubeVosDataset(refytvos[0], "valid")
+    later = evaluate_predictions(refytvos[1], ds, from_frame=1)
+    whole = evaluate_predictions(refytvos[1], ds)
+    for row, e in zip(later.rows, ds.expressions(), strict=True):
+        gts = ds.gt_masks(e)
+        preds = np.stack([read_prediction(prediction_path(refytvos[1], e, f), gts.shape[1:])
+                          for f in ds.frames(e.video)])
+        assert (row.j, row.f) == pytest.approx(video_j_f(preds[1:], gts[1:])) and row.frames == 1
+    assert later.j_and_f != pytest.approx(whole.j_and_f)
+    with pytest.raises(ValueError, match="from_frame 2: video r1 has only 2 frames"):
+        evaluate_predictions(refytvos[1], ds, from_frame=2)
+    with pytest.raises(ValueError, match="from_frame must be >= 0"):
+        evaluate_predictions(refytvos[1], ds, from_frame=-1)

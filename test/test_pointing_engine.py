@@ -187,3 +187,24 @@ def test_glus_ros_track_streams_with_the_molmo2_backend(files, tmp_path, tmp_pat
     processed = int(last.split("processed ")[1].split(",")[0])
     published = int(last.split("results published ")[1].split(";")[0])
     assert processed > 0 and published == processed and "target_0: grounding" in last, proc.stdout
+
+
+def test_a_counting_question_tracks_every_object_it_points_at(backend, clip):
+    engine = make_engine(backend, EngineConfig(schedule="full"))
+    engine.add_target(TargetSpec("n", "how many circles are there?", mode="point"))
+    spots = [(15.0, 36.0), (70.0, 20.0)]   # the disk and a second one drawn here
+    image = clip[0].copy()
+    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
+    image[(xx - 70) ** 2 + (yy - 20) ** 2 <= 64] = (230, 30, 30)
+    answer = "Counting the " + format_video_points(
+        [(0.0, [(k + 1, to_normalised([p], HEIGHT, WIDTH)[0]) for k, p in enumerate(spots)])], "circles"
+    ) + " shows a total of 2."
+    with answering(backend, answer):
+        both = engine.process(StreamFrame(image, stamp=0.0, seq=1)).targets[0]
+    assert backend.last_answers[0].text == answer
+    assert len(both.points) == 2 and all(abs(a - b) < 0.6 for p, q in zip(both.points, spots, strict=True)
+                                         for a, b in zip(p, q, strict=True))
+    # every point is a prompt of the one target: its mask is the offline anchor mask of both points
+    points = [(p.x, p.y) for p in parse_video_points(answer)]
+    expected = PointPropagator(backend.tracker).segment([image], normalised_anchors({0: points}, HEIGHT, WIDTH))
+    assert len(points) == 2 and mask_iou(both.mask, expected.masks[0]) > IOU_SAME
