@@ -24,7 +24,7 @@ LIVE, AT_ACTIVATE, AT_CONFIGURE = "live", "activate", "configure"
 
 # name -> (default, when it applies, description). Types follow the defaults (floats need a decimal point in YAML).
 PARAMETERS_SPEC: dict[str, tuple[Any, str, str]] = {
-    "model": (DEFAULT_MODEL, AT_CONFIGURE, "model config name, YAML file or trained model directory"),
+    "model": (DEFAULT_MODEL, AT_CONFIGURE, "model config name, YAML file, trained model directory or Molmo2 folder"),
     "checkpoint": ("", AT_CONFIGURE, "official GLUS/LISA checkpoint to load ('' = none)"),
     "sam2_checkpoint": ("", AT_CONFIGURE, "official SAM 2 .pt checkpoint for the SAM 2 head ('' = none)"),
     "device": ("cpu", AT_CONFIGURE, "cpu, cuda, cuda:N or auto"),
