@@ -227,3 +227,14 @@ def test_pointing_metrics_score_molmo2s_points(backend, tmp_path):
     assert 0.0 <= result.j_and_f <= 1.0
     with pytest.raises(ValueError, match="model or a predictor"):
         evaluate_points(None, MevisDataset(tmp_path, "valid_u"))
+
+
+def test_unreadable_answers_are_logged_at_most_every_few_seconds(backend, clip, caplog):
+    """A stream re-grounds many times a second: a model that keeps answering garbage must not flood the log."""
+    backend._unreadable_logged = float("-inf")
+    with caplog.at_level("WARNING", logger="glus_ros.backends.molmo2"), answering(backend, '<points coords="0.5 1 2'):
+        for _ in range(3):
+            [got] = backend.ground(clip[:2], ["the red circle"], timestamps=[0.0, 0.5])
+            assert got.malformed
+    unreadable = [r for r in caplog.records if "no readable points" in r.getMessage()]
+    assert len(unreadable) == 1 and "unreadable answers so far" in unreadable[0].getMessage()

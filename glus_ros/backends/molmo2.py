@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 POINT_PROMPT = "Point to {expression}."
 TRACK_PROMPT = "Track {expression}."
 DEFAULT_MAX_NEW_TOKENS = 512
+UNREADABLE_LOG_PERIOD_S = 10.0   # unreadable answers are logged at most this often
 TIME_DECIMALS = 1          # Molmo2 prints frame times with one decimal (processing_molmo2.get_video_string)
 
 
@@ -126,6 +129,8 @@ class Molmo2Backend(GroundingBackend):
         self.last_answers: list[Answer] = []       # the answers of the latest ``ground`` (for logs and tests)
         tokenizer = inputs.tokenizer
         self._reserved = [t for t in tokenizer.all_special_tokens if t]
+        self._unreadable = 0                       # answers without readable points so far
+        self._unreadable_logged = -math.inf        # when the last one was logged (time.monotonic)
 
     @property
     def tracker(self) -> SAM2Tracker:
@@ -239,8 +244,13 @@ class Molmo2Backend(GroundingBackend):
         malformed = not placed and (not answer.finished or bool(re.search(r"<\s*(points?|tracks?)\b", answer.text,
                                                                            re.IGNORECASE)))
         if malformed:
-            log.warning("Molmo2's answer has no readable points (%s): %.120r",
-                        "cut at max_new_tokens" if not answer.finished else "malformed", answer.text)
+            self._unreadable += 1
+            now = time.monotonic()
+            if now - self._unreadable_logged >= UNREADABLE_LOG_PERIOD_S:  # a stream re-grounds many times a second
+                self._unreadable_logged = now
+                log.warning("Molmo2's answer has no readable points (%s; %d unreadable answers so far, logged at most "
+                            "every %.0f s): %.120r", "cut at max_new_tokens" if not answer.finished else "malformed",
+                            self._unreadable, UNREADABLE_LOG_PERIOD_S, answer.text)
         return TargetGrounding(expression, frames, text=answer.text, count=len({p.object_id for p in placed}),
                                malformed=malformed)
 
