@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 import torch
 
+from glus_ros.model.prompting import clean_expression
 from glus_ros.points.coords import Point
 
 if TYPE_CHECKING:
@@ -77,6 +78,12 @@ class GroundingBackend(ABC):
 
     name: ClassVar[BackendName]
     answers: ClassVar[Answers]   # "prompts": SAM 2 prompts per frame; "points": points per frame
+    # frames shown closer together than this cannot be told apart in the backend's answer (0: any spacing)
+    min_frame_gap_s: ClassVar[float] = 0.0
+
+    def clean(self, expression: str) -> str:
+        """The expression as this backend is asked it (ValueError: empty, too long, reserved tokens)."""
+        return clean_expression(expression)
 
     @property
     @abstractmethod

@@ -285,9 +285,11 @@ class StreamingEngine:
         self._targets: dict[str, _Target] = {}
         self._assigned = 0
         self._sampler = self._new_sampler()
-        self._clip_inputs: dict[int, torch.Tensor] = {}   # frame step -> CLIP-sized pixels (cheap to keep)
+        # frame step -> what the MLLM reads of it: CLIP-sized pixels (cheap to keep); a pointing backend's frame
+        self._clip_inputs: dict[int, torch.Tensor | np.ndarray] = {}
         self._clip_embeds: dict[int, torch.Tensor] = {}   # frame step -> vision tower output, computed on demand
         self._seqs: dict[int, int] = {}                   # frame step -> its seq
+        self._stamps: dict[int, float] = {}               # frame step -> its stamp (a pointing backend's times)
         self._newest_image: np.ndarray | None = None
         self._prefix_cache = ContextPrefixCache() if self.config.prefix_cache else None
         self._size: tuple[int, int] | None = None
@@ -563,6 +565,7 @@ class StreamingEngine:
             self._clip_inputs.clear()
             self._clip_embeds.clear()
             self._seqs.clear()
+            self._stamps.clear()
         self._newest_image = None  # (the prefix cache matches its entries exactly: nothing stale can hit)
         self._size = None
         self._step = 0
@@ -651,19 +654,24 @@ class StreamingEngine:
         clip_size, sam_size = model.cfg.vlm.image_size, model.sam.image_size
         small = resize_uint8(frame.image, clip_size).to(model.device)
         sam_small = small if sam_size == clip_size else resize_uint8(frame.image, sam_size).to(model.device)
+        self._record_frame(frame, normalise_uint8(small, CLIP_MEAN, CLIP_STD)[0])
+        return normalise_uint8(sam_small, IMAGENET_MEAN, IMAGENET_STD)
+
+    def _record_frame(self, frame: StreamFrame, mllm_input: torch.Tensor | np.ndarray) -> None:
+        """The frame joins the history under the next step with what the MLLM reads of it, its seq and stamp;
+        frames no window can read any more are dropped from every per-frame store."""
         step = self._step
-        clip = normalise_uint8(small, CLIP_MEAN, CLIP_STD)[0]
         self._step += 1
         self._sampler.push(step)
         self._newest_image = frame.image
         kept = set(self._sampler.buffered()) | set(self._sampler.context_frames())
         with self._frames_lock:
-            self._clip_inputs[step] = clip
+            self._clip_inputs[step] = mllm_input
             self._seqs[step] = frame.seq
-            for store in (self._clip_inputs, self._clip_embeds, self._seqs):
+            self._stamps[step] = frame.stamp
+            for store in (self._clip_inputs, self._clip_embeds, self._seqs, self._stamps):
                 for old in [s for s in store if s not in kept]:
                     del store[old]
-        return normalise_uint8(sam_small, IMAGENET_MEAN, IMAGENET_STD)
 
     def _infer(self, frame: StreamFrame, active: list[_Target]) -> list[TargetOutput]:
         model = self.model

@@ -25,6 +25,7 @@ every object the answer points at is part of the target's mask (``TargetOutput.p
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
@@ -89,7 +90,6 @@ class PointingStreamingEngine(StreamingEngine):
                              "such hook: leave it off")
         self.backend = backend
         self.window_frames = window_frames
-        self._stamps: dict[int, float] = {}
         super().__init__(backend.tracker, config, on_result)
 
     # --- what differs from the GLUS engine ---------------------------------------------------------
@@ -106,50 +106,31 @@ class PointingStreamingEngine(StreamingEngine):
             raise ValueError(f"the {self.backend.name} backend answers referring expressions and counting "
                              "questions ('how many ...?'); a grounded answer to a question needs a GLUS model")
         spec = self._checked_spec_common(spec)
-        clean = getattr(self.backend, "clean", None)
-        text = clean(spec.expression) if clean is not None else spec.expression
-        return TargetSpec(spec.target_id, text, spec.mode)
+        return dataclasses.replace(spec, expression=self.backend.clean(spec.expression))
 
     def _push_frame(self, frame: StreamFrame) -> torch.Tensor:
         """Keep the frame itself for the backend (it does its own preprocessing); returns SAM 2's input."""
-        step = self._step
-        self._step += 1
-        self._sampler.push(step)
-        self._newest_image = frame.image
-        kept = set(self._sampler.buffered()) | set(self._sampler.context_frames())
-        with self._frames_lock:
-            self._clip_inputs[step] = frame.image  # type: ignore[assignment]  # what the backend reads
-            self._seqs[step] = frame.seq
-            self._stamps[step] = frame.stamp
-            for store in (self._clip_inputs, self._seqs, self._stamps):
-                for old in [s for s in store if s not in kept]:
-                    del store[old]
+        self._record_frame(frame, frame.image)
         return self._sam_input(frame.image)
 
     def _sam_input(self, image: np.ndarray) -> torch.Tensor:
         small = resize_uint8(image, self.model.sam.image_size).to(self.model.device)
         return normalise_uint8(small, IMAGENET_MEAN, IMAGENET_STD)
 
-    def _reset_locked(self) -> None:
-        super()._reset_locked()
-        with self._frames_lock:
-            self._stamps.clear()
-
     def _compute_groundings(self, window: _Window, targets: list[_Target]) -> list[tuple[_Target, _Grounding]]:
         steps = sorted(set(window.context) | set(window.query))
         with self._frames_lock:
             stamps = [self._stamps.get(s) for s in steps]
+            seqs = {s: self._seqs.get(s, window.seq) for s in steps}
         times: list[float] | None = [float(t) for t in stamps if t is not None]
         if len(times) != len(steps) or any(b <= a for a, b in itertools.pairwise(times)):
             times = None   # the backend's default spacing
         else:
-            steps, times = spaced_frames(steps, times, getattr(self.backend, "min_frame_gap_s", 0.0))
+            steps, times = spaced_frames(steps, times, self.backend.min_frame_gap_s)
         frames = [window.inputs[s] for s in steps]
         with self._mllm_lock:
             answers = self.backend.ground(frames, [t.spec.expression for t in targets], timestamps=times)
         results: list[tuple[_Target, _Grounding]] = []
-        with self._frames_lock:
-            seqs = {s: self._seqs.get(s, window.seq) for s in steps}
         for target, answer in zip(targets, answers, strict=True):
             results.append((target, self._anchor(window, steps, frames, seqs, answer)))
         return results
@@ -186,23 +167,24 @@ class PointingStreamingEngine(StreamingEngine):
             self._apply(target, grounding)
             target.bank = self.model.new_memory_bank()
             if grounding.points:
-                mask = self._seed(target, grounding, features if grounding.step == current else None)
-                if grounding.step == current:
+                now = grounding.step == current
+                logits = self._seed(target, grounding, features if now else None)
+                if now:  # pointed on this very frame (inline schedules): the anchor mask is its output
+                    mask = (logits_to_frame(logits, height, width)[0] > 0).cpu().numpy()
                     anchored[id(target)] = (mask, to_pixels(grounding.points, height, width))
         outputs = []
         for target in active:
-            empty = np.zeros((height, width), dtype=bool)
             if target.prompt is None:  # waiting for its first grounding
                 target.state = "grounding"
-                outputs.append(self._output(target, empty, 0.0, "grounding", frame))
+                outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "grounding", frame))
                 continue
-            if id(target) in anchored:  # pointed on this very frame (inline schedules)
+            if id(target) in anchored:
                 mask, points = anchored[id(target)]
                 target.score, target.state = 1.0, "grounding"
                 outputs.append(self._output(target, mask, 1.0, "grounding", frame, points))
             elif target.prompt.numel() == 0:  # the backend says it is not there
                 target.score, target.state = 0.0, "lost"
-                outputs.append(self._output(target, empty, 0.0, "lost", frame))
+                outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "lost", frame))
             else:
                 pred = self.model.sam.step(features, target.bank, None)
                 mask, score, state = self._read_prediction(pred, target, False, height, width)
@@ -210,8 +192,9 @@ class PointingStreamingEngine(StreamingEngine):
             target.since_ground += 1
         return outputs
 
-    def _seed(self, target: _Target, grounding: _PointGrounding, features: FrameFeatures | None) -> np.ndarray:
-        """Points on the anchor frame -> its mask (at the frame's size) and the first entry of a fresh bank."""
+    def _seed(self, target: _Target, grounding: _PointGrounding, features: FrameFeatures | None) -> torch.Tensor:
+        """Points on the anchor frame -> the first entry of the target's fresh bank; returns the anchor mask's
+        logits (1, 1, S, S) at SAM 2's input size."""
         image = grounding.image
         assert image is not None and grounding.points is not None
         height, width = image.shape[:2]
@@ -221,4 +204,4 @@ class PointingStreamingEngine(StreamingEngine):
                                      height, width)
         assert target.bank is not None
         target.bank.add(*anchor.memory)
-        return (logits_to_frame(anchor.logits, height, width)[0] > 0).cpu().numpy()
+        return anchor.logits
