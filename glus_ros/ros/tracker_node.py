@@ -404,10 +404,10 @@ class TrackerNode(LifecycleNode):
         Why: the first forward pass pays one-off costs (allocations, kernel selection; CUDA context on a
         GPU) of up to seconds, which would otherwise land on the first camera frame's latency.
         """
-        start = time.perf_counter()
-        # inline, so that the one frame also runs the MLLM (a live engine's first frame waits for its worker)
         from glus_ros.streaming.build import make_engine
 
+        start = time.perf_counter()
+        # inline, so that the one frame also runs the MLLM (a live engine's first frame waits for its worker)
         scratch = make_engine(self.model, dataclasses.replace(config, schedule="full"))
         scratch.add_target(TargetSpec("warm_up", "the object"))
         scratch.process(StreamFrame(np.zeros((64, 64, 3), np.uint8), 0.0))
