@@ -246,7 +246,10 @@ def load_official_model(spec: str | Path, checkpoint: str | Path | None, sam2_ch
 
     The language model is assigned from the checkpoint without a float32 copy (built on the meta device);
     ``sam2_checkpoint`` (a SAM 2 / 2.1 ``.pt``) is loaded first and then replaced by the release's own
-    ``model.visual_model.*`` weights, which are part of what GLUS trained.
+    ``model.visual_model.*`` weights, which are part of what GLUS trained. With ``official.load_weights:
+    official_loader`` (the default of glus-s / glus-a) the tensors transformers 4.31 does not load (SAM 2's fuser
+    layer scales) keep the official constructor's value, as in the official inference; ``model.load_report`` lists
+    them (``initial``).
     """
     from glus_ros.inference import resolve_device
     from glus_ros.model.checkpoints import load_sam2_checkpoint
@@ -277,5 +280,7 @@ def load_official_model(spec: str | Path, checkpoint: str | Path | None, sam2_ch
         model = GLUSModel(cfg, tokenizer, empty_llm=True)
     if sam2_checkpoint is not None:
         load_sam2_checkpoint(model.sam.sam, Path(sam2_checkpoint))
-    load_release(model, ckpt, Path(tower) if tower is not None else None, WEIGHT_DTYPES[dtype])
-    return model.to(WEIGHT_DTYPES[dtype]).to(target).eval()
+    report = load_release(model, ckpt, Path(tower) if tower is not None else None, WEIGHT_DTYPES[dtype])
+    model = model.to(WEIGHT_DTYPES[dtype]).to(target).eval()
+    model.load_report = report  # what was loaded, and what keeps its initial value as the official loader leaves it
+    return model

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from glus_ros.cli import main
 from glus_ros.inference import load_model
-from glus_ros.model.checkpoints import CheckpointError
+from glus_ros.model.checkpoints import CheckpointError, map_glus_keys
 from glus_ros.model.config import load_config, read_yaml_mapping, resolve_config_path
 from glus_ros.model.llama_tokenizer import LlamaSentencePieceTokenizer
 from glus_ros.model.memory_bank import MemoryBank
@@ -21,6 +21,7 @@ from glus_ros.official_glus import OfficialTrace, OfficialVideoSegmenter, offici
 from glus_ros.video_io import read_video
 
 FIXTURE = Path(__file__).parent / "fixtures" / "glus_official" / "a"
+TRAINED = FIXTURE.parent / "c"  # every parameter trained-like; official_load_report.json from transformers 4.31
 
 
 def overrides(extra: dict | None = None) -> dict:
@@ -266,3 +267,52 @@ def test_the_glus_ros_only_paths_say_they_do_not_apply(model):
     embeds = torch.zeros(1, 4, 64, 64)
     with pytest.raises(ValueError, match="official GLUS conversation"):
         model.seg_prompts(embeds, embeds, ["the ball"])
+
+
+def load_trained(load_weights: str | None = None):
+    raw = read_yaml_mapping(TRAINED / "glus_override.yaml")
+    if load_weights is not None:
+        raw["official"] = {"load_weights": load_weights}
+    return load_model("glus-s", TRAINED / "checkpoint", vision_tower=TRAINED / "clip", overrides=raw)
+
+
+def ours(keys) -> set[str]:
+    return set(map_glus_keys(dict.fromkeys(keys))[0])
+
+
+def test_the_loader_leaves_exactly_what_the_official_loader_leaves():
+    """transformers 4.31 renames stored 'gamma' keys to 'weight': SAM 2's fuser layer scales are reported missing
+    (their stored values under an unexpected '.weight' name) and keep the constructor's 1e-6. Tensor by tensor,
+    glus_ros holds what the official model held after loading."""
+    official = json.loads((TRAINED / "official_load_report.json").read_text())
+    info = official["loading_info"]
+    assert info["missing_keys"] == official["release_keys_not_loaded"] and not info["mismatched_keys"]
+    assert all(k.endswith("gamma") for k in info["missing_keys"]) and len(info["missing_keys"]) == 2
+    model = load_trained()
+    report = model.load_report
+    assert set(report.initial) == ours(info["missing_keys"])
+    assert ours(info["unexpected_keys"]) <= set(report.unexpected)
+    assert not ours(info["missing_keys"]) & set(report.loaded)
+    release = {}
+    for shard in sorted((TRAINED / "checkpoint").glob("*.safetensors")):
+        release.update(load_file(str(shard)))
+    state = model.state_dict()
+    compared = 0
+    for key, value in release.items():
+        name = next(iter(ours([key])), None)
+        if name not in state:
+            continue
+        expected = torch.tensor(official["not_loaded_values"][key]) if key in info["missing_keys"] else value
+        assert torch.equal(state[name], expected.to(state[name].dtype)), key
+        compared += 1
+    assert compared == len(report.loaded) + len(report.initial) - sum(k.startswith("vlm.llava.model.vision_tower.")
+                                                                      for k in report.loaded)
+
+    stored = load_trained("as_stored")  # the switch: every tensor as the release stores it
+    assert stored.load_report.initial == []
+    for key in info["missing_keys"]:
+        name = next(iter(ours([key])))
+        assert torch.equal(stored.state_dict()[name], release[key])
+    with pytest.raises(ValueError, match="load_weights"):
+        load_config("glus-s", {"official": {"load_weights": "transformers"}})
+    assert load_config("glus-s").official.load_weights == "official_loader"

@@ -1,7 +1,8 @@
 """The released-weights path against the official GLUS code, number for number.
 
-The fixtures in test/fixtures/glus_official/{a,b} were written by running the official classes (github
-GLUS-video/GLUS 8fd138b with transformers 4.31, random weights at tiny sizes; README.md there): a checkpoint
+The fixtures in test/fixtures/glus_official/{a,b,c} were written by running the official classes (github
+GLUS-video/GLUS 8fd138b with transformers 4.31, random weights at tiny sizes; ``c`` with no parameter left at its
+initial value, so the official loader's skipped memory-encoder layer scales show; README.md there): a checkpoint
 in the release's exact layout, a separate CLIP folder, the frames, and every stage of the official inference.
 Here the checkpoint is loaded the way ``glus-ros segment --model glus-s --checkpoint DIR --vision-tower DIR``
 loads it (the fixture's tiny dimensions come from its glus_override.yaml), and each stage must match: ids and
@@ -38,7 +39,7 @@ def starts_of(name: str) -> list[int]:
     return sorted(int(p.stem.removeprefix("expected_start")) for p in (FIXTURES / name).glob("expected_start*.json"))
 
 
-@pytest.fixture(scope="module", params=["a", "b"])
+@pytest.fixture(scope="module", params=["a", "b", "c"])
 def official(request):
     paths = fixture_paths(request.param)
     model = load_model("glus-s", paths["checkpoint"], vision_tower=paths["clip"],
@@ -124,6 +125,10 @@ def test_the_fixtures_cover_what_the_issue_asks():
     assert b[0]["passes"][0]["context_frames"] == official_context_frames(16) == [2, 6, 10, 14]
     middles = [(i * 16 // 4 + (i + 1) * 16 // 4 - 1) // 2 for i in range(4)]
     assert middles != [2, 6, 10, 14]
+    # c stores trained-like layer scales, far from the 1e-6 the official loader runs with (a and b store 1e-6)
+    shard = load_file(str(FIXTURES / "c" / "checkpoint" / "model-00001-of-00002.safetensors"))
+    gammas = {k: v for k, v in shard.items() if k.endswith("gamma")}
+    assert len(gammas) == 2 and all(v.abs().min() > 1e-2 for v in gammas.values())
 
 
 def test_segment_cli_loads_the_release_layout_and_writes_the_official_masks(tmp_path):

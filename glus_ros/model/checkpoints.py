@@ -52,6 +52,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)       # model keys the file did not provide
     unexpected: list[str] = field(default_factory=list)    # file keys with no place in the model
     mismatched: list[str] = field(default_factory=list)    # same key, different shape
+    initial: list[str] = field(default_factory=list)       # model keys left at their initial value on purpose
 
     def summary(self, limit: int = 8) -> str:
         def few(keys: list[str]) -> str:
@@ -61,6 +62,8 @@ class LoadReport:
             parts.append(f"missing {len(self.missing)}: {few(self.missing)}")
         if self.mismatched:
             parts.append(f"shape mismatch {len(self.mismatched)}: {few(self.mismatched)}")
+        if self.initial:
+            parts.append(f"left at their initial value {len(self.initial)}: {few(self.initial)}")
         if self.unexpected:
             parts.append(f"unused {len(self.unexpected)}: {few(self.unexpected)}")
         return "; ".join(parts)

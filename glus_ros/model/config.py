@@ -97,9 +97,13 @@ class OfficialConfig:
     """The official GLUS inference (github GLUS-video/GLUS ``inference_iter.py``, commit 8fd138b), step by step.
 
     Present only in the configs for the released weights (glus-s, glus-a); ``glus_ros.official_glus`` runs it.
+    ``load_weights``: "official_loader" loads the release as the official inference does (transformers 4.31
+    ``from_pretrained`` renames keys holding "gamma"/"beta", so SAM 2's memory-encoder layer scales keep their
+    initial 1e-6); "as_stored" loads every tensor as the release stores it (docs/official_weights.md).
     """
 
     conversation: str = "llava_v1"
+    load_weights: str = "official_loader"
 
 
 @dataclass
@@ -218,6 +222,9 @@ def _check_switches(cfg: GLUSConfig, source: str) -> None:
         if value not in allowed:
             raise ValueError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
     if cfg.official is not None:
+        if cfg.official.load_weights not in ("official_loader", "as_stored"):
+            raise ValueError(f"{source}: official.load_weights must be one of ['official_loader', 'as_stored'], "
+                             f"got {cfg.official.load_weights!r}")
         if cfg.official.conversation != "llava_v1":
             raise ValueError(f"{source}: official.conversation: only llava_v1 (the GLUS release) is implemented, "
                              f"got {cfg.official.conversation!r}")

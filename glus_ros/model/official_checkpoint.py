@@ -8,6 +8,13 @@ no vision tower (the merge script drops every ``vision_tower`` key): CLIP ViT-L/
 Hugging Face folder (``openai/clip-vit-large-patch14`` layout, keys ``vision_model.*``). SAM 2.0 weights are
 the checkpoint's ``model.visual_model.*``.
 
+How the official inference loads the release is followed by default (``official.load_weights: official_loader``):
+transformers 4.31's ``from_pretrained`` renames every stored key that contains "beta" (to "bias") or else
+"gamma" (to "weight"), legacy TensorFlow names. SAM 2's memory-encoder fuser (``CXBlock``) keeps its layer scale
+in a parameter named ``gamma``, so the official loader reports ``...fuser.layers.N.gamma`` missing and
+``...fuser.layers.N.weight`` unexpected and runs with the constructor's value (``layer_scale_init_value``,
+1e-6), whatever the release stores. ``as_stored`` loads the stored tensors instead.
+
 The 7B language model is built on the meta device and the checkpoint tensors are assigned to it in the target
 dtype, shard by shard (``.bin`` shards memory-mapped), so no float32 copy of it is ever made.
 """
@@ -38,6 +45,43 @@ TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_atten
              "vocab_size", "rms_norm_eps", "max_position_embeddings", "hidden_act")
 VISION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size",
                "image_size", "hidden_act", "layer_norm_eps")
+
+
+LOAD_WEIGHTS = ("official_loader", "as_stored")
+
+
+def hf431_key(key: str) -> str:
+    """The name transformers 4.31 ``from_pretrained`` loads a stored key under ("beta" wins over "gamma")."""
+    if "beta" in key:
+        return key.replace("beta", "bias")
+    if "gamma" in key:
+        return key.replace("gamma", "weight")
+    return key
+
+
+def load_weights_mode(model: nn.Module) -> str:
+    """The config's ``official.load_weights`` ("as_stored" for a config without an ``official`` section)."""
+    official = getattr(getattr(model, "cfg", None), "official", None)
+    mode = getattr(official, "load_weights", "as_stored") if official is not None else "as_stored"
+    if mode not in LOAD_WEIGHTS:
+        raise ValueError(f"official.load_weights must be one of {list(LOAD_WEIGHTS)}, got {mode!r}")
+    return mode
+
+
+def official_initial_value(model: nn.Module, key: str, like: torch.Tensor) -> torch.Tensor:
+    """The value the official classes construct for a tensor their loader leaves unset.
+
+    Only SAM 2's ``CXBlock.gamma`` (``layer_scale_init_value`` * ones, untouched by transformers' weight init,
+    which only initialises Linear and Embedding modules) is known; any other such key is an error.
+    """
+    module_name, _, attr = key.rpartition(".")
+    module = model.get_submodule(module_name)
+    if type(module).__name__ == "CXBlock" and attr == "gamma":
+        layer = model.cfg.sam2.get("memory_encoder", {}).get("fuser", {}).get("layer", {})
+        value = float(layer.get("layer_scale_init_value", 1e-6))
+        return torch.full(like.shape, value, dtype=torch.float32).to(like.dtype)
+    raise CheckpointError(f"the official loader (transformers 4.31) would leave {key} at its initial value, which "
+                          "glus_ros cannot reproduce; load the stored tensor with official.load_weights: as_stored")
 
 
 def _read_json(path: Path) -> dict:
@@ -129,22 +173,32 @@ def _text_expected(model: nn.Module) -> dict:
     return {k: v for k, v in text.items() if k in TEXT_KEYS}
 
 
-def read_release_state(folder: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+def read_release_state(folder: Path, dtype: torch.dtype, official_loader: bool = False,
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str], list[str]]:
     """The checkpoint's tensors mapped onto our module names and cast to ``dtype`` (one shard at a time).
 
-    Returns (state, source file of each key, official keys that match no module).
+    ``official_loader``: keys renamed as transformers 4.31 does, per shard. Returns (state, source file of each
+    key, official keys that match no module, our names of the stored keys that the renaming took away).
     """
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
     unmatched: list[str] = []
+    renamed: list[str] = []
     for file in weight_files(folder):
+        taken: set[str] = set()  # names a renamed key took in this shard (4.31 renames after reading the shard)
         for key, value in iter_tensors(file):
+            if official_loader and hf431_key(key) != key:
+                renamed.extend(map_glus_keys({key: value})[0])
+                key = hf431_key(key)
+                taken.add(key)
+            elif key in taken:
+                continue
             mapped, rest = map_glus_keys({key: value})
             unmatched.extend(rest)
             for name, tensor in mapped.items():
                 state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
                 source[name] = file.name
-    return state, source, unmatched
+    return state, source, unmatched, renamed
 
 
 def read_vision_tower(folder: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], str]:
@@ -179,7 +233,9 @@ def load_release(model: nn.Module, checkpoint: Path, vision_tower: Path | None, 
 
     Every model tensor must come from one of the two folders with its exact shape; anything else is one
     :class:`CheckpointError` naming the file and the keys. Tensors of the official SAM 2 config that GLUS
-    does not run (object pointers) are reported, not loaded.
+    does not run (object pointers) are reported, not loaded. With ``official.load_weights: official_loader``
+    (glus-s, glus-a) the keys transformers 4.31 does not load keep the official constructor's value and are
+    listed in the report's ``initial``.
     """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
@@ -193,7 +249,8 @@ def load_release(model: nn.Module, checkpoint: Path, vision_tower: Path | None, 
     if vocab != len(model.tokenizer):
         raise CheckpointError(f"{config_json}: vocab_size {vocab} but the tokenizer files of {checkpoint} hold "
                               f"{len(model.tokenizer)} tokens (tokenizer.model + added_tokens.json)")
-    state, source, unmatched = read_release_state(checkpoint, dtype)
+    official_loader = load_weights_mode(model) == "official_loader"
+    state, source, unmatched, renamed = read_release_state(checkpoint, dtype, official_loader)
     if not state:
         raise CheckpointError(f"{checkpoint}: no GLUS keys found")
     has_vision = any(k.startswith(VISION_PREFIX) for k in state)
@@ -220,6 +277,8 @@ def load_release(model: nn.Module, checkpoint: Path, vision_tower: Path | None, 
         else:
             usable[key] = value
     missing = [k for k in own if k not in state]
+    initial = [k for k in missing if k in renamed]  # what the official loader leaves at its initial value
+    missing = [k for k in missing if k not in initial]
     if missing or mismatched:
         parts = [f"{checkpoint}" + (f" + {vision_tower}" if vision_files else "") + " does not fit the model"]
         if missing:
@@ -230,12 +289,15 @@ def load_release(model: nn.Module, checkpoint: Path, vision_tower: Path | None, 
             parts.append(f"shape mismatch {len(mismatched)}: {', '.join(mismatched[:8])}"
                          + (f", ... ({len(mismatched)} in all)" if len(mismatched) > 8 else ""))
         raise CheckpointError("; ".join(parts))
+    for key in initial:
+        usable[key] = official_initial_value(model, key, own[key].detach()).to(dtype)
     model.load_state_dict(usable, strict=False, assign=True)
     _restore_rotary(model)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise CheckpointError(f"{checkpoint}: tensors still unset after loading: {', '.join(left[:8])}")
-    report.loaded = sorted(usable)
+    report.loaded = sorted(k for k in usable if k not in initial)
+    report.initial = sorted(initial)
     unused = report.unexpected + unmatched
     report.unexpected = unused
     known = [k for k in unused if k.startswith(UNUSED_OFFICIAL_PREFIXES) or k.endswith(UNUSED_OFFICIAL_SUFFIXES)]
@@ -243,6 +305,12 @@ def load_release(model: nn.Module, checkpoint: Path, vision_tower: Path | None, 
     if known:
         log.info("%s: %d tensors not needed (SAM 2 object-pointer heads, stored rotary frequencies, "
                  "SAM2Transforms buffers)", checkpoint, len(known))
+    renamed_away = [k for k in other if hf431_key(k) == k and any(hf431_key(r) == k for r in initial)]
+    other = [k for k in other if k not in renamed_away]
+    if initial:
+        log.info("%s: as the official loader (transformers 4.31 renames 'gamma'/'beta' keys), %d tensors keep their "
+                 "initial value: %s (official.load_weights: as_stored loads them)", checkpoint, len(initial),
+                 ", ".join(initial))
     if other:
         log.warning("%s: %d tensors match no module: %s", checkpoint, len(other), ", ".join(other[:8]))
     log.info("%s", report.summary())
