@@ -17,7 +17,7 @@ import pytest
 
 from glus_ros.cli import main as cli_main
 from glus_ros.datasets.mevis import MevisDataset
-from glus_ros.recording.bag_to_dataset import BagReadError, convert_bag
+from glus_ros.recording.bag_to_dataset import BagReadError, cdr_bytes, convert_bag
 from glus_ros.recording.typestore import glus_typestore
 
 from helpers_ros import RosTestEnv, rclpy_context, ros_session, spin_until
@@ -70,7 +70,7 @@ def _read_bag(path: Path) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {}
     with Reader(path) as reader:
         for connection, _t, raw in reader.messages():
-            out.setdefault(connection.topic, []).append(bytes(raw))
+            out.setdefault(connection.topic, []).append(bytes(cdr_bytes(raw)))  # zstd without metadata.yaml
     return out
 
 

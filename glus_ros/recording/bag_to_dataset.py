@@ -8,11 +8,13 @@ Why: the training loader reads MeViS folders; recordings on a robot become train
     mask_dict.json          anno_id -> [COCO RLE per frame, or null where the object is absent]
     bag_source.json         provenance: the bag, its topics and each frame's header stamp
 
-Videos: the command topics, as the tracker node reads them (std_msgs/String on /glus/command: the text
+Videos: the image stream is split into runs with a constant set of targets; each run is one video with
+one expression per target. Where the targets come from (glus_ros.recording.targets): the tracker's
+latched snapshots on /glus/targets, else its command topics (std_msgs/String on /glus/command: the text
 replaces target ``target_0``, an empty string removes it; glus_ros_msgs ReferringCommand(Array) on
-/glus/commands: ADD/REPLACE/REMOVE/CLEAR), split the image stream into runs with a constant set of
-targets; each run is one video with one expression per target. Commands and images are ordered by bag
-(receive) time.
+/glus/commands: ADD/REPLACE/REMOVE/CLEAR), else the target_id and expression of its results on
+/glus/segmentation; or one ``expression`` for the whole bag. Snapshots and results apply by header
+stamp, commands by bag (receive) time.
 
 Labels: a mono8 sensor_msgs/Image topic (one target at a time) or the tracker's TargetResultArray /
 TargetResult (pseudo-labels matched by target_id, else by expression). A label belongs to the image with
@@ -34,35 +36,31 @@ import cv2
 import numpy as np
 
 from glus_ros.datasets.rle import encode_mask
+from glus_ros.recording.targets import (
+    COMMAND_ARRAY_TYPE,
+    COMMAND_TYPES,
+    NS,
+    RESULT_ARRAY_TYPE,
+    RESULT_TYPE,
+    RESULT_TYPES,
+    Target,
+    TargetTimeline,
+    TimelineBuilder,
+)
+from glus_ros.recording.topics import DEFAULT_COMMAND_TOPICS, SEGMENTATION_TOPIC, TARGETS_TOPIC
 from glus_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, mask_from_image
 
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-STRING_TYPE = "std_msgs/msg/String"
-COMMAND_TYPE = "glus_ros_msgs/msg/ReferringCommand"
-COMMAND_ARRAY_TYPE = "glus_ros_msgs/msg/ReferringCommandArray"
-COMMAND_TYPES = (STRING_TYPE, COMMAND_TYPE, COMMAND_ARRAY_TYPE)
-RESULT_TYPE = "glus_ros_msgs/msg/TargetResult"
-RESULT_ARRAY_TYPE = "glus_ros_msgs/msg/TargetResultArray"
 LABEL_TYPES = ("sensor_msgs/msg/Image", RESULT_TYPE, RESULT_ARRAY_TYPE)
-DEFAULT_COMMAND_TOPICS = ("/glus/command", "/glus/commands")  # the tracker node's String and array topics
-TEXT_TARGET_ID = "target_0"  # the target a String command sets (glus_ros.ros.messages.apply_text_command)
-ADD, REPLACE, REMOVE, CLEAR = 0, 1, 2, 3  # ReferringCommand actions
 LOST = 2  # TargetResult.state
-_NS = 1_000_000_000
+_NS = NS
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame; CDR data starts with its encapsulation header instead
 
 
 class BagReadError(ValueError):
     """The bag cannot be opened or read (missing metadata, truncated file, not a bag); names the path."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """One referred object: its id from the command (empty for String commands) and its expression."""
-
-    target_id: str
-    expression: str
 
 
 @dataclass
@@ -79,7 +77,8 @@ class ConversionSummary:
     skipped_every_n: int = 0
     skipped_undecodable: int = 0  # images whose encoding or compressed data could not be decoded
     labels: int = 0
-    commands: int = 0
+    commands: int = 0  # messages the targets were read from (snapshots, commands or results)
+    targets_source: str = ""  # "snapshots", "commands", "results" or "expression"
 
 
 def _bag_path(bag: Path) -> Path:
@@ -128,7 +127,7 @@ class BagMessages:
         while True:
             try:
                 connection, timestamp, raw = next(stream)
-                msg = self.reader.deserialize(raw, connection.msgtype)
+                msg = self.reader.deserialize(cdr_bytes(raw), connection.msgtype)
             except StopIteration:
                 return
             except Exception as exc:
@@ -142,29 +141,20 @@ class BagMessages:
             pass
 
 
+def cdr_bytes(raw: bytes | memoryview) -> bytes | memoryview:
+    """A stored message as CDR: zstd frames decompressed (a message-compressed .db3 read without its
+    metadata.yaml, e.g. after the recorder was killed, reaches us still compressed)."""
+    if bytes(raw[:4]) != _ZSTD_MAGIC:
+        return raw
+    try:
+        from compression import zstd  # Python >= 3.14
+    except ImportError:
+        from backports import zstd  # what rosbags itself uses before 3.14
+    return zstd.decompress(bytes(raw))
+
+
 def _stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * _NS + int(header.stamp.nanosec)
-
-
-def _apply_command(active: list[Target], msgtype: str, msg: Any) -> list[Target]:
-    """The target list after one command message (a new list; order = order of addition)."""
-    if msgtype == STRING_TYPE:
-        text = str(msg.data).strip()
-        others = [t for t in active if t.target_id != TEXT_TARGET_ID]
-        return [*others, Target(TEXT_TARGET_ID, text)] if text else others
-    commands = msg.commands if msgtype == COMMAND_ARRAY_TYPE else [msg]
-    targets = list(active)
-    for cmd in commands:
-        action, tid, text = int(cmd.action), str(cmd.target_id), str(cmd.expression).strip()
-        if action == CLEAR:
-            targets = []
-        elif action == REMOVE:
-            targets = [t for t in targets if t.target_id != tid]
-        elif action in (ADD, REPLACE) and text:
-            key = tid or text  # an ADD without id: the tracker names it; match its results by expression
-            targets = [t for t in targets if (t.target_id or t.expression) != key]
-            targets.append(Target(tid, text))
-    return targets
 
 
 def _label_key(target: Target) -> str:
@@ -226,7 +216,9 @@ class _Video:
 
 def _check_topic(topics: dict[str, str], topic: str, allowed: tuple[str, ...], role: str, bag: Path) -> str:
     if topic not in topics:
-        listed = ", ".join(f"{t} ({m})" for t, m in sorted(topics.items())) or "none"
+        if not topics:
+            raise ValueError(f"bag {bag} holds no topics (a recording whose topics were never published?)")
+        listed = ", ".join(f"{t} ({m})" for t, m in sorted(topics.items()))
         raise ValueError(f"{role} topic {topic} is not in bag {bag}; its topics: {listed}")
     if topics[topic] not in allowed:
         raise ValueError(f"{role} topic {topic} has type {topics[topic]}; expected one of {', '.join(allowed)}")
@@ -256,18 +248,22 @@ def convert_bag(
     bag: str | Path,
     out: str | Path,
     image_topic: str = "/camera/image_raw",
-    command_topic: str | Sequence[str] | None = DEFAULT_COMMAND_TOPICS,
+    command_topic: str | Sequence[str] | None = None,
     label_topic: str | None = None,
     every_n: int = 1,
     split: str = "train",
     expression: str | None = None,
     stamp_tolerance_s: float = 0.01,
     jpeg_quality: int = 95,
+    targets_topic: str = TARGETS_TOPIC,
+    results_topic: str = SEGMENTATION_TOPIC,
 ) -> ConversionSummary:
     """Convert ``bag`` into a MeViS-layout split at ``out/split`` (see the module docstring).
 
-    ``command_topic``: one topic or several; those absent from the bag are skipped, but one must be there.
-    ``expression`` (instead of command topics) refers the whole recording to one expression.
+    Targets: ``expression`` refers the whole recording to one expression; ``command_topic`` (one topic or
+    several; those absent from the bag are skipped, but one must be there) reads only those command topics;
+    neither (the default) takes the snapshots on ``targets_topic``, else the tracker's command topics, else
+    the expressions in the results on ``results_topic`` (or on ``label_topic`` when it carries results).
     """
     bag, out = Path(bag), Path(out)
     if every_n < 1:
@@ -276,43 +272,47 @@ def convert_bag(
         raise ValueError(f"stamp tolerance must be in [0, 1] s, got {stamp_tolerance_s}")
     if expression is not None and not expression.strip():
         raise ValueError("expression must not be empty")
-    wanted = [command_topic] if isinstance(command_topic, str) else list(command_topic or [])
-    if expression is None and not wanted:
-        raise ValueError("give a command topic or an expression for the whole bag")
+    explicit = [command_topic] if isinstance(command_topic, str) else list(command_topic or [])
+    if command_topic is not None and not explicit:
+        raise ValueError("give at least one command topic (or none, to read the targets topic)")
     reader = BagMessages(bag)
     try:
         topics = reader.topics
         image_type = _check_topic(topics, image_topic, IMAGE_TYPES, "image", bag)
-        command_topics: list[str] = []
-        if expression is None:
-            command_topics = [t for t in wanted if t in topics] or wanted[:1]  # none there: the error names one
-            for topic in command_topics:
-                _check_topic(topics, topic, COMMAND_TYPES, "command", bag)
-        if label_topic is not None:
-            _check_topic(topics, label_topic, LABEL_TYPES, "label", bag)
+        label_type = _check_topic(topics, label_topic, LABEL_TYPES, "label", bag) if label_topic else None
+        builder = None if expression is not None else _timeline_builder(
+            topics, bag, explicit, targets_topic, results_topic, label_topic if label_type in RESULT_TYPES else None
+        )
         split_dir = _prepare_split(out, split)
         summary = ConversionSummary(split_dir=split_dir)
         try:
-            videos = _convert(
+            timeline, labels = _read_targets_and_labels(
+                reader, builder, expression, label_topic, stamp_tolerance_s, summary, bool(explicit), targets_topic,
+                builder.results_topic if builder is not None and builder.results_topic else results_topic,
+            )
+            videos = _convert_images(
                 reader,
                 image_topic,
                 image_type,
-                command_topics,
-                label_topic,
-                expression,
+                timeline,
+                labels,
+                label_type == "sensor_msgs/msg/Image",
                 every_n,
-                stamp_tolerance_s,
+                split_dir,
                 jpeg_quality,
+                bag,
                 summary,
             )
             if not videos:
                 raise ValueError(
                     f"no frames converted from {bag}: {summary.images_read} images on {image_topic}, "
-                    f"{summary.skipped_no_target} without an active expression ({summary.commands} commands), "
+                    f"{summary.skipped_no_target} without an active expression ({summary.commands} messages "
+                    f"from {summary.targets_source} on {' '.join(timeline.topics) or '-'}"
+                    f"{', applied by header stamp' if timeline.by_stamp else ''}), "
                     f"{summary.skipped_unlabeled} without a label on {label_topic} ({summary.labels} labels), "
                     f"{summary.skipped_undecodable} undecodable"
                 )
-            _write_split(split_dir, videos, bag, image_topic, command_topics, label_topic, label_topic is not None)
+            _write_split(split_dir, videos, bag, image_topic, timeline, label_topic, label_topic is not None)
         except BaseException:
             remove_partial_split(split_dir)  # it was empty or absent before: leave nothing half-written
             raise
@@ -324,59 +324,94 @@ def convert_bag(
     return summary
 
 
-def _convert(
+def _timeline_builder(
+    topics: dict[str, str],
+    bag: Path,
+    explicit: list[str],
+    targets_topic: str,
+    results_topic: str,
+    label_results_topic: str | None,
+) -> TimelineBuilder:
+    """Which topics the targets may come from; checks their types (explicit command topics must exist)."""
+    if explicit:
+        present = [t for t in explicit if t in topics] or explicit[:1]  # none there: the error names one
+        for topic in present:
+            _check_topic(topics, topic, COMMAND_TYPES, "command", bag)
+        return TimelineBuilder(None, present, None)
+    if targets_topic in topics:
+        _check_topic(topics, targets_topic, (COMMAND_ARRAY_TYPE,), "targets", bag)
+    commands = [t for t in DEFAULT_COMMAND_TOPICS if t in topics]
+    for topic in commands:
+        _check_topic(topics, topic, COMMAND_TYPES, "command", bag)
+    results = label_results_topic or results_topic
+    if results in topics:
+        _check_topic(topics, results, RESULT_TYPES, "results", bag)
+    return TimelineBuilder(targets_topic if targets_topic in topics else None, commands,
+                           results if results in topics else None)
+
+
+def _no_targets_error(bag: Path, topics: dict[str, str], targets_topic: str, results_topic: str) -> ValueError:
+    looked = [f"snapshots on {targets_topic}", f"commands on {' and '.join(DEFAULT_COMMAND_TOPICS)}",
+              f"expressions in the results on {results_topic}"]
+    listed = ", ".join(f"{t} ({m})" for t, m in sorted(topics.items())) or "none"
+    return ValueError(
+        f"no targets in bag {bag}: looked for {', '.join(looked)}, and none holds a target (absent or empty); "
+        f"its topics: {listed}. Record {targets_topic} (glus-ros record does by default), name the command topic "
+        "with --command-topic, or give --expression for the whole bag"
+    )
+
+
+def _read_targets_and_labels(
     reader: BagMessages,
-    image_topic: str,
-    image_type: str,
-    command_topics: list[str],
-    label_topic: str | None,
+    builder: TimelineBuilder | None,
     expression: str | None,
-    every_n: int,
+    label_topic: str | None,
     stamp_tolerance_s: float,
-    jpeg_quality: int,
     summary: ConversionSummary,
-) -> list[_Video]:
-    """Pass 1 reads commands (bag-time change points) and labels (by image stamp), pass 2 the images."""
-    changes: list[tuple[int, list[Target]]] = []
-    active: list[Target] = []
-    first_pass = [t for t in (label_topic,) if t]
-    if expression is not None:
-        active = [Target("", expression.strip())]
-        changes.append((0, active))
-    else:
-        first_pass.extend(command_topics)
+    explicit: bool,
+    targets_topic: str,
+    results_topic: str,
+) -> tuple[TargetTimeline, LabelIndex | None]:
+    """Pass 1: the target messages (targets, commands, results) and the labels, by image stamp.
+
+    The results topic is read here only when it is the label topic; otherwise only when the bag has
+    neither snapshots nor commands (a second pass), since masks make it large.
+    """
     labels = LabelIndex(round(stamp_tolerance_s * _NS)) if label_topic else None
-    for topic, msgtype, t_ns, msg in reader.messages(first_pass):
+    wanted = [label_topic] if label_topic else []
+    if builder is not None:
+        wanted += [t for t in (builder.targets_topic, *builder.command_topics) if t]
+        if builder.results_topic == label_topic:
+            wanted.append(builder.results_topic)
+    for topic, msgtype, t_ns, msg in reader.messages(list(dict.fromkeys(wanted))):
         if topic == label_topic and labels is not None:
             try:
                 summary.labels += labels.add_message(msgtype, msg)
             except ValueError as exc:
                 raise ValueError(f"{reader.bag}: label on {topic} at bag time {t_ns / _NS:.3f} s: {exc}") from None
-        else:
-            active = _apply_command(active, msgtype, msg)
-            changes.append((t_ns, active))
-            summary.commands += 1
-    label_is_image = label_topic is not None and reader.topics[label_topic] == "sensor_msgs/msg/Image"
-    return _convert_images(
-        reader,
-        image_topic,
-        image_type,
-        changes,
-        labels,
-        label_is_image,
-        every_n,
-        summary.split_dir,
-        jpeg_quality,
-        reader.bag,
-        summary,
-    )
+        if builder is not None:
+            builder.add(topic, msgtype, t_ns, msg)
+    if builder is None:
+        summary.targets_source = "expression"
+        return TargetTimeline("expression", [], False, [(0, [Target("", str(expression).strip())])], 0), labels
+    timeline = builder.timeline()
+    if timeline is None and builder.results_topic and builder.results_topic != label_topic:
+        for topic, msgtype, t_ns, msg in reader.messages([builder.results_topic]):
+            builder.add(topic, msgtype, t_ns, msg)
+        timeline = builder.timeline()
+    if timeline is None and explicit:
+        raise ValueError(f"no command in bag {reader.bag} on {' '.join(builder.command_topics)}")
+    if timeline is None:
+        raise _no_targets_error(reader.bag, reader.topics, targets_topic, results_topic)
+    summary.targets_source, summary.commands = timeline.source, timeline.messages
+    return timeline, labels
 
 
 def _convert_images(
     reader: BagMessages,
     image_topic: str,
     image_type: str,
-    changes: list[tuple[int, list[Target]]],
+    timeline: TargetTimeline,
     labels: LabelIndex | None,
     label_is_image: bool,
     every_n: int,
@@ -385,16 +420,18 @@ def _convert_images(
     bag: Path,
     summary: ConversionSummary,
 ) -> list[_Video]:
+    """Pass 2: the images, in bag order; a new video starts wherever the target timeline changes."""
     videos: list[_Video] = []
     current: _Video | None = None
-    change_index = -1  # index in `changes` of the command in force
+    change_index = -1  # index in the timeline of the change in force for the current video
     seen_in_run = 0
     for _topic, _type, t_ns, msg in reader.messages([image_topic]):
         summary.images_read += 1
-        while change_index + 1 < len(changes) and changes[change_index + 1][0] <= t_ns:
-            change_index += 1
+        stamp = _stamp_ns(msg.header) or t_ns
+        index, targets = timeline.at(t_ns, stamp)
+        if index != change_index:
+            change_index = index
             current, seen_in_run = None, 0  # the target set changed: the next kept frame starts a video
-        targets = changes[change_index][1] if change_index >= 0 else []
         if not targets:
             summary.skipped_no_target += 1
             continue
@@ -402,7 +439,6 @@ def _convert_images(
         if (seen_in_run - 1) % every_n:
             summary.skipped_every_n += 1
             continue
-        stamp = _stamp_ns(msg.header) or t_ns
         masks: list[dict | None] = []
         if labels is not None:
             found = labels.lookup(stamp)
@@ -455,7 +491,7 @@ def _write_split(
     videos: list[_Video],
     bag: Path,
     image_topic: str,
-    command_topics: list[str],
+    timeline: TargetTimeline,
     label_topic: str | None,
     labelled: bool,
 ) -> None:
@@ -464,7 +500,8 @@ def _write_split(
     provenance: dict[str, Any] = {
         "bag": str(bag),
         "image_topic": image_topic,
-        "command_topics": command_topics,
+        "targets_source": timeline.source,
+        "targets_topics": timeline.topics,
         "label_topic": label_topic,
         "videos": {},
     }
