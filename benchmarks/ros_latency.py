@@ -12,12 +12,13 @@ result, per schedule. Shared-memory DDS in a private domain; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,14 @@ from glus_ros.ros_env import apply_ros_environment, ros_environment
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _spawn(module: str, ros_args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def spawn_node(module: str, ros_args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``python -m module --ros-args ...`` as a child process, its stderr (the ROS log) in ``log``."""
     with open(log, "wb") as err:
         return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -45,78 +47,114 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def _spin_until(executor: Any, done: Callable[[], bool], timeout_s: float) -> bool:
+def spin_until(executor: Any, done: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while not done() and time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.02)
     return bool(done())
 
 
-def run_schedule(args: argparse.Namespace, schedule: str, env: dict[str, str], log_dir: Path) -> dict:
+@contextlib.contextmanager
+def camera_tracker_client(args: argparse.Namespace, size: str, env: dict[str, str], log_dir: Path, tag: str,
+                          tracker_args: list[str], camera_args: list[str],
+                          ) -> Iterator[tuple[Any, Any, tuple[subprocess.Popen, subprocess.Popen]]]:
+    """Start ``tracker_node`` (config/tracker.yaml, ``args.model`` on ``args.device``, then ``tracker_args``) and
+    ``camera_source`` (``camera_args``, then the synthetic scene at ``size`` = "WxH" and ``args.rate``), and a
+    client node of this process; yields (node, executor, (tracker, camera)) and stops them all afterwards."""
     import rclpy
-    from glus_ros_msgs.msg import TargetResultArray
-    from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import CameraInfo
+
+    width, height = (int(v) for v in size.split("x"))
+    tracker = spawn_node("glus_ros.ros.tracker_node", [
+        "--params-file", str(REPO / "config" / "tracker.yaml"), "-p", f"model:={args.model}",
+        "-p", f"device:={args.device}", *tracker_args,
+    ], env, log_dir / f"tracker_{tag}.log")
+    camera = spawn_node("glus_ros.ros.camera_source", [  # the last value of a parameter wins
+        *camera_args, "-p", f"rate_hz:={args.rate}", "-p", f"synth_width:={width}", "-p", f"synth_height:={height}",
+    ], env, log_dir / f"camera_{tag}.log")
+    context = Context()
+    rclpy.init(context=context, args=[])
+    node = rclpy.create_node(f"glus_benchmark_client_{os.getpid()}", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        yield node, executor, (tracker, camera)
+    finally:
+        node.destroy_node()
+        executor.shutdown(timeout_sec=1.0)
+        rclpy.try_shutdown(context=context)
+        stop_process(camera)
+        stop_process(tracker)
+
+
+def bring_up(node: Any, executor: Any, results_arrived: Callable[[], bool], log_dir: Path) -> None:
+    """What the launch file does to /tracker (configure, then activate), then the synthetic scene's first
+    expression on /glus/command; returns once ``results_arrived()`` (RuntimeError naming the logs if not)."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
     from std_msgs.msg import String
 
     from glus_ros.ros.camera_source import SyntheticCamera
     from glus_ros.ros.qos import qos_profile
 
-    width, height = (int(v) for v in args.size.split("x"))
-    tracker = _spawn("glus_ros.ros.tracker_node", [
-        "--params-file", str(REPO / "config" / "tracker.yaml"), "-p", f"schedule:={schedule}",
-        "-p", f"model:={args.model}", "-p", f"device:={args.device}", "-p", "publish_debug_image:=false",
-    ], env, log_dir / f"tracker_{schedule}.log")
-    camera = _spawn("glus_ros.ros.camera_source", [
-        "-p", f"rate_hz:={args.rate}", "-p", f"synth_width:={width}", "-p", f"synth_height:={height}",
-        "-p", "publish_depth:=false",
-    ], env, log_dir / f"camera_{schedule}.log")
-    context = Context()
-    rclpy.init(context=context, args=[])
-    node = rclpy.create_node("glus_latency_benchmark", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    receipts: list[tuple[float, float, int]] = []  # (stamp, received, frames_dropped)
-    frames: list[float] = []
+    client = node.create_client(ChangeState, "/tracker/change_state")
+    if not spin_until(executor, client.service_is_ready, 60.0):
+        raise RuntimeError(f"tracker did not start; see the logs in {log_dir}")
+    for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        if not spin_until(executor, future.done, 120.0) or not future.result().success:
+            raise RuntimeError(f"tracker transition {transition} failed; see the logs in {log_dir}")
+    command = node.create_publisher(String, "/glus/command", qos_profile("reliable", 10))
+    spin_until(executor, lambda: command.get_subscription_count() > 0, 30.0)
+    command.publish(String(data=SyntheticCamera(0, 0, 64, 64, 48).expressions[0]))
+    if not spin_until(executor, results_arrived, 60.0):
+        raise RuntimeError(f"no results from the tracker; see the logs in {log_dir}")
 
-    def on_result(msg: TargetResultArray) -> None:
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        receipts.append((stamp, time.time(), msg.frames_dropped))
 
-    node.create_subscription(TargetResultArray, "/glus/segmentation", on_result, qos_profile("reliable", 50))
-    node.create_subscription(CameraInfo, "/camera/camera_info",
-                             lambda m: frames.append(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9),
-                             qos_profile("best_effort", 50))
-    try:
-        client = node.create_client(ChangeState, "/tracker/change_state")
-        if not _spin_until(executor, client.service_is_ready, 60.0):
-            raise RuntimeError(f"tracker did not start; see {log_dir / f'tracker_{schedule}.log'}")
-        for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-            future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
-            if not _spin_until(executor, future.done, 120.0) or not future.result().success:
-                raise RuntimeError(f"tracker transition {transition} failed; see the tracker log")
-        command = node.create_publisher(String, "/glus/command", qos_profile("reliable", 10))
-        _spin_until(executor, lambda: command.get_subscription_count() > 0, 30.0)
-        command.publish(String(data=SyntheticCamera(0, 0, 64, 64, 48).expressions[0]))
-        if not _spin_until(executor, lambda: len(receipts) > 0, 60.0):
-            raise RuntimeError("no results from the tracker; see the logs in " + str(log_dir))
-        _spin_until(executor, lambda: False, args.warmup)
+def private_ros_environment(name: str) -> tuple[dict[str, str], Path]:
+    """(environment for the child nodes, their log folder) for this run: shared-memory DDS on localhost (also
+    for this process) in a domain of its own, so that parallel runs never see each other's topics."""
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}_{os.getpid()}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 80)
+    apply_ros_environment(force=True, log_dir=str(log_dir))
+    env = ros_environment(log_dir=str(log_dir))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env, log_dir
+
+
+def run_schedule(args: argparse.Namespace, schedule: str, env: dict[str, str], log_dir: Path) -> dict:
+    from glus_ros_msgs.msg import TargetResultArray
+    from sensor_msgs.msg import CameraInfo
+
+    from glus_ros.ros.qos import qos_profile
+
+    pipeline = camera_tracker_client(
+        args, args.size, env, log_dir, schedule,
+        tracker_args=["-p", f"schedule:={schedule}", "-p", "publish_debug_image:=false"],
+        camera_args=["-p", "publish_depth:=false"])
+    with pipeline as (node, executor, _):
+        receipts: list[tuple[float, float, int]] = []  # (stamp, received, frames_dropped)
+        frames: list[float] = []
+
+        def on_result(msg: TargetResultArray) -> None:
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            receipts.append((stamp, time.time(), msg.frames_dropped))
+
+        node.create_subscription(TargetResultArray, "/glus/segmentation", on_result, qos_profile("reliable", 50))
+        node.create_subscription(CameraInfo, "/camera/camera_info",
+                                 lambda m: frames.append(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9),
+                                 qos_profile("best_effort", 50))
+        bring_up(node, executor, lambda: len(receipts) > 0, log_dir)
+        spin_until(executor, lambda: False, args.warmup)
         receipts.clear()
         frames.clear()
-        _spin_until(executor, lambda: False, args.duration)
+        spin_until(executor, lambda: False, args.duration)
         window = (frames[0], frames[-1]) if frames else (0.0, 0.0)
         counted = [f for f in frames if f <= window[1]]
-        _spin_until(executor, lambda: False, 1.0)  # results of the last frames still on their way
+        spin_until(executor, lambda: False, 1.0)  # results of the last frames still on their way
         measured = [r for r in receipts if window[0] <= r[0] <= window[1]]
-    finally:
-        node.destroy_node()
-        executor.shutdown(timeout_sec=1.0)
-        rclpy.try_shutdown(context=context)
-        _stop(camera)
-        _stop(tracker)
     latencies = np.array([(received - stamp) * 1000.0 for stamp, received, _ in measured])
     return {
         "schedule": schedule,
@@ -131,24 +169,26 @@ def run_schedule(args: argparse.Namespace, schedule: str, env: dict[str, str], l
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--schedules", nargs="+", default=["full", "fast"], choices=["full", "fast"])
+def stream_arguments(description: str | None, warmup_s: float, duration_s: float) -> argparse.ArgumentParser:
+    """A parser with the options of a camera -> tracker -> client run: --model, --device, --rate, --warmup,
+    --duration, --json."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", default="640x480", help="camera WxH (default 640x480)")
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate [Hz] (default 30)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of results ignored first")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per schedule")
+    parser.add_argument("--warmup", type=float, default=warmup_s, help="seconds of results not measured first")
+    parser.add_argument("--duration", type=float, default=duration_s, help="seconds measured per run")
     parser.add_argument("--json", help="also write the numbers to this file")
+    return parser
+
+
+def main() -> None:
+    parser = stream_arguments(__doc__, warmup_s=3.0, duration_s=15.0)
+    parser.add_argument("--schedules", nargs="+", default=["full", "fast"], choices=["full", "fast"])
+    parser.add_argument("--size", default="640x480", help="camera WxH (default 640x480)")
     args = parser.parse_args()
 
-    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"glus_ros_latency_{os.getpid()}"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 80)  # private domain: no crosstalk with other runs
-    apply_ros_environment(force=True, log_dir=str(log_dir))
-    env = ros_environment(log_dir=str(log_dir))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env, log_dir = private_ros_environment("glus_ros_latency")
 
     print(f"camera {args.size} at {args.rate:g} Hz -> tracker ({args.model}, {args.device}) -> subscriber; "
           f"{args.duration:g} s per schedule after {args.warmup:g} s warm-up; {os.cpu_count()} CPUs")

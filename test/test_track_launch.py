@@ -25,7 +25,10 @@ from helpers_ros import RosTestEnv, rclpy_context, ros_session
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "track.launch.py"
-LAUNCH_ARGUMENTS = {"camera_topic", "model", "device", "schedule", "use_depth", "with_camera"}
+MULTI_CAMERA_LAUNCH_FILE = REPO / "launch" / "multi_camera.launch.py"
+# what issue 28 asks a user can set from the command line, besides the camera and model basics
+LAUNCH_ARGUMENTS = {"namespace", "params_file", "with_camera", "camera_topic", "model", "checkpoint", "vision_tower",
+                    "device", "dtype", "schedule", "use_depth", "compressed", "target_frame"}
 
 
 @pytest.fixture(scope="session")
@@ -68,15 +71,24 @@ def _console_scripts() -> dict[str, str]:
 def test_launch_file_declares_arguments_nodes_and_auto_activation() -> None:
     tree = ast.parse(LAUNCH_FILE.read_text())
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
-    declared = {ast.literal_eval(c.args[0]) for c in _calls(tree, "DeclareLaunchArgument")}
-    assert declared == LAUNCH_ARGUMENTS
-    used = {ast.literal_eval(c.args[0]) for c in _calls(tree, "LaunchConfiguration")}
-    assert used == LAUNCH_ARGUMENTS, "every argument is used, and only declared ones"
-
     constants = _constants(tree)
+    overrides = ast.literal_eval(next(n.value for n in tree.body if isinstance(n, ast.Assign)
+                                      and getattr(n.targets[0], "id", "") == "TRACKER_OVERRIDES"))
+    literal = {ast.literal_eval(c.args[0]) for c in _calls(tree, "DeclareLaunchArgument")
+               if isinstance(c.args[0], ast.Constant)}
+    declared = literal | set(overrides)  # the overrides are declared in a loop over TRACKER_OVERRIDES
+    assert declared == LAUNCH_ARGUMENTS
+    used = {ast.literal_eval(c.args[0]) for c in _calls(tree, "LaunchConfiguration")
+            if isinstance(c.args[0], ast.Constant)}
+    assert used | set(overrides) == LAUNCH_ARGUMENTS, "every argument is used, and only declared ones"
+    from glus_ros.ros.tracker_params import PARAMETERS
+
+    for argument, (parameter, _) in overrides.items():
+        assert parameter in PARAMETERS, f"launch argument {argument} sets unknown tracker parameter {parameter}"
+
     (tracker,) = _calls(tree, "LifecycleNode")
     assert (_kwarg(tracker, "package", constants), _kwarg(tracker, "executable")) == ("glus_ros", "tracker_node")
-    assert (_kwarg(tracker, "name"), _kwarg(tracker, "namespace")) == ("tracker", "")
+    assert _kwarg(tracker, "name") == "tracker" and ast.unparse(_kwarg(tracker, "namespace")) == "namespace"
     (camera,) = [c for c in _calls(tree, "Node") if isinstance(c.func, ast.Name)]
     assert (_kwarg(camera, "package", constants), _kwarg(camera, "executable"), _kwarg(camera, "name")) == (
         "glus_ros", "camera_source", "camera_source")
@@ -94,10 +106,25 @@ def test_launch_file_declares_arguments_nodes_and_auto_activation() -> None:
     files = {c.args[-1].value for c in _calls(tree, "join") if isinstance(c.args[-1], ast.Constant)}
     assert files == {"config", "tracker.yaml", "camera_source.yaml"}
     for name in ("tracker.yaml", "camera_source.yaml"):
-        node_name = name.removesuffix(".yaml")
-        assert node_name in yaml.safe_load((REPO / "config" / name).read_text()), f"{name} is keyed by node name"
+        key = f"/**/{name.removesuffix('.yaml')}"  # the node in any namespace (one tracker per camera)
+        assert key in yaml.safe_load((REPO / "config" / name).read_text()), f"{name} is keyed by {key}"
     assert '(f"share/{PACKAGE}/config", glob("config/*"))' in (REPO / "setup.py").read_text()
     assert '(f"share/{PACKAGE}/launch", glob("launch/*.py"))' in (REPO / "setup.py").read_text()
+
+
+def test_multi_camera_launch_includes_one_tracker_per_camera_namespace() -> None:
+    tree = ast.parse(MULTI_CAMERA_LAUNCH_FILE.read_text())
+    constants = _constants(tree)
+    cameras = ast.literal_eval(next(n.value for n in tree.body if isinstance(n, ast.Assign)
+                                    and getattr(n.targets[0], "id", "") == "CAMERAS"))
+    assert len(cameras) == 2 and len(set(cameras)) == 2
+    (include,) = _calls(tree, "IncludeLaunchDescription")
+    assert "track" in ast.unparse(include) and "'namespace': camera" in ast.unparse(include)
+    assert constants["PACKAGE"] == "glus_ros"
+    assert '"launch", "track.launch.py"' in MULTI_CAMERA_LAUNCH_FILE.read_text()
+    shared = ast.literal_eval(next(n.value for n in tree.body if isinstance(n, ast.Assign)
+                                   and getattr(n.targets[0], "id", "") == "SHARED"))
+    assert set(shared) <= LAUNCH_ARGUMENTS
 
 
 def test_launch_executables_are_console_scripts() -> None:
@@ -122,13 +149,16 @@ def test_launch_description_builds_where_launch_ros_exists() -> None:
     description = namespace["generate_launch_description"]()
     names = {a.name for a in description.get_launch_arguments()}
     assert names == LAUNCH_ARGUMENTS
+    multi: dict = {}
+    exec(compile(MULTI_CAMERA_LAUNCH_FILE.read_text(), str(MULTI_CAMERA_LAUNCH_FILE), "exec"), multi)
+    assert multi["generate_launch_description"]().entities
 
 
 def test_params_file_is_what_the_node_declares(ros_test_env: RosTestEnv) -> None:
     """config/tracker.yaml loads through rclpy's own params-file parser into exactly the declared parameters."""
     from glus_ros.ros.tracker_node import PARAMETERS, TrackerNode
 
-    values = yaml.safe_load((REPO / "config" / "tracker.yaml").read_text())["tracker"]["ros__parameters"]
+    values = yaml.safe_load((REPO / "config" / "tracker.yaml").read_text())["/**/tracker"]["ros__parameters"]
     assert set(values) == set(PARAMETERS)
     with rclpy_context() as context:
         node = TrackerNode(context=context, cli_args=[
@@ -151,6 +181,28 @@ def _published(line: str) -> int:
     return int(line.split("results published ")[1].split(";")[0])
 
 
+def _latched_targets(ros_test_env: RosTestEnv, timeout_s: float = 30.0) -> object:
+    import rclpy
+    from glus_ros_msgs.msg import ReferringCommandArray
+    from rclpy.executors import SingleThreadedExecutor
+
+    from glus_ros.ros.qos import latched_qos
+
+    from helpers_ros import spin_until
+
+    with rclpy_context() as context:
+        node = rclpy.create_node("glus_latched_probe", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        received: list = []
+        node.create_subscription(ReferringCommandArray, "/glus/targets", received.append, latched_qos())
+        spin_until(executor, lambda: bool(received), timeout_s)
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+    assert received, "nothing latched on /glus/targets"
+    return received[-1]
+
+
 def test_track_command_runs_camera_and_tracker_until_sigterm(ros_test_env: RosTestEnv, tmp_path: Path) -> None:
     """The one-process runner streams until SIGTERM, then ends like on Ctrl-C: status 0, no traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "glus_ros.cli", "track", "--camera", "synth", "--expression",
@@ -162,6 +214,9 @@ def test_track_command_runs_camera_and_tracker_until_sigterm(ros_test_env: RosTe
             lines.append(line)
             if "results published" in line and _published(line) > 0:
                 break
+        # a late subscriber (a recorder started now) gets the --expression target from the latched set
+        snapshot = _latched_targets(ros_test_env)
+        assert [(c.target_id, c.expression) for c in snapshot.commands] == [("target_0", "the blue one")]
         proc.send_signal(signal.SIGTERM)
         rest, stderr = proc.communicate(timeout=60)
     finally:

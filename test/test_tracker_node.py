@@ -159,7 +159,7 @@ def test_lifecycle_results_and_outputs(ros: Harness, expression: str) -> None:
     assert results == [] and tracker.results_published == 0
 
     assert tracker.trigger_activate() == TransitionCallbackReturn.SUCCESS and _state(tracker) == "active"
-    assert ros.spin_until(lambda: len(results) >= 6 and masks and points and overlays), (
+    assert ros.spin_until(lambda: len(results) >= 6 and masks and overlays), (
         f"{len(results)} results, {len(masks)} masks, {len(points)} points; {ros.camera.describe()}")
     image_stamps = set(image_stamps_seen)
     for msg in results:
@@ -188,8 +188,7 @@ def test_lifecycle_results_and_outputs(ros: Harness, expression: str) -> None:
     assert {_stamp(m.header) for m in masks} <= image_stamps
     assert {_stamp(m.header) for m in overlays} <= image_stamps
     assert (overlays[0].width, overlays[0].height, overlays[0].encoding) == (WIDTH, HEIGHT, "rgb8")
-    assert all(p.point.z == 0.0 for p in points)  # no depth: 2D pixel points
-    assert all(0 <= p.point.x < WIDTH and 0 <= p.point.y < HEIGHT for p in points)
+    assert points == []  # no depth: a 3D topic carries metres only, pixels stay on points_2d
     # results are published as frames come, not queued: the engine drops what it cannot process
     stats = tracker.engine.stats
     done = stats["frames_processed"] + stats["frames_dropped"]
@@ -344,14 +343,15 @@ def test_depth_gives_3d_points_consistent_with_depth(ros: Harness, expression: s
         checked += 1
     assert checked >= 1
 
-    # CameraInfo missing: still results, without 3D, and /glus/target_point falls back to 2D (z = 0)
+    # CameraInfo missing: still results, without 3D, and nothing on /glus/target_point (no pixel "metres")
     tracker.trigger_deactivate()
     tracker.set_parameters([Parameter("camera_info_topic", value="/glus_test/no_camera_info")])
     tracker.trigger_activate()
+    ros.spin_for(0.5)
     count, n_points = len(results), len(points)
-    assert ros.spin_until(lambda: len(results) >= count + 3 and len(points) > n_points)
+    assert ros.spin_until(lambda: len(results) >= count + 3)
     assert all(not r.has_point_3d for m in results[count + 1:] for r in m.results)
-    assert points[-1].point.z == 0.0
+    assert len(points) == n_points
 
 
 def test_depth_of_another_size_is_reported_and_tracking_goes_on(ros: Harness) -> None:
@@ -711,9 +711,14 @@ def test_target_messages_follow_the_mode() -> None:
 
     p3 = target_point_msg(_target("mask", point_3d=(0.1, -0.2, 1.5)), header)
     assert (p3.point.x, p3.point.y, p3.point.z) == pytest.approx((0.1, -0.2, 1.5)) and p3.header.frame_id == "cam"
-    p2 = target_point_msg(_target("mask"), header)
-    assert (p2.point.x, p2.point.y, p2.point.z) == (3.0, 2.0, 0.0)
+    assert target_point_msg(_target("mask"), header) is None  # a 2D point only: no PointStamped (metres only)
     assert target_point_msg(_target("mask", lost=True), header) is None
+    for bad in ((float("nan"), 0.0, 1.0), (0.0, float("inf"), 1.0), (0.0, 0.0, float("-inf"))):
+        assert target_point_msg(_target("both", point_3d=bad), header) is None
+        assert not target_to_msg(_target("both", point_3d=bad), header).has_point_3d
+    nan_score = _target("both")
+    nan_score.score = float("nan")
+    assert target_to_msg(nan_score, header).score == 0.0
 
     result = FrameResult(stamp=12.0, frame_id="cam", seq=4, width=8, height=6, targets=[_target("both")],
                          latency_ms=5.0, frames_dropped=2, image=np.zeros((6, 8, 3), np.uint8))
@@ -774,3 +779,144 @@ def test_qos_profiles_from_parameters() -> None:
         qos_profile("reliable", 0)
     with pytest.raises(ValueError, match="durability"):
         qos_profile("reliable", 1, "forever")
+
+
+# --- real clients: metres only, nothing non-finite, every target's 3D point, the latched target set -------------
+GOOD_K = (150.0, 150.0, 63.5, 47.5)
+BAD_CAMERAS = {  # name -> (fx, fy, cx, cy) or None for the good K, depth fill (None: the scene's depth)
+    "valid": (None, None),
+    "nan_principal_point": ((150.0, 150.0, float("nan"), 47.5), None),
+    "inf_focal_length": ((150.0, float("inf"), 63.5, 47.5), None),
+    "zero_K": ((0.0, 0.0, 0.0, 0.0), None),
+    "nan_depth": (None, float("nan")),
+    "inf_depth": (None, float("inf")),
+    "zero_depth": (None, 0.0),
+    "absurd_depth_and_focal_length": ((1e-300, 1e-300, 63.5, 47.5), 3.0e38),
+}
+
+
+def _all_finite(values: Any) -> bool:
+    return all(np.isfinite(float(v)) for v in values)
+
+
+def _floats_of(msg: Any) -> list[float]:
+    """Every float field of a message, recursively (sequences of messages and of numbers included)."""
+    found: list[float] = []
+    for name in msg.get_fields_and_field_types():
+        value = getattr(msg, name)
+        if isinstance(value, float):
+            found.append(value)
+        elif hasattr(value, "get_fields_and_field_types"):
+            found += _floats_of(value)
+        elif isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+            for item in value:
+                if hasattr(item, "get_fields_and_field_types"):
+                    found += _floats_of(item)
+                elif isinstance(item, (float, np.floating)):
+                    found.append(float(item))
+    return found
+
+
+@pytest.mark.parametrize("case", list(BAD_CAMERAS))
+def test_no_non_finite_value_reaches_any_topic(ros: Harness, case: str) -> None:
+    """CameraInfo with NaN / inf / zero K and depth of NaN / inf / 0 / absurd values: results, target points, per-target
+    points and markers carry finite numbers only, and a bad K is refused (counted) instead of used. The valid case
+    shows the same path does publish 3D points (so the others are not vacuous)."""
+    from geometry_msgs.msg import PointStamped
+    from glus_ros_msgs.msg import TargetResultArray
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header, String
+    from visualization_msgs.msg import MarkerArray
+
+    from glus_ros.ros.camera_source import SyntheticCamera
+    from glus_ros.ros.image_conversion import depth_to_image, float_to_stamp, rgb_to_image
+    from glus_ros.ros.qos import qos_profile
+
+    k, depth_fill = BAD_CAMERAS[case]
+    fx, fy, cx, cy = k if k is not None else GOOD_K
+    prefix = f"/glus_bad_{case}"
+    tracker = ros.tracker(use_depth=True, schedule="full", image_topic=f"{prefix}/image",
+                          depth_topic=f"{prefix}/depth", camera_info_topic=f"{prefix}/info",
+                          depth_timeout_s=30.0)
+    tracker.set_parameters([Parameter("publish_markers", value=True)])
+    recorded = {
+        "results": ros.record(TargetResultArray, "/glus/segmentation"),
+        "point": ros.record(PointStamped, "/glus/target_point"),
+        "per_target": ros.record(PointStamped, "/glus/target_points/target_0"),
+        "markers": ros.record(MarkerArray, "/glus/markers"),
+    }
+    tracker.trigger_configure()
+    camera = SyntheticCamera(0, 0, 32, WIDTH, HEIGHT)
+    ros.command_publisher().publish(String(data=camera.expressions[0]))
+    assert ros.spin_until(lambda: bool(tracker.engine.targets()))
+    tracker.trigger_activate()
+    qos = qos_profile("reliable", 10)
+    pubs = {name: ros.probe.create_publisher(t, f"{prefix}/{name}", qos)
+            for name, t in (("image", Image), ("depth", Image), ("info", CameraInfo))}
+    assert ros.spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()))
+    for t in range(24):
+        frame = camera.frame(t)
+        header = Header(stamp=float_to_stamp(100.0 + t / 15), frame_id="cam")
+        depth = frame.depth if depth_fill is None else np.full_like(frame.depth, depth_fill)
+        pubs["info"].publish(CameraInfo(header=header, width=WIDTH, height=HEIGHT,
+                                        k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]))
+        pubs["depth"].publish(depth_to_image(depth, "32FC1", header))
+        pubs["image"].publish(rgb_to_image(frame.rgb, "rgb8", header))
+        ros.spin_for(1 / 15)
+    assert ros.spin_until(lambda: len(recorded["results"]) >= 10, 30.0), f"{len(recorded['results'])} results"
+    ros.spin_for(0.5)
+
+    for name, messages in recorded.items():
+        for msg in messages:
+            assert _all_finite(_floats_of(msg)), f"{case}: a non-finite value on {name}"
+    with_3d = [r for m in recorded["results"] for r in m.results if r.has_point_3d]
+    if case == "valid":
+        assert with_3d and recorded["point"] and recorded["per_target"], "the valid camera publishes 3D points"
+        assert all(p.point.z > 0 for p in recorded["point"] + recorded["per_target"])
+        assert tracker.input_errors.get("camera_info", 0) == 0
+    else:
+        assert not with_3d and not recorded["point"] and not recorded["per_target"], f"{case}: 3D from bad input"
+        if k is not None and case != "absurd_depth_and_focal_length":
+            assert tracker.input_errors["camera_info"] > 0 and "CameraInfo K" in tracker.last_input_error
+
+
+def test_every_target_gets_its_3d_point_and_the_target_set_is_latched(ros: Harness, expression: str) -> None:
+    """Two targets with depth: glus/target_points/<id> for each (metres); the set is on the latched glus/targets
+    for a subscriber that comes after the commands (a recorder started later), whichever way each target came."""
+    from geometry_msgs.msg import PointStamped
+    from glus_ros_msgs.msg import ReferringCommand, ReferringCommandArray, RegionPrompt
+    from glus_ros_msgs.srv import SetTargets
+    from std_msgs.msg import String
+
+    from glus_ros.ros.qos import latched_qos
+
+    tracker = ros.tracker(use_depth=True)
+    tracker.trigger_configure()
+    ros.command_publisher().publish(String(data=expression))                    # target_0, by topic
+    assert ros.spin_until(lambda: len(tracker.engine.targets()) == 1)
+    box = RegionPrompt(type=RegionPrompt.BOX, x0=10.0, y0=10.0, x1=60.0, y1=50.0)
+    reply = ros.call(SetTargets, "/tracker/set_targets", SetTargets.Request(commands=[ReferringCommand(
+        target_id="left cup", expression="", action=ReferringCommand.ADD, mode=ReferringCommand.MODE_BOTH,
+        region=box)]))                                                          # by service, a region target
+    assert reply.success, reply.message
+    tracker.trigger_activate()
+
+    snapshots: list = []
+    ros.probe.create_subscription(ReferringCommandArray, "/glus/targets", snapshots.append, latched_qos())
+    assert ros.spin_until(lambda: bool(snapshots)), "a late subscriber gets the latched target set"
+    commands = snapshots[-1].commands
+    assert [(c.target_id, c.action) for c in commands] == [("target_0", ReferringCommand.ADD),
+                                                          ("left cup", ReferringCommand.ADD)]
+    assert commands[0].expression == expression and commands[0].mode == ReferringCommand.MODE_BOTH
+    assert (commands[1].region.type, commands[1].region.x1, commands[1].region.y1) == (RegionPrompt.BOX, 60.0, 50.0)
+
+    points = {tid: ros.record(PointStamped, f"/glus/target_points/{topic}")
+              for tid, topic in (("target_0", "target_0"), ("left cup", "left_cup"))}
+    assert ros.spin_until(lambda: all(points.values())), {k: len(v) for k, v in points.items()}
+    for received in points.values():
+        assert all(p.header.frame_id == FRAME_ID and 0.1 < p.point.z < 100.0 for p in received)
+
+    ros.call(SetTargets, "/tracker/set_targets", SetTargets.Request(commands=[ReferringCommand(
+        target_id="left cup", action=ReferringCommand.REMOVE)]))
+    assert ros.spin_until(lambda: [c.target_id for c in snapshots[-1].commands] == ["target_0"])

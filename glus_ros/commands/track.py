@@ -170,6 +170,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_camera: str)
                         help="official GLUS/LISA checkpoint folder for --model (default: params file, none)")
     parser.add_argument("--sam2-checkpoint",
                         help="official SAM 2 .pt: the SAM 2 head (needed by a pointing backend such as Molmo2)")
+    parser.add_argument("--vision-tower", help="released GLUS weights: local CLIP ViT-L/14 folder")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], help="precision (default: params file)")
     parser.add_argument("--schedule", choices=["live", "fast", "full"],
                         help="streaming schedule (default: params file)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: params file)")
@@ -182,7 +184,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_camera: str)
 
 def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = (("model", args.model), ("checkpoint", args.checkpoint), ("sam2_checkpoint", args.sam2_checkpoint),
-             ("schedule", args.schedule), ("device", args.device))
+             ("vision_tower", args.vision_tower), ("dtype", args.dtype), ("schedule", args.schedule),
+             ("device", args.device))
     return {k: v for k, v in pairs if v}
 
 
@@ -236,14 +239,12 @@ def _track(args: argparse.Namespace, params: Path, camera_params: Path | None) -
     pipeline = start_pipeline(params, args.param, pipeline_overrides(args), args.camera, camera_params)
     try:
         if args.expression:
-            from glus_ros.ros.messages import apply_text_command
-
-            apply_text_command(pipeline.tracker.engine, args.expression)
+            pipeline.tracker.apply_text_command(args.expression)  # also latched on /glus/targets (bags keep it)
         topic = pipeline.tracker.get_parameter("image_topic").value
-        print(f"tracking on {topic} -> /glus/segmentation, /glus/mask, /glus/target_point, /glus/debug_image, "
-              "/glus/markers, /diagnostics; "
-              f"targets: /glus/command, /tracker/set_targets" + ("" if args.duration else "; Ctrl-C to stop"),
-              flush=True)
+        print(f"tracking on {topic} -> /glus/segmentation, /glus/mask, /glus/target_point(s), /glus/detections, "
+              "/glus/debug_image, /glus/markers, /diagnostics; "
+              "targets: /glus/command, /tracker/set_targets (set: /glus/targets)"
+              + ("" if args.duration else "; Ctrl-C to stop"), flush=True)
         started = time.monotonic()
         next_status = started + 2.0
         deadline = started + args.duration if args.duration else None

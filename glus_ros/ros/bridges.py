@@ -207,3 +207,12 @@ def tf_module() -> tuple[Any | None, str]:
                                                                    "TransformException")):
         return None, "tf2_ros has no Buffer / TransformListener / TransformException"
     return module, reason
+
+
+def vision_msgs_module() -> tuple[Any | None, str]:
+    """(vision_msgs.msg, '') where the detection outputs can be published, else (None, why not)."""
+    module, reason = optional_module("vision_msgs.msg")
+    needed = ("Detection2D", "Detection2DArray", "Detection3D", "Detection3DArray", "ObjectHypothesisWithPose")
+    if module is not None and not all(hasattr(module, name) for name in needed):
+        return None, "vision_msgs.msg lacks " + ", ".join(n for n in needed if not hasattr(module, n))
+    return module, reason

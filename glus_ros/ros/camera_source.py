@@ -348,9 +348,13 @@ class CameraSourceNode(Node):
             return
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
         height, width = frame.rgb.shape[:2]
-        self.image_pub.publish(rgb_to_image(frame.rgb, "rgb8", header))
-        if self.depth_pub is not None and frame.depth is not None:
-            self.depth_pub.publish(depth_to_image(frame.depth, "16UC1", header))
+        # images nobody subscribes to are not encoded (a matched subscriber is counted at once; the tracker
+        # without depth leaves the depth topic unread, and at 640x480 encoding it costs more than the frame)
+        if self.image_pub.get_subscription_count() > 0:
+            self.image_pub.publish(rgb_to_image(frame.rgb, "rgb8", header))
+        depth_pub = self.depth_pub
+        if depth_pub is not None and frame.depth is not None and depth_pub.get_subscription_count() > 0:
+            depth_pub.publish(depth_to_image(frame.depth, "16UC1", header))
         self.info_pub.publish(camera_info(width, height, *frame.intrinsics, header=header))
         self.frames_published += 1
 

@@ -34,10 +34,14 @@ class HealthReport:
     latency_ms: dict[str, float | None]  # p50, p95, max
     errors_in_window: int
     totals: dict[str, int] = field(default_factory=dict)
+    images_received: int = 0  # camera images the node's callbacks got since it started (a running total)
+    image_age_ms: dict[str, float | None] = field(default_factory=lambda: {"p50": None, "p95": None})
 
 
 class HealthMonitor:
-    """Sliding-window rates of the engine's counters and latency percentiles of published results."""
+    """Sliding-window rates of the engine's counters and latency percentiles of published results; also counts
+    the camera images the node received and how old they were when its callback ran (stamp -> callback: the
+    transport's and the executor's delay), so that a frame lost before the engine shows where it went."""
 
     def __init__(self, window_s: float = WINDOW_S) -> None:
         if not window_s > 0:
@@ -46,6 +50,15 @@ class HealthMonitor:
         self._lock = threading.Lock()
         self._samples: deque[tuple[float, dict[str, int]]] = deque()
         self._results: deque[tuple[float, float]] = deque()  # (time, latency ms) per published result
+        self._ages: deque[tuple[float, float]] = deque()  # (time, age ms) per received image
+        self.images_received = 0  # not reset: a running total, like the engine's counters
+
+    def record_image(self, now: float, age_ms: float) -> None:
+        """One camera image reached the node's callback ``age_ms`` after its stamp (executor thread)."""
+        with self._lock:
+            self.images_received += 1
+            self._ages.append((now, float(age_ms)))
+            self._trim(now)
 
     def record_result(self, now: float, latency_ms: float) -> None:
         """One published result (called from the engine's worker thread)."""
@@ -57,11 +70,14 @@ class HealthMonitor:
         with self._lock:
             self._samples.clear()
             self._results.clear()
+            self._ages.clear()
 
     def _trim(self, now: float) -> None:
         horizon = now - self.window_s
         while self._results and self._results[0][0] < horizon:
             self._results.popleft()
+        while self._ages and self._ages[0][0] < horizon:
+            self._ages.popleft()
         while len(self._samples) > 1 and self._samples[1][0] <= horizon:  # keep one sample at or before it
             self._samples.popleft()
 
@@ -72,6 +88,8 @@ class HealthMonitor:
             self._trim(now)
             (t0, first), (t1, last) = self._samples[0], self._samples[-1]
             latencies = [lat for _, lat in self._results]
+            ages = [age for _, age in self._ages]
+            images_received = self.images_received
         span = t1 - t0
 
         def delta(key: str) -> int:
@@ -91,6 +109,9 @@ class HealthMonitor:
             published_hz=len(latencies) / self.window_s if span > 0 else 0.0,
             dropped_fraction=delta("frames_dropped") / frames_in if frames_in else 0.0,
             latency_ms=percentiles, errors_in_window=delta("errors"), totals={k: int(v) for k, v in last.items()},
+            images_received=images_received,
+            image_age_ms={"p50": float(np.percentile(ages, 50)) if ages else None,
+                          "p95": float(np.percentile(ages, 95)) if ages else None},
         )
 
 
@@ -137,6 +158,9 @@ def tracker_status(name: str, hardware_id: str, report: HealthReport, lifecycle_
         "latency_max_ms": report.latency_ms["max"],
         "dropped_fraction": report.dropped_fraction,
         "window_s": report.window_s,
+        "image_age_p50_ms": report.image_age_ms["p50"],
+        "image_age_p95_ms": report.image_age_ms["p95"],
+        "images_received": report.images_received,
         **{key: report.totals.get(key, 0) for key in ("frames_in", "frames_processed", "frames_dropped", "errors")},
         **extra,
     }

@@ -57,8 +57,24 @@ def _header(header: Header | None) -> Header:
 
 
 def _to_data(buffer: np.ndarray) -> array.array:
-    """Message byte field from a contiguous array: array.array('B') is the fast path for rosidl setters."""
-    return array.array("B", np.ascontiguousarray(buffer).tobytes())
+    """Message byte field from an array: array.array('B') is the fast path for rosidl setters.
+
+    One copy of the pixels (``frombytes`` reads the array's buffer), not two through an intermediate
+    ``bytes``: at 640x480 a frame is ~1 MB and each extra copy is a fresh allocation the kernel zero-fills.
+    """
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(buffer).reshape(-1).view(np.uint8))
+    return data
+
+
+def _keep_data(msg_type: type) -> dict[str, bool]:
+    """Constructor options that make a message keep the array.array given as its byte field.
+
+    rosidl's Python messages (Jazzy on) copy such a field in the setter unless fields are checked, and they
+    copy it element by element: ~6 ms for a 640x480 RGB frame, against ~0.1 ms for the type check that
+    ``check_fields=True`` does instead. Messages without the option (older rosidl) keep the array anyway.
+    """
+    return {"check_fields": True} if "_check_fields" in getattr(msg_type, "__slots__", ()) else {}
 
 
 def _pixels(msg: Any, channels: int, dtype: str) -> np.ndarray:
@@ -156,7 +172,7 @@ def _image(pixels: np.ndarray, encoding: str, header: Header | None) -> Image:
 
     height, width = pixels.shape[:2]
     return Image(header=_header(header), height=height, width=width, encoding=encoding, is_bigendian=0,
-                 step=pixels[0].nbytes, data=_to_data(pixels))  # one row's bytes: no padding
+                 step=pixels[0].nbytes, data=_to_data(pixels), **_keep_data(Image))  # step: one row, no padding
 
 
 def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", header: Header | None = None) -> Image:
@@ -193,7 +209,7 @@ def rgb_to_compressed(
     ok, encoded = cv2.imencode(extensions[fmt], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} image as {fmt}")
-    return CompressedImage(header=_header(header), format=fmt, data=_to_data(encoded))
+    return CompressedImage(header=_header(header), format=fmt, data=_to_data(encoded), **_keep_data(CompressedImage))
 
 
 def mask_to_image(mask: np.ndarray, header: Header | None = None) -> Image:
@@ -201,7 +217,7 @@ def mask_to_image(mask: np.ndarray, header: Header | None = None) -> Image:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"expected an (H, W) mask, got shape {mask.shape}")
-    pixels = np.where(mask.astype(bool), np.uint8(255), np.uint8(0))
+    pixels = np.multiply(mask.astype(bool, copy=False), np.uint8(255), dtype=np.uint8)  # ~50x np.where's speed
     return _image(pixels, "mono8", header)
 
 
@@ -240,14 +256,26 @@ def camera_info(
 
 
 def intrinsics_from_camera_info(msg: CameraInfo | Any) -> tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) from K; an uncalibrated camera (K all zero) or a non-positive focal length is an error."""
+    """(fx, fy, cx, cy) from K; an uncalibrated camera (K all zero), a non-finite entry (NaN, inf) among them or a
+    non-positive focal length is an error: 3D points made from such a K would be NaN, inf or mirrored."""
     k = [float(v) for v in msg.k]
+    if len(k) != 9:
+        raise ValueError(f"CameraInfo K must have 9 entries, got {len(k)}")
     if not any(k):
         raise ValueError("CameraInfo K is all zero: the camera is not calibrated")
     fx, fy, cx, cy = k[0], k[4], k[2], k[5]
+    check_intrinsics(fx, fy, cx, cy)
+    return fx, fy, cx, cy
+
+
+def check_intrinsics(fx: float, fy: float, cx: float, cy: float) -> None:
+    """Raise ValueError unless fx, fy, cx, cy are finite and fx, fy > 0 (what back-projection needs)."""
+    values = {"fx": fx, "fy": fy, "cx": cx, "cy": cy}
+    bad = [f"{name}={value}" for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise ValueError(f"CameraInfo K has non-finite intrinsics: {', '.join(bad)}")
     if not (fx > 0 and fy > 0):
         raise ValueError(f"CameraInfo K has non-positive focal lengths fx={fx}, fy={fy}")
-    return fx, fy, cx, cy
 
 
 def stamp_to_float(stamp: Time | Any) -> float:

@@ -16,6 +16,7 @@ phrase, ``<id>/phrase_<k>`` for the others).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from glus_ros_msgs.msg import (
     BoundingBox2D,
     GroundedPhrase,
     ReferringCommand,
+    ReferringCommandArray,
     RegionPrompt,
     TargetResult,
     TargetResultArray,
@@ -72,11 +74,12 @@ def _bbox_msg(bbox: tuple[int, int, int, int] | None) -> BoundingBox2D:
 
 def target_to_msg(target: TargetOutput, header: Header) -> TargetResult:
     """One TargetResult stamped with the input image's header; fields filled according to the target's mode."""
+    score = float(target.score)
     msg = TargetResult(
         header=header,
         target_id=target.target_id,
         expression=target.expression,
-        score=float(target.score),
+        score=score if math.isfinite(score) else 0.0,  # no NaN downstream: a model that produced one scores 0
         state=state_code(target.state),
     )
     wants_mask = target.mode in ("mask", "both")
@@ -85,10 +88,12 @@ def target_to_msg(target: TargetOutput, header: Header) -> TargetResult:
     msg.bbox = _bbox_msg(target.bbox if wants_mask else None)
     if wants_point and (target.points or target.point_2d is not None):
         points = target.points or [target.point_2d]
-        msg.points_2d = [Point(x=float(x), y=float(y), z=0.0) for x, y in points]
-    if wants_point and target.point_3d is not None:
+        msg.points_2d = [Point(x=float(x), y=float(y), z=0.0) for x, y in points
+                         if math.isfinite(float(x)) and math.isfinite(float(y))]
+    point_3d = finite_point_3d(target) if wants_point else None
+    if point_3d is not None:
         msg.has_point_3d = True
-        msg.point_3d = Point(x=float(target.point_3d[0]), y=float(target.point_3d[1]), z=float(target.point_3d[2]))
+        msg.point_3d = Point(x=point_3d[0], y=point_3d[1], z=point_3d[2])
     msg.answer = target.answer
     ids = target.phrase_target_ids
     if len(ids) != len(target.phrases):  # built by hand without ids: the engine's naming
@@ -110,17 +115,54 @@ def frame_result_to_msg(result: FrameResult, header: Header, latency_ms: float) 
 
 
 def target_point_msg(target: TargetOutput, header: Header) -> PointStamped | None:
-    """The target's point for ``/glus/target_point``; None when the target is lost.
+    """The target's 3D point in metres in the camera optical frame (``header.frame_id``) as a PointStamped; None
+    without one (no depth or CameraInfo, lost, or not finite).
 
-    With depth: the 3D point in metres in the camera optical frame (``header.frame_id``), z > 0.
-    Without depth: the 2D pixel (x, y) with z = 0, which no real 3D point has.
+    A 3D topic carries metres only: tf and RViz read a PointStamped as metres, so a pixel (x, y) published here
+    would be taken for a point hundreds of metres away. Pixels stay on the 2D outputs (``points_2d``, boxes).
     """
-    if target.point_3d is not None:
-        x, y, z = target.point_3d
-        return PointStamped(header=header, point=Point(x=float(x), y=float(y), z=float(z)))
-    if target.point_2d is not None:
-        return PointStamped(header=header, point=Point(x=float(target.point_2d[0]), y=float(target.point_2d[1]), z=0.0))
-    return None
+    point = finite_point_3d(target)
+    if point is None:
+        return None
+    x, y, z = point
+    return PointStamped(header=header, point=Point(x=x, y=y, z=z))
+
+
+def finite_point_3d(target: TargetOutput) -> tuple[float, float, float] | None:
+    """The target's 3D point as floats when it has one and every coordinate is finite, else None."""
+    if target.point_3d is None:
+        return None
+    point = tuple(float(v) for v in target.point_3d)
+    if len(point) != 3 or not all(math.isfinite(v) for v in point):
+        return None
+    return point[0], point[1], point[2]
+
+
+def targets_snapshot_msg(specs: Sequence[TargetSpec], header: Header) -> ReferringCommandArray:
+    """The whole target set as one ReferringCommandArray of ADD commands (``/glus/targets``, latched).
+
+    Why a snapshot and not the commands themselves: a late subscriber (a recorder started later, a UI) gets the
+    current set from the one latched message, whichever way each target came (topic, service, command line);
+    an empty ``commands`` list means no targets.
+    """
+    modes = {name: code for code, name in MODE_NAMES.items()}
+    commands = []
+    for spec in specs:
+        command = ReferringCommand(header=header, target_id=spec.target_id, expression=spec.expression,
+                                   action=ReferringCommand.ADD, mode=modes[spec.mode])
+        command.region = region_to_msg(spec.region)
+        commands.append(command)
+    return ReferringCommandArray(header=header, commands=commands)
+
+
+def region_to_msg(region: Region | None) -> RegionPrompt:
+    """Region -> RegionPrompt (NONE for None); the inverse of :func:`region_from_msg`."""
+    if region is None:
+        return RegionPrompt(type=RegionPrompt.NONE)
+    if region.kind == "point":
+        return RegionPrompt(type=RegionPrompt.POINT, x0=float(region.x0), y0=float(region.y0))
+    return RegionPrompt(type=RegionPrompt.BOX, x0=float(region.x0), y0=float(region.y0), x1=float(region.x1),
+                        y1=float(region.y1))
 
 
 @dataclass

@@ -4,7 +4,7 @@ A thin ROS shell over :class:`glus_ros.streaming.StreamingEngine`:
 
 * configure: load the model, create the engine, the (lifecycle) publishers, the target services
   (``~/set_targets``, ``~/clear_targets``, ``~/list_targets``) and the command topics
-  (``/glus/command``: std_msgs/String, the text replaces target ``target_0``; ``/glus/commands``:
+  (``glus/command``: std_msgs/String, the text replaces target ``target_0``; ``glus/commands``:
   ReferringCommandArray). Targets can be set while inactive. A command's region (box or point in input-image
   pixels) makes the target "track <region>": its bounds are checked against the newest image size (a bad
   region is that command's error in SetTargets); before the first image they are checked when the target is
@@ -20,14 +20,18 @@ A thin ROS shell over :class:`glus_ros.streaming.StreamingEngine`:
   moves it back.
 * cleanup / shutdown: drop the engine and the model and free their memory.
 
-Outputs (all stamped with the exact header of the image they belong to):
-``/glus/segmentation`` (TargetResultArray), ``/glus/mask`` (mono8 mask of the first target),
-``/glus/target_point`` (PointStamped of the first target with a point: the 3D point in metres in the
-camera optical frame when depth and CameraInfo are available, otherwise the 2D pixel (x, y) with z = 0; with
-``target_frame`` only 3D points, transformed by tf2 into that frame), ``/glus/debug_image`` (rgb8 overlay) and
-``/glus/markers`` (RViz MarkerArray of the 3D targets, :mod:`glus_ros.ros.markers`), both only built while
-someone subscribes. ``/diagnostics`` gets the node's health once a second in every state
-(:mod:`glus_ros.ros.diagnostics`).
+Outputs (all stamped with the exact header of the image they belong to; names relative, so a namespace moves
+them): ``glus/segmentation`` (TargetResultArray), ``glus/mask`` (mono8 mask of the first target),
+``glus/target_point`` (PointStamped of the first target with a 3D point) and ``glus/target_points/<id>`` (each
+target's own) -- metres in the camera optical frame, or in ``target_frame`` through tf2; only with depth and
+CameraInfo, never pixels -- ``glus/detections`` / ``glus/detections_3d`` (vision_msgs, where it imports,
+:mod:`glus_ros.ros.detections`), ``glus/debug_image`` (rgb8 overlay) and ``glus/markers`` (RViz MarkerArray of
+the 3D targets, :mod:`glus_ros.ros.markers`), both only built while someone subscribes. ``glus/targets``
+(latched ReferringCommandArray) holds the current target set however it came. ``/diagnostics`` gets the node's
+health once a second in every state (:mod:`glus_ros.ros.diagnostics`). No output carries a non-finite number.
+
+Lifecycle requests for a transition the current state does not offer are refused (success=false, one log line)
+instead of ending the process. Bad input is counted and logged per kind (:mod:`glus_ros.ros.input_errors`).
 
 Shutdown (SIGINT, SIGTERM, the lifecycle shutdown transition) stops publishing before anything is torn down:
 the worker may finish a frame after rclpy's context is gone, and that result is dropped, not published.
@@ -41,6 +45,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import math
+import re
 import threading
 import time
 import traceback
@@ -54,7 +60,9 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point, PointStamped
 from glus_ros_msgs.msg import ReferringCommandArray, TargetResultArray
 from glus_ros_msgs.srv import ClearTargets, ListTargets, SetTargets
+from lifecycle_msgs.srv import ChangeState
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -64,7 +72,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
-from glus_ros.ros import bridges, messages
+from glus_ros.ros import bridges, detections, messages
 from glus_ros.ros.diagnostics import HealthMonitor, tracker_status
 from glus_ros.ros.image_conversion import (
     float_to_stamp,
@@ -73,28 +81,42 @@ from glus_ros.ros.image_conversion import (
     rgb_to_image,
     stamp_to_float,
 )
+from glus_ros.ros.input_errors import InputErrorLog
 from glus_ros.ros.markers import target_markers
 from glus_ros.ros.overlay import draw_result
-from glus_ros.ros.qos import qos_profile, results_qos, sensor_qos
+from glus_ros.ros.qos import latched_qos, qos_profile, results_qos, sensor_qos
 from glus_ros.ros.tracker_params import LIVE, PARAMETERS, applies_at, change_refusal, check_parameter
 from glus_ros.streaming.types import CameraIntrinsics, FrameResult, StreamFrame, TargetSpec
 
 __all__ = ["PARAMETERS", "TrackerNode", "check_parameter", "main"]
 
 NODE_NAME = "tracker"
-SEGMENTATION_TOPIC = "/glus/segmentation"
-MASK_TOPIC = "/glus/mask"
-POINT_TOPIC = "/glus/target_point"
-DEBUG_IMAGE_TOPIC = "/glus/debug_image"
-MARKERS_TOPIC = "/glus/markers"
+# Relative names: under a namespace (one tracker per camera, launch/multi_camera.launch.py) they move with it;
+# without one they are /glus/...
+SEGMENTATION_TOPIC = "glus/segmentation"
+MASK_TOPIC = "glus/mask"
+POINT_TOPIC = "glus/target_point"
+TARGET_POINTS_PREFIX = "glus/target_points"  # + /<target id>: each target's 3D point
+DEBUG_IMAGE_TOPIC = "glus/debug_image"
+MARKERS_TOPIC = "glus/markers"
+DETECTIONS_2D_TOPIC = "glus/detections"
+DETECTIONS_3D_TOPIC = "glus/detections_3d"
+TARGETS_TOPIC = "glus/targets"
 DIAGNOSTICS_TOPIC = "/diagnostics"
-COMMAND_TOPIC = "/glus/command"
-COMMANDS_TOPIC = "/glus/commands"
+COMMAND_TOPIC = "glus/command"
+COMMANDS_TOPIC = "glus/commands"
 THROTTLE_S = 5.0
 MAX_PENDING_HEADERS = 256
 DIAGNOSTICS_PERIOD_S = 1.0
 # EngineConfig fields set live
 _ENGINE_LIVE = ("schedule", "reground_every", "reground_below", "max_targets", "context_refresh")
+
+
+def topic_token(target_id: str) -> str:
+    """A target id as topic name tokens: characters other than letters, digits, '_' and '/' become '_', and a
+    token that would start with a digit gets a leading '_' (``left cup`` -> ``left_cup``, ``q/phrase_1`` stays)."""
+    parts = [re.sub(r"[^A-Za-z0-9_]", "_", part) for part in target_id.split("/") if part]
+    return "/".join(f"_{part}" if part[0].isdigit() else part for part in parts) or "_"
 
 
 def _logged_transition(
@@ -121,6 +143,9 @@ class TrackerNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for name, (default, description) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        # rclpy's ChangeState service raises (and the node dies) for a transition not valid in the current state
+        self._handle_change_state = self._service_change_state.callback
+        self._service_change_state.callback = self._on_change_state_request
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_live_parameters)
         self.engine: Any = None  # StreamingEngine while configured
@@ -140,10 +165,14 @@ class TrackerNode(LifecycleNode):
         self._last_depth_time: float | None = None   # monotonic time of the last depth image
         self._first_image_time: float | None = None  # ... and of the first colour image since activation
         self._outputs: dict[str, Any] = {}       # lifecycle publishers by role (configure .. cleanup)
+        self._target_point_pubs: dict[str, Any] = {}  # target id -> its 3D point publisher (while it has points)
+        self._vision_msgs: Any = None  # vision_msgs.msg where it imports (configure .. cleanup)
+        self._targets_pub: Any = None  # latched snapshot of the target set (configure .. cleanup)
+        self._targets_published: tuple = ()
+        self._targets_lock = threading.Lock()
         self._config_entities: list[Any] = []  # services and command subscriptions (configure .. cleanup)
         self._camera_subs: list[Any] = []  # camera subscriptions (activate .. deactivate)
-        self.input_errors: Counter[str] = Counter()  # kind -> count of rejected inputs (for monitoring/tests)
-        self.last_input_error = ""
+        self._input_errors = InputErrorLog(THROTTLE_S)  # counts and logs (throttled per kind) rejected inputs
         self.last_error = ""  # why the last transition failed (for callers that trigger transitions themselves)
         self.results_published = 0
         self.debug_images_published = 0
@@ -175,6 +204,30 @@ class TrackerNode(LifecycleNode):
         if self._offloaded_from is not None:
             return f"offloaded to cpu (from {self._offloaded_from})"
         return f"loaded on {self.model.device}"
+
+    # --- lifecycle requests -------------------------------------------------------------------------
+    def _on_change_state_request(self, request: ChangeState.Request,
+                                 response: ChangeState.Response) -> ChangeState.Response:
+        """A ChangeState request for a transition the current state does not offer is refused (success=false,
+        one log line) instead of raising in rclpy's handler, which kills the node (a behaviour tree or a second
+        launch can send e.g. activate while active)."""
+        state = self.lifecycle_state
+        available = {tid: label for tid, label, *_ in self._state_machine.available_transitions}
+        wanted = request.transition.label or f"id {request.transition.id}"
+        valid = (request.transition.label in available.values() if request.transition.label
+                 else request.transition.id in available)
+        if not valid:
+            offered = ", ".join(f"{label} ({tid})" for tid, label in sorted(available.items())) or "none"
+            self.get_logger().warning(
+                f"refused lifecycle transition {wanted} in state {state!r} (it offers: {offered})")
+            response.success = False
+            return response
+        try:
+            return self._handle_change_state(request, response)
+        except RCLError as exc:  # e.g. a state change between the check and the trigger
+            self.get_logger().warning(f"refused lifecycle transition {wanted} in state {state!r}: {exc}")
+            response.success = False
+            return response
 
     # --- parameters ---------------------------------------------------------------------------------
     def _validate_parameters(self, params: Sequence[Parameter]) -> SetParametersResult:
@@ -256,8 +309,9 @@ class TrackerNode(LifecycleNode):
             )
             start = time.perf_counter()
             # a GLUS model or a pointing backend (Molmo2), as the model config says; the engine follows it
+            # dtype: the released weights' precision (they run in it), autocast for the other models
             self.model = load_stream_model(p["model"], p["checkpoint"] or None, p["sam2_checkpoint"] or None,
-                                           p["device"])
+                                           p["device"], vision_tower=p["vision_tower"] or None, dtype=p["dtype"])
             self.engine = make_engine(self.model, config, on_result=self._on_result)
             loaded = time.perf_counter() - start
             self.get_logger().info(
@@ -276,16 +330,26 @@ class TrackerNode(LifecycleNode):
                                + (f" ({self._decoder.reason})" if self._decoder.reason else ""))
         out_qos = results_qos()
         overrides = QoSOverridingOptions.with_default_policies  # per-topic qos_overrides.<topic>.publisher.*
+        outputs: list[tuple[str, type, str]] = [
+            ("segmentation", TargetResultArray, SEGMENTATION_TOPIC),
+            ("mask", Image, MASK_TOPIC),
+            ("point", PointStamped, POINT_TOPIC),
+            ("debug", Image, DEBUG_IMAGE_TOPIC),
+            ("markers", MarkerArray, MARKERS_TOPIC),
+        ]
+        self._vision_msgs, why = bridges.vision_msgs_module()
+        if self._vision_msgs is not None:
+            outputs += [("detections", self._vision_msgs.Detection2DArray, DETECTIONS_2D_TOPIC),
+                        ("detections_3d", self._vision_msgs.Detection3DArray, DETECTIONS_3D_TOPIC)]
+        self.get_logger().info("vision_msgs detections: " + ("on" if self._vision_msgs is not None else f"off ({why})"))
         self._outputs = {
             role: self.create_lifecycle_publisher(msg_type, topic, out_qos, qos_overriding_options=overrides())
-            for role, msg_type, topic in (
-                ("segmentation", TargetResultArray, SEGMENTATION_TOPIC),
-                ("mask", Image, MASK_TOPIC),
-                ("point", PointStamped, POINT_TOPIC),
-                ("debug", Image, DEBUG_IMAGE_TOPIC),
-                ("markers", MarkerArray, MARKERS_TOPIC),
-            )
+            for role, msg_type, topic in outputs
         }
+        # latched: a recorder or UI that starts later still gets the current target set
+        self._targets_pub = self.create_publisher(ReferringCommandArray, TARGETS_TOPIC, latched_qos())
+        self._targets_published = ()
+        self._publish_targets_if_changed(force=True)
         command_qos = qos_profile("reliable", 10)
         self._config_entities = [
             self.create_service(SetTargets, "~/set_targets", self._set_targets),
@@ -430,6 +494,13 @@ class TrackerNode(LifecycleNode):
             outputs, self._outputs = self._outputs, {}
             for pub in outputs.values():
                 self.destroy_lifecycle_publisher(pub)
+            points, self._target_point_pubs = self._target_point_pubs, {}
+            for pub in points.values():
+                self.destroy_publisher(pub)
+        with self._targets_lock:
+            if self._targets_pub is not None:
+                self.destroy_publisher(self._targets_pub)
+            self._targets_pub = None
 
     def _release_model(self) -> None:
         """Forget the engine and model and give their memory back (also GPU memory)."""
@@ -459,7 +530,8 @@ class TrackerNode(LifecycleNode):
             "model": p["model"], "device": p["device"], "model_state": self.model_state(),
             "targets": len(engine.targets()) if engine is not None else 0,
             "results_published": self.results_published,
-            "input_errors": sum(self.input_errors.values()),
+            "groundings": engine.grounding_stats["groundings"] if engine is not None else 0,  # MLLM passes so far
+            "input_errors": self._input_errors.total(),
             "sync_dropped": sum(sync_stats.dropped.values()) if sync_stats is not None else None,
             "target_frame": self._params.get("target_frame") or "(camera frame)",
             **self.backends,
@@ -474,14 +546,26 @@ class TrackerNode(LifecycleNode):
         self._diagnostics_pub.publish(msg)
 
     # --- bad input ----------------------------------------------------------------------------------
+    @property
+    def input_errors(self) -> Counter[str]:
+        """Rejected inputs so far, by kind (image, depth, camera_info, command, tf)."""
+        return self._input_errors.counts
+
+    @property
+    def last_input_error(self) -> str:
+        return self._input_errors.last_text
+
     def _input_error(self, kind: str, text: str) -> None:
-        """Count and log (throttled per kind) an input the node cannot use; the node keeps running."""
-        self.input_errors[kind] += 1
-        self.last_input_error = text
-        self.get_logger().error(f"{text} [{self.input_errors[kind]} so far]", throttle_duration_sec=THROTTLE_S)
+        """Count and log (throttled per kind, :mod:`glus_ros.ros.input_errors`) an input the node cannot use; the
+        node keeps running."""
+        line = self._input_errors.record(kind, text)
+        if line is not None:
+            self.get_logger().error(line)
 
     # --- camera input -------------------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
+        age_ms = (self.get_clock().now().nanoseconds * 1e-9 - stamp_to_float(msg.header.stamp)) * 1000.0
+        self.health.record_image(time.monotonic(), age_ms)  # received: /diagnostics images_received, image_age
         try:
             rgb = self._decoder.rgb(msg)
         except ValueError as exc:
@@ -490,6 +574,8 @@ class TrackerNode(LifecycleNode):
         self._route_image(msg.header, rgb)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
+        age_ms = (self.get_clock().now().nanoseconds * 1e-9 - stamp_to_float(msg.header.stamp)) * 1000.0
+        self.health.record_image(time.monotonic(), age_ms)
         try:
             rgb = self._decoder.compressed_rgb(msg)
         except ValueError as exc:
@@ -613,38 +699,94 @@ class TrackerNode(LifecycleNode):
         pubs["segmentation"].publish(messages.frame_result_to_msg(result, header, latency_ms))
         if result.targets:
             pubs["mask"].publish(mask_to_image(result.targets[0].mask, header))
-        point = self._target_point(result, header)
-        if point is not None:
-            pubs["point"].publish(point)
+        points = self._target_points(result, header)
+        first = next((p for p in points.values() if p is not None), None)
+        if first is not None:
+            pubs["point"].publish(first)
+        self._publish_per_target_points(points)
+        with self._camera_lock:
+            known = self._intrinsics
+        intrinsics = known[0] if known is not None else None
+        if self._vision_msgs is not None:
+            pubs["detections"].publish(detections.detection_2d_array(self._vision_msgs, result.targets, header))
+            if any(t.point_3d is not None for t in result.targets):
+                pubs["detections_3d"].publish(
+                    detections.detection_3d_array(self._vision_msgs, result.targets, header, intrinsics))
         if self._params.get("publish_debug_image") and pubs["debug"].get_subscription_count() > 0:
             pubs["debug"].publish(rgb_to_image(draw_result(result), "rgb8", header))
             self.debug_images_published += 1
         if self._params.get("publish_markers") and pubs["markers"].get_subscription_count() > 0:
-            with self._camera_lock:
-                known = self._intrinsics
-            intrinsics = known[0] if known is not None else None
             pubs["markers"].publish(target_markers(result.targets, header, intrinsics))
             self.markers_published += 1
         self.results_published += 1
         self.health.record_result(time.monotonic(), latency_ms)
+        self._publish_targets_if_changed()
 
-    def _target_point(self, result: FrameResult, header: Header) -> PointStamped | None:
-        """The first target's point for /glus/target_point; with target_frame its 3D point transformed by tf
-        (a 2D pixel point has no place in another frame, and a failed lookup publishes nothing)."""
+    def _target_points(self, result: FrameResult, header: Header) -> dict[str, PointStamped | None]:
+        """Each target's 3D point (metres) by target id, None where it has none this frame: in the camera optical
+        frame, or with target_frame transformed by tf (a failed lookup gives None). Without depth every value is
+        None: pixels never go on a 3D topic."""
         target_frame = self._params.get("target_frame")
-        if not target_frame:
-            points = (messages.target_point_msg(t, header) for t in result.targets)
-            return next((p for p in points if p is not None), None)
-        lifted = next((t.point_3d for t in result.targets if t.point_3d is not None), None)
         tf = self._tf
-        if lifted is None or tf is None:
-            return None
+        points: dict[str, PointStamped | None] = {}
+        for target in result.targets:
+            point = messages.target_point_msg(target, header)
+            if point is not None and target_frame:
+                point = self._transformed(point, target_frame) if tf is not None else None
+            points[target.target_id] = point
+        return points
+
+    def _transformed(self, point: PointStamped, target_frame: str) -> PointStamped | None:
         try:
-            x, y, z = tf.transform(lifted, header.frame_id, target_frame, header.stamp)
+            x, y, z = self._tf.transform((point.point.x, point.point.y, point.point.z), point.header.frame_id,
+                                         target_frame, point.header.stamp)
         except LookupError as exc:
             self._input_error("tf", str(exc))
             return None
-        return PointStamped(header=Header(stamp=header.stamp, frame_id=target_frame), point=Point(x=x, y=y, z=z))
+        if not all(math.isfinite(v) for v in (x, y, z)):
+            return None
+        return PointStamped(header=Header(stamp=point.header.stamp, frame_id=target_frame),
+                            point=Point(x=x, y=y, z=z))
+
+    def _publish_per_target_points(self, points: dict[str, PointStamped | None]) -> None:
+        """``glus/target_points/<id>``: a PointStamped publisher per target, made at its first 3D point and
+        dropped when the target is gone (called under the publish lock)."""
+        for target_id in [t for t in self._target_point_pubs if t not in points]:
+            self.destroy_publisher(self._target_point_pubs.pop(target_id))
+        for target_id, point in points.items():
+            if point is None:
+                continue
+            pub = self._target_point_pubs.get(target_id)
+            if pub is None:
+                topic = f"{TARGET_POINTS_PREFIX}/{topic_token(target_id)}"
+                pub = self._target_point_pubs[target_id] = self.create_publisher(PointStamped, topic, results_qos())
+            pub.publish(point)
+
+    def _publish_targets_if_changed(self, force: bool = False) -> None:
+        """Publish the target set on the latched ``glus/targets`` when it differs from the last one published
+        (called after every command and every result, so targets from any source are covered)."""
+        engine = self.engine
+        specs = [spec for spec, _ in engine.targets()] if engine is not None else []
+        key = tuple((s.target_id, s.expression, s.mode, s.region) for s in specs)
+        with self._targets_lock:
+            if self._targets_pub is None or (key == self._targets_published and not force):
+                return
+            self._targets_published = key
+            header = Header(stamp=self.get_clock().now().to_msg())
+            try:
+                self._targets_pub.publish(messages.targets_snapshot_msg(specs, header))
+            except Exception:
+                if self.context.ok():
+                    raise  # rclpy shutting down: nothing to publish to
+
+    def apply_text_command(self, text: str) -> str:
+        """Set target ``target_0`` to ``text`` as ``glus/command`` does (``glus-ros track --expression``); the
+        target set is published on ``glus/targets``. A bad expression raises ValueError."""
+        if self.engine is None:
+            raise ValueError("the tracker is not configured")
+        target_id = messages.apply_text_command(self.engine, text)
+        self._publish_targets_if_changed()
+        return target_id
 
     # --- commands -----------------------------------------------------------------------------------
     def _on_text_command(self, msg: String) -> None:
@@ -655,10 +797,12 @@ class TrackerNode(LifecycleNode):
         except ValueError as exc:
             self._input_error("command", f"ignored {COMMAND_TOPIC} {msg.data!r}: {exc}")
             return
+        self._publish_targets_if_changed()
         self.get_logger().info(f"{target_id} <- {msg.data.strip()!r}")
 
     def _apply(self, commands: Sequence[Any], source: str) -> messages.CommandOutcome:
         outcome = messages.apply_commands(self.engine, commands)
+        self._publish_targets_if_changed()
         for warning in outcome.warnings:
             self.get_logger().warning(f"{source}: {warning}")
         if not outcome.success:
@@ -682,6 +826,7 @@ class TrackerNode(LifecycleNode):
             response.success, response.message = False, "the tracker is not configured"
             return response
         self.engine.clear_targets()
+        self._publish_targets_if_changed()
         response.success = True
         return response
 

@@ -2,7 +2,8 @@
 
 A GLUS model (the tiny default, the released GLUS weights) streams through :class:`StreamingEngine`; a
 pointing backend (Molmo2, selected by the model config: ``backends.loading``) through
-:class:`PointingStreamingEngine`, its points seeding the same SAM 2 memory tracker.
+:class:`PointingStreamingEngine`, its points seeding the same SAM 2 memory tracker; a concept backend (a SAM 3
+folder) through :class:`ConceptStreamingEngine`, one output per instance.
 """
 
 from __future__ import annotations
@@ -17,13 +18,20 @@ from glus_ros.streaming.types import FrameResult
 
 
 def load_stream_model(spec: str | Path, checkpoint: str | Path | None = None,
-                      sam2_checkpoint: str | Path | None = None, device: str = "cpu") -> Any:
-    """A ``GLUSModel`` for a GLUS config or folder, the loaded backend for any other (e.g. a Molmo2 folder)."""
+                      sam2_checkpoint: str | Path | None = None, device: str = "cpu",
+                      vision_tower: str | Path | None = None, dtype: str | None = None) -> Any:
+    """A ``GLUSModel`` for a GLUS config or folder, the loaded backend for any other (e.g. a Molmo2 folder).
+
+    ``vision_tower`` is the local CLIP folder of the released GLUS weights (glus-s, glus-a) and an error for
+    any other model; ``dtype`` the release's weight precision (default: bf16 on CUDA, fp32 on CPU)."""
     from glus_ros.backends.loading import backend_of, load_backend
     from glus_ros.inference import load_model
 
     if backend_of(spec) == "glus":
-        return load_model(spec, checkpoint, sam2_checkpoint, device)
+        return load_model(spec, checkpoint, sam2_checkpoint, device, vision_tower=vision_tower, dtype=dtype)
+    if vision_tower is not None:
+        raise ValueError(f"vision_tower is for the released GLUS weights (glus-s, glus-a); model {spec} "
+                         "carries its own vision tower")
     return load_backend(spec, checkpoint, sam2_checkpoint, device)
 
 
@@ -31,6 +39,10 @@ def make_engine(model: Any, config: EngineConfig | None = None,
                 on_result: Callable[[FrameResult], None] | None = None) -> StreamingEngine:
     """The streaming engine for what :func:`load_stream_model` returned."""
     if isinstance(model, GroundingBackend):
+        if model.answers == "instances":
+            from glus_ros.streaming.concept import ConceptStreamingEngine
+
+            return ConceptStreamingEngine(model, config, on_result)  # type: ignore[arg-type]
         if model.answers == "points":
             from glus_ros.streaming.pointing import PointingStreamingEngine
 

@@ -91,7 +91,8 @@ def lift_point(x: float, y: float, depth: np.ndarray, intrinsics: CameraIntrinsi
     """Back-project pixel (x, y) to the camera optical frame (metres) using the median valid depth nearby.
 
     The median over a (2*window+1)^2 patch tolerates holes and flying pixels at object edges. Depth
-    values <= 0 or non-finite are invalid; None when the patch holds no valid depth.
+    values <= 0 or non-finite are invalid; None when the patch holds no valid depth (or the point would not
+    be finite), so a returned point is always finite metres.
     """
     if not isinstance(depth, np.ndarray) or depth.ndim != 2:
         raise ValueError(f"depth: expected an (H, W) array, got shape {getattr(depth, 'shape', None)}")
@@ -108,7 +109,10 @@ def lift_point(x: float, y: float, depth: np.ndarray, intrinsics: CameraIntrinsi
     if valid.size == 0:
         return None
     z = float(np.median(valid))
-    return (x - intrinsics.cx) * z / intrinsics.fx, (y - intrinsics.cy) * z / intrinsics.fy, z
+    point = ((x - intrinsics.cx) * z / intrinsics.fx, (y - intrinsics.cy) * z / intrinsics.fy, z)
+    if not all(np.isfinite(point)):
+        return None  # an absurd depth (e.g. 1e38 m) overflows: no point rather than an inf one
+    return point
 
 
 def depth_from_16uc1(array: np.ndarray) -> np.ndarray:
