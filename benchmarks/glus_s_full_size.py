@@ -196,9 +196,12 @@ def main() -> None:
         extra = ["--model-override", args.model_override] if args.model_override else []
         subprocess.run([sys.executable, __file__, "--release", str(release), "--write-only", *extra], check=True)
 
+    from glus_ros.core.frames import FrameEncoder
+    from glus_ros.core.grounders import ConversationGrounder
+    from glus_ros.core.loop import WindowLoop
+    from glus_ros.core.tracking import frame_mask, track_frame
     from glus_ros.inference import load_model
     from glus_ros.model.memory_bank import MemoryBank
-    from glus_ros.official_glus import OfficialConversation, OfficialVideoSegmenter
 
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, weights {args.dtype}")
@@ -212,16 +215,23 @@ def main() -> None:
     print(f"load: {load_s:.1f} s, {params / 1e9:.2f} B params, peak RSS {peak_rss_gb():.1f} GB "
           f"(process start {rss0:.1f} GB)" + (f", GPU peak {torch.cuda.max_memory_allocated() / 1024**3:.1f} GB"
                                               if device.type == "cuda" else ""), flush=True)
-    seg = OfficialVideoSegmenter(model)
     frames = synthetic_frames(8)
-    conversation = OfficialConversation(model.tokenizer, "the person on the left")
+    encoder = FrameEncoder(model, frames, one_by_one=True)
+    grounder = ConversationGrounder(model, encoder, "the person on the left")
+    conversation = grounder.conversation
+    projection = model.seg_projection
+
+    def decode(features, hidden, bank, size):
+        prompt = projection(hidden.to(next(projection.parameters()).dtype))[None]
+        return frame_mask(track_frame(model, features, prompt, bank), *size, model.cfg.loop)
+
     with torch.inference_mode():
-        tokens, clip_s = timed(lambda: [seg.frame_tokens(f) for f in frames], device)
+        tokens, clip_s = timed(lambda: list(encoder.frame_tokens(range(len(frames)))), device)
         ids = conversation.ids(4)
-        (token, hidden), llm_s = timed(lambda: seg.answer(ids, tokens), device)
-        features, sam_image_s = timed(lambda: seg.sam_features(frames[-1]), device)
+        (token, hidden), llm_s = timed(lambda: grounder.answer(ids, tokens), device)
+        features, sam_image_s = timed(lambda: encoder.sam_features(len(frames) - 1), device)
         bank = MemoryBank(model.cfg.memory.slots, model.cfg.memory.stride)
-        _, decode_s = timed(lambda: seg.decode(features, hidden, bank, frames[-1].shape[:2]), device)
+        _, decode_s = timed(lambda: decode(features, hidden, bank, frames[-1].shape[:2]), device)
     window_s = llm_s + clip_s / len(frames) + sam_image_s + decode_s
     answer = "[SEG]" if token == conversation.seg_id else str(token)
     print(f"one full window ({len(ids)} ids, {len(ids) - 8 + 8 * tokens[0].shape[0]} LLM positions): "
@@ -232,14 +242,15 @@ def main() -> None:
           + (f", GPU peak {torch.cuda.max_memory_allocated() / 1024**3:.1f} GB" if device.type == "cuda" else ""))
     if args.frames:
         video = synthetic_frames(args.frames)
-        result, total = timed(lambda: seg.segment(video, "the person on the left"), device)
+        result, total = timed(lambda: WindowLoop(model).segment(video, "the person on the left"), device)
         print(f"offline official segmentation of {args.frames} frames: {total / args.frames:.2f} s/frame, "
               f"{args.frames / total:.2f} MLLM windows/s (one per frame), "
               f"{int(result.scores.astype(bool).sum())} frames answered [SEG]")
         sam_s = []
-        for f in video[: min(8, args.frames)]:
-            feats, s1 = timed(lambda f=f: seg.sam_features(f), device)
-            _, s2 = timed(lambda feats=feats, f=f: seg.decode(feats, hidden, bank, f.shape[:2]), device)
+        video_encoder = FrameEncoder(model, video)
+        for i, f in enumerate(video[: min(8, args.frames)]):
+            feats, s1 = timed(lambda i=i: video_encoder.sam_features(i), device)
+            _, s2 = timed(lambda feats=feats, f=f: decode(feats, hidden, bank, f.shape[:2]), device)
             sam_s.append(s1 + s2)
         print(f"SAM 2 tracker alone (image encoder + memory + decode, {model.sam.image_size} px): "
               f"{1 / float(np.mean(sam_s)):.2f} frames/s")

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from glus_ros.inference import FrameCache, VideoSegmentation, autocast_context
+from glus_ros.core.frames import FrameEncoder
+from glus_ros.core.loop import VideoSegmentation
+from glus_ros.devices import autocast_context
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.prompting import clean_question, parse_answer
@@ -145,12 +147,12 @@ class GroundedSegmenter:
         orders = propagation_orders(num_frames, start_frame)
         cfg = model.cfg
         context = context_frame_indices(num_frames, cfg.sampling.num_context)
-        cache = FrameCache(model, frames)
+        cache = FrameEncoder(model, frames)
         t0 = time.perf_counter()
         with autocast_context(model.device, self.dtype):
             region_embeds = model.encode_regions(frames, regions)
             first = self._window(query_windows(orders[0], cfg.sampling.num_query, 1)[0].frames)
-            embeds = cache.clip_embeds(context + first)
+            embeds = cache.frame_tokens(context + first)
             ctx, qry = embeds[None, : len(context)], embeds[None, len(context):]
             if answer_text is None:
                 generated = model.generate_answer(ctx, qry, question, max_new_tokens, region_embeds)
@@ -171,7 +173,7 @@ class GroundedSegmenter:
                 def window_prompts(window: list[int]) -> torch.Tensor:
                     if not refresh_prompts:
                         return prompts[slots]
-                    emb = cache.clip_embeds(context + window)
+                    emb = cache.frame_tokens(context + window)
                     return model.grounded_prompts(emb[None, : len(context)], emb[None, len(context):], question,
                                                   region_embeds=[region_embeds],
                                                   answer_ids=[answer_ids]).prompts[0][slots]
@@ -207,7 +209,7 @@ class GroundedSegmenter:
         cfg = model.cfg
         num_frames = len(frames)
         context = context_frame_indices(num_frames, cfg.sampling.num_context)
-        cache = FrameCache(model, frames)
+        cache = FrameEncoder(model, frames)
         masks = np.zeros((1, num_frames, height, width), dtype=bool)
         scores = np.zeros((1, num_frames), dtype=np.float32)
         t0 = time.perf_counter()
@@ -215,7 +217,7 @@ class GroundedSegmenter:
             region_embeds = model.encode_regions(frames, [region])
 
             def window_prompts(window: list[int]) -> torch.Tensor:  # (num_query, prompt_dim)
-                emb = cache.clip_embeds(context + window)
+                emb = cache.frame_tokens(context + window)
                 return model.grounded_prompts(emb[None, : len(context)], emb[None, len(context):],
                                               TRACK_REGION_QUESTION, region_embeds=[region_embeds]).prompts[0]
 
@@ -228,7 +230,7 @@ class GroundedSegmenter:
         return VideoSegmentation(masks[0], scores[0], frame_idx,
                                  {"total_s": elapsed, "per_frame_s": elapsed / num_frames})
 
-    def _track(self, frames: Sequence[np.ndarray], context: list[int], cache: FrameCache,
+    def _track(self, frames: Sequence[np.ndarray], context: list[int], cache: FrameEncoder,
                start_frame: int, masks: np.ndarray, scores: np.ndarray,
                prompts_for: _PerWindow, target_ids: list[str],
                progress: Callable[[int], None] | None = None) -> dict[str, MemoryBank | None]:

@@ -1,95 +1,28 @@
-"""Offline GLUS inference on a whole video (ROS-free): context frames + sliding query windows.
+"""Offline GLUS inference on a whole video (ROS-free): load a model, segment a video or a dataset split.
 
-Context frames are fixed for the video (the middle frame of each of N segments); query windows of
-``num_query`` consecutive frames slide with stride 1, each decoding its newest frame, and every mask
-goes into the bounded memory bank. With a start (key) frame the model propagates forward from it and
-then backward from it (GLUS Sec. 4.4).
+The window loop itself (context frames + query windows, the SAM 2 memory, forward then backward from a key
+frame) is :class:`glus_ros.core.loop.WindowLoop`, the same for the project's own family and the released
+weights; this module adds the key-frame selector and the dataset and loading entry points.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from glus_ros.core.loop import VideoSegmentation, WindowLoop
+from glus_ros.devices import autocast_context, resolve_device
 from glus_ros.model.glus import GLUSModel
-from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.prompting import clean_expression
-from glus_ros.model.sam2_head import FrameFeatures
-from glus_ros.model.transforms import clip_input, logits_to_frame, sam_input, to_tensor
-from glus_ros.sampling import context_frame_indices, propagation_orders, query_windows
+from glus_ros.model.transforms import clip_input, to_tensor
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class VideoSegmentation:
-    masks: np.ndarray                 # (T, H, W) bool at the input size
-    scores: np.ndarray                # (T,) probability that the object is visible
-    start_frame: int
-    timings: dict[str, float] = field(default_factory=dict)
-    key_frame_scores: np.ndarray | None = None  # (T,) selector's predicted IoU, when it chose start_frame
-
-
-def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU or CUDA when asked; fp32 otherwise."""
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    if dtype != "bf16":
-        raise ValueError(f"unknown dtype '{dtype}' (fp32 or bf16)")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but CUDA is not available on this machine")
-    return device
-
-
-class FrameCache:
-    """Per-frame encoder outputs, computed once and dropped when no window needs them any more."""
-
-    def __init__(self, model: GLUSModel, frames: Sequence[np.ndarray]) -> None:
-        self.model = model
-        self.frames = frames
-        self.clip: dict[int, torch.Tensor] = {}
-        self.sam: dict[int, FrameFeatures] = {}
-
-    def _pixels(self, idx: int) -> torch.Tensor:
-        return to_tensor([self.frames[idx]]).to(self.model.device)
-
-    def clip_embeds(self, indices: Sequence[int]) -> torch.Tensor:
-        missing = [i for i in dict.fromkeys(indices) if i not in self.clip]
-        if missing:
-            pixels = torch.cat([self._pixels(i) for i in missing])
-            embeds = self.model.encode_clip_frames(clip_input(pixels, self.model.cfg.vlm.image_size))
-            for i, e in zip(missing, embeds, strict=True):
-                self.clip[i] = e
-        return torch.stack([self.clip[i] for i in indices])
-
-    def clip_pixels(self, indices: Sequence[int]) -> torch.Tensor:
-        """(1, N, 3, S, S) the frames as the vision tower's input (what a motion field reads)."""
-        pixels = torch.cat([self._pixels(i) for i in indices])
-        return clip_input(pixels, self.model.cfg.vlm.image_size)[None]
-
-    def sam_features(self, idx: int) -> FrameFeatures:
-        if idx not in self.sam:
-            self.sam[idx] = self.model.encode_sam_frames(sam_input(self._pixels(idx), self.model.sam.image_size))
-        return self.sam[idx]
-
-    def keep_only(self, keep: set[int]) -> None:
-        for store in (self.clip, self.sam):
-            for i in [i for i in store if i not in keep]:
-                del store[i]
+__all__ = ["VideoSegmentation", "VideoSegmenter", "load_model", "predict_dataset"]
 
 
 class VideoSegmenter:
@@ -118,66 +51,20 @@ class VideoSegmenter:
         """Masks for every frame; ``key_frame`` lets the selector choose ``start_frame``."""
         if len(frames) == 0:
             raise ValueError("the video has no frames")
-        if self.model.cfg.official is not None:  # the released weights: the official inference, step for step
-            from glus_ros.official_glus import OfficialVideoSegmenter
-
+        key_scores = None
+        if self.model.cfg.loop.prompt_format == "llava_v1":
             if key_frame:
                 raise ValueError("the released GLUS weights carry no key-frame selector (GLUS's key-frame "
                                  "selection is a separate model): give the key frame as start_frame")
-            # the expression as given: the official prompt keeps its spacing (official_prompt.official_expression)
-            return OfficialVideoSegmenter(self.model).segment(frames, expression, start_frame, progress)
-        expression = clean_expression(expression)
-        key_scores = None
-        if key_frame:
-            key_scores = self.key_frame_scores(frames, expression)
-            start_frame = int(np.argmax(key_scores))
-        height, width = frames[0].shape[:2]
-        for i, f in enumerate(frames):
-            if f.shape[:2] != (height, width):
-                raise ValueError(f"frame {i} is {f.shape[1]}x{f.shape[0]}, frame 0 is {width}x{height}")
-        cfg = self.model.cfg
-        num_frames = len(frames)
-        context = context_frame_indices(num_frames, cfg.sampling.num_context)
-        cache = FrameCache(self.model, frames)
-        context_pixels = cache.clip_pixels(context) if context else None
-        masks = np.zeros((num_frames, height, width), dtype=bool)
-        scores = np.zeros(num_frames, dtype=np.float32)
-        done: set[int] = set()
-        t0 = time.perf_counter()
-        with autocast_context(self.model.device, self.dtype):
-            key_bank: MemoryBank | None = None
-            for direction, order in enumerate(propagation_orders(num_frames, start_frame)):
-                if direction == 0:
-                    bank = self.model.new_memory_bank()
-                else:  # backward: start again from the key frame's memory only
-                    bank = key_bank
-                for window in query_windows(order, cfg.sampling.num_query, 1):
-                    todo = [f for f in window.decode if f not in done]
-                    if not todo:
-                        continue
-                    query = list(window.frames)
-                    while len(query) < cfg.sampling.num_query:  # videos shorter than the window
-                        query.append(query[-1])
-                    embeds = cache.clip_embeds(context + query)
-                    out = self.model.seg_prompts(embeds[None, : len(context)], embeds[None, len(context):],
-                                                 [expression], context_pixels=context_pixels)
-                    for frame_idx in todo:
-                        slot = query.index(frame_idx)
-                        grid = out.grounding[:, slot] if out.grounding is not None else None
-                        pred = self.model.track_step(cache.sam_features(frame_idx), out.prompts[:, slot], bank, grid)
-                        logits = logits_to_frame(pred.logits, height, width)[0]
-                        visible = float(torch.sigmoid(pred.object_score)[0, 0])
-                        masks[frame_idx] = (logits > 0).cpu().numpy() if visible > 0.5 else False
-                        scores[frame_idx] = visible
-                        done.add(frame_idx)
-                        if frame_idx == start_frame and bank is not None:
-                            key_bank = bank.seed_from(bank.next_step - 1)  # seeds the backward pass
-                        if progress is not None:
-                            progress(1)
-                    cache.keep_only(set(context) | set(window.frames))
-        elapsed = time.perf_counter() - t0
-        return VideoSegmentation(masks, scores, start_frame,
-                                 {"total_s": elapsed, "per_frame_s": elapsed / num_frames}, key_scores)
+            # the expression as given: the conversation normalises it the official way (official_expression)
+        else:
+            expression = clean_expression(expression)
+            if key_frame:
+                key_scores = self.key_frame_scores(frames, expression)
+                start_frame = int(np.argmax(key_scores))
+        result = WindowLoop(self.model, self.dtype).segment(frames, expression, start_frame, progress)
+        result.key_frame_scores = key_scores
+        return result
 
 
 def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_checkpoint: str | Path | None = None,
@@ -195,7 +82,7 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     (``glus_ros.official_glus.load_official_model``): ``vision_tower`` is the local CLIP folder and ``dtype``
     the weights' precision ("bf16" by default on CUDA, else "fp32").
     """
-    from glus_ros.backends.loading import backend_of
+    from glus_ros.backends.loading import backend_of  # TODO(issue 26): backends/kinds.py breaks this circle
 
     if (backend := backend_of(spec)) != "glus":
         raise ValueError(f"model {spec} is a {backend} model (glus_ros.backends): this runs GLUS models only; "

@@ -5,9 +5,12 @@ Pure functions over frame indices, shared by offline segmentation, training and 
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass
+
+import numpy as np
 
 
 def segment_bounds(num_frames: int, num_segments: int) -> list[tuple[int, int]]:
@@ -28,6 +31,20 @@ def context_frame_indices(num_frames: int, num_context: int = 4) -> list[int]:
     if num_context == 0:
         return []
     return [min((start + end - 1) // 2, num_frames - 1) for start, end in segment_bounds(num_frames, num_context)]
+
+
+def official_context_frames(num_frames: int, num_context: int = 4) -> list[int]:
+    """Context frames of the official GLUS inference: ``min(start_j + ceil(N / C) // 2, end_j - 1)`` per segment.
+
+    The segments are ``np.linspace(0, N, C + 1).astype(int)``. For N < C a segment can be empty; the official
+    code then indexes frame -1, the last one, and so does this.
+    """
+    if num_frames < 1:
+        raise ValueError(f"need at least one frame, got {num_frames}")
+    edges = np.linspace(0, num_frames, num_context + 1, dtype=int)
+    shift = math.ceil(num_frames / num_context) // 2
+    picks = [min(int(edges[j]) + shift, int(edges[j + 1]) - 1) for j in range(num_context)]
+    return [p % num_frames for p in picks]
 
 
 def span_indices(num_frames: int, count: int) -> list[int]:
@@ -108,6 +125,8 @@ class StreamingSampler:
       analogue of the offline context (spread over all of the video there is), whose time span a motion
       field reads. Measured on the synthetic validation split (seed 1001; first 8 videos, the causal
       ``full`` schedule): J&F 0.725 against 0.690 with ``"older"`` (offline: 0.774).
+    * ``"official"``: the official GLUS inference's rule (``official_context_frames``) over the whole history, as
+      if the stream so far were the video: what the released weights were run with.
 
     ``context_refresh`` > 1 keeps a choice of context frames for that many new frames (and until the
     history has doubled since, while it fills), so that consecutive MLLM passes share their context and
@@ -115,7 +134,7 @@ class StreamingSampler:
     history (callers keep its data while :meth:`context_frames` names it). 1 chooses anew on every frame.
     """
 
-    SPANS = ("older", "whole")
+    SPANS = ("older", "whole", "official")
 
     def __init__(self, history: int = 64, num_context: int = 4, num_query: int = 4, context_refresh: int = 1,
                  span: str = "older") -> None:
@@ -159,6 +178,8 @@ class StreamingSampler:
         if self._context is None or self._pushes - pushes >= self.context_refresh or len(ids) >= 2 * length:
             if self.span == "whole":
                 self._context = [ids[i] for i in span_indices(len(ids), self.num_context)]
+            elif self.span == "official":  # the released weights' rule, over the stream so far as the video
+                self._context = [ids[i] for i in official_context_frames(len(ids), self.num_context)]
             else:
                 older = ids[: -self.num_query] or ids
                 self._context = [older[i] for i in context_frame_indices(len(older), self.num_context)]

@@ -11,13 +11,15 @@ import yaml
 from safetensors.torch import load_file
 
 from glus_ros.cli import main
+from glus_ros.core.frames import FrameEncoder
+from glus_ros.core.loop import LoopTrace, WindowLoop
 from glus_ros.inference import load_model
 from glus_ros.model.checkpoints import CheckpointError, map_glus_keys
 from glus_ros.model.config import load_config, read_yaml_mapping, resolve_config_path
 from glus_ros.model.llama_tokenizer import LlamaSentencePieceTokenizer
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.official_prompt import IMAGE_PLACEHOLDER, OfficialConversation, official_expression
-from glus_ros.official_glus import OfficialTrace, OfficialVideoSegmenter, official_context_frames
+from glus_ros.sampling import official_context_frames
 from glus_ros.video_io import read_video
 
 FIXTURE = Path(__file__).parent / "fixtures" / "glus_official" / "a"
@@ -100,7 +102,7 @@ def test_release_loads_every_tensor_in_fp32_or_bf16(model):
     bf16 = load(dtype="bf16")
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
     frames, _, _ = read_video(FIXTURE / "frames")
-    result = OfficialVideoSegmenter(bf16).segment(frames[:6], "the red ball")  # runs end to end in bf16
+    result = WindowLoop(bf16).segment(frames[:6], "the red ball")  # runs end to end in bf16
     assert result.masks.shape == (6, *frames[0].shape[:2])
 
 
@@ -111,8 +113,8 @@ def test_the_official_switches_each_change_the_result(model):
     tensors = load_file(str(FIXTURE / "expected_start0.safetensors"))
 
     def deviation() -> float:
-        trace = OfficialTrace()
-        OfficialVideoSegmenter(model).segment(frames, expected["expression"], 0, trace=trace)
+        trace = LoopTrace()
+        WindowLoop(model).segment(frames, expected["expression"], 0, trace=trace)
         worst = 0.0
         for i, (ours, theirs) in enumerate(zip(trace.steps, expected["passes"][0]["steps"], strict=True)):
             if ours.token != theirs["generated"]:
@@ -132,16 +134,19 @@ def test_the_official_switches_each_change_the_result(model):
             assert deviation() > 1e-4, f"{attr}={value!r} should differ from the official code"
         finally:
             setattr(obj, attr, old)
-    segmenter = OfficialVideoSegmenter(model)
     official_tokens = tensors["tokens.f1"]
+
+    def tokens_of_frame_1() -> torch.Tensor:
+        return FrameEncoder(model, frames).frame_tokens([1])[0]
+
     for attr, value in [("token_pool_layout", "square"), ("clip_preprocess", "square")]:
         old = getattr(model.cfg.vlm, attr)
         setattr(model.cfg.vlm, attr, value)
         try:
-            assert (segmenter.frame_tokens(frames[1]) - official_tokens).abs().max() > 1e-4, attr
+            assert (tokens_of_frame_1() - official_tokens).abs().max() > 1e-4, attr
         finally:
             setattr(model.cfg.vlm, attr, old)
-    assert (segmenter.frame_tokens(frames[1]) - official_tokens).abs().max() < 1e-4
+    assert (tokens_of_frame_1() - official_tokens).abs().max() < 1e-4
 
 
 def broken_copy(tmp_path: Path) -> Path:

@@ -19,10 +19,11 @@ import torch
 from safetensors.torch import load_file
 
 from glus_ros.cli import main
+from glus_ros.core.loop import LoopTrace, WindowLoop
 from glus_ros.inference import load_model
 from glus_ros.model.config import read_yaml_mapping
 from glus_ros.model.transforms import ClipProcessorSpec, clip_processor_input
-from glus_ros.official_glus import OfficialTrace, OfficialVideoSegmenter, official_context_frames
+from glus_ros.sampling import official_context_frames
 from glus_ros.video_io import read_video
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glus_official"
@@ -54,8 +55,8 @@ def run_traced(model, frames, expression, start):
     hook = model.vlm.projector.register_forward_hook(
         lambda _m, args, out: calls.append((args[0].detach().clone(), out.detach().clone())))
     try:
-        trace = OfficialTrace()
-        result = OfficialVideoSegmenter(model).segment(frames, expression, start, trace=trace)
+        trace = LoopTrace()
+        result = WindowLoop(model).segment(frames, expression, start, trace=trace)
     finally:
         hook.remove()
     assert len(calls) == len(trace.encoded_frames)
@@ -143,3 +144,37 @@ def test_segment_cli_loads_the_release_layout_and_writes_the_official_masks(tmp_
     final = load_file(str(paths["root"] / f"expected_start{start}.safetensors"))["final_masks"].numpy() > 0
     written = np.stack([cv2.imread(str(p), cv2.IMREAD_UNCHANGED) > 0 for p in sorted(out.glob("*.png"))])
     assert np.array_equal(written, final)
+
+
+def test_eval_cli_scores_a_mevis_split_with_the_release(tmp_path, capsys):
+    """``glus-ros eval --model glus-s --checkpoint DIR --vision-tower DIR`` runs the release on a MeViS-layout split:
+    its predictions are the masks ``glus-ros segment`` writes for the same frames (J&F 1 against them)."""
+    from helpers_datasets import write_mevis
+
+    paths = fixture_paths("c")
+    expression = json.loads((paths["root"] / "expected_start0.json").read_text())["expression"]
+    frames, _, _ = read_video(paths["frames"])
+    names = [f"{i:05d}" for i in range(len(frames))]
+    root = tmp_path / "mevis"
+    split = write_mevis(root, "valid_u", {"clip": names}, {"clip": frames[0].shape[:2]},
+                        {"clip": {"0": {"exp": expression, "obj_id": [0], "anno_id": ["0"]}}}, masks=None)
+    for name, frame in zip(names, frames, strict=True):  # the fixture's frames as the split's JPEGs
+        cv2.imwrite(str(split / "JPEGImages" / "clip" / f"{name}.jpg"), frame[:, :, ::-1])
+    weights = ["--model", "glus-s", "--checkpoint", str(paths["checkpoint"]), "--vision-tower", str(paths["clip"]),
+               "--model-override", str(paths["override"])]
+    seg_out = tmp_path / "segment"
+    assert main(["segment", *weights, "--video", str(split / "JPEGImages" / "clip"), "--expr", expression,
+                 "--out", str(seg_out), "--no-overlay"]) == 0
+    labels = [cv2.imread(str(seg_out / f"{n}.png"), cv2.IMREAD_UNCHANGED) > 0 for n in names]
+    assert 0.05 < np.mean(labels) < 0.95
+    write_mevis(root, "valid_u", {"clip": names}, {"clip": frames[0].shape[:2]},
+                {"clip": {"0": {"exp": expression, "obj_id": [0], "anno_id": ["0"]}}}, masks={"0": labels})
+    for name, frame in zip(names, frames, strict=True):  # write_mevis wrote placeholder JPEGs again
+        cv2.imwrite(str(split / "JPEGImages" / "clip" / f"{name}.jpg"), frame[:, :, ::-1])
+    capsys.readouterr()
+    pred = tmp_path / "pred"
+    assert main(["eval", *weights, "--data", str(root), "--split", "valid_u", "--out", str(pred)]) == 0
+    printed = capsys.readouterr().out
+    assert "J&F: 1.000" in printed, printed
+    written = [cv2.imread(str(pred / "clip" / "0" / f"{n}.png"), cv2.IMREAD_UNCHANGED) > 0 for n in names]
+    assert all(np.array_equal(w, label) for w, label in zip(written, labels, strict=True))

@@ -53,7 +53,7 @@ class GLUSBackend(GroundingBackend):
     def ground(self, window: Sequence[np.ndarray], expressions: Sequence[str],
                context: Sequence[np.ndarray] = (), timestamps: Sequence[float] | None = None,
                ) -> list[TargetGrounding]:
-        from glus_ros.inference import autocast_context
+        from glus_ros.devices import autocast_context
 
         check_window(window, context)
         cfg = self.model.cfg

@@ -265,7 +265,7 @@ def load_molmo2_backend(folder: str | Path, settings: Molmo2Settings, sam2_node:
     """
     from transformers import AutoTokenizer, Molmo2ForConditionalGeneration
 
-    from glus_ros.inference import resolve_device
+    from glus_ros.devices import resolve_device
     from glus_ros.model.checkpoints import assign_state, load_sam2_checkpoint, read_sam2_state
     from glus_ros.model.sam2_tracker import match_sam2_node
 

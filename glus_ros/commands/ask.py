@@ -1,7 +1,4 @@
-"""``glus-ros ask``: a grounded answer about a video: the text, and a mask track per phrase it grounds.
-
-Also the ``--region`` options shared with ``glus-ros segment`` ("track this").
-"""
+"""``glus-ros ask``: a grounded answer about a video: the text, and a mask track per phrase it grounds."""
 
 from __future__ import annotations
 
@@ -10,57 +7,16 @@ import json
 import re
 from pathlib import Path
 
-from glus_ros.commands.segment import add_model_arguments, load_model_from_args
-from glus_ros.model.region import REGION_TOKEN, Region, parse_region
+from glus_ros.commands.options import (
+    add_model_arguments,
+    add_region_arguments,
+    check_regions_on_video,
+    load_model_from_args,
+    regions_from_args,
+)
+from glus_ros.model.region import REGION_TOKEN
 
 _TARGET_DIR = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-def add_region_arguments(parser: argparse.ArgumentParser, repeat: bool) -> None:
-    """``--region x0,y0,x1,y1`` (or ``x,y``) pixels, and the frame it is drawn on."""
-    parser.add_argument("--region", action="append" if repeat else "store", metavar="X0,Y0,X1,Y1",
-                        help="a box x0,y0,x1,y1 (or a point x,y) in pixels of the region frame"
-                             + (" (repeat: one per <region> in the question, in order)" if repeat else
-                                ": track the object in it ('track this'); instead of --expr"))
-    parser.add_argument("--region-frame", type=int, default=None,
-                        help="video frame the region is drawn on (default: --start-frame, else 0)")
-
-
-def regions_from_args(args: argparse.Namespace) -> list[Region]:
-    """The parsed regions (none when --region is absent); pixel bounds are checked once the video is read."""
-    raw = args.region
-    if raw is None:
-        return []
-    texts = raw if isinstance(raw, list) else [raw]
-    frame = args.region_frame if args.region_frame is not None else getattr(args, "start_frame", None) or 0
-    if frame < 0:
-        raise ValueError(f"--region-frame must be >= 0, got {frame}")
-    return [parse_region(t, frame) for t in texts]
-
-
-def region_or_expression(args: argparse.Namespace) -> tuple[str, Region | None]:
-    """``segment``: the cleaned --expr, or ``track <region>`` and the --region ("track this"); exactly one."""
-    from glus_ros.model.prompting import clean_expression
-    from glus_ros.model.region import TRACK_REGION_QUESTION
-
-    regions = regions_from_args(args)
-    if not regions:
-        if args.expr is None:
-            raise ValueError("give --expr (what to segment) or --region (a box to track)")
-        return clean_expression(args.expr), None
-    if args.expr is not None:
-        raise ValueError("give --expr or --region, not both")
-    if getattr(args, "points", False) or getattr(args, "key_frame", False):
-        raise ValueError("--region tracks from its own frame: it does not combine with --points or --key-frame")
-    return TRACK_REGION_QUESTION, regions[0]
-
-
-def check_regions_on_video(regions: list[Region], frames: list) -> None:
-    """Fail on a region outside the video or its frames before the model loads."""
-    from glus_ros.grounding import check_regions
-
-    if regions and frames:
-        check_regions(regions, len(frames), int(frames[0].shape[1]), int(frames[0].shape[0]))
 
 
 def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glus_ros.commands.options import add_weights_arguments, load_model_from_args
 from glus_ros.datasets.mevis import MevisDataset
 from glus_ros.datasets.refytvos import RefYoutubeVosDataset
 from glus_ros.evaluation import ReferringDataset, evaluate_predictions, write_csv
@@ -32,7 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
     parser.add_argument(
         "--allow-missing", action="store_true", help="score missing predictions as empty masks"
     )
-    parser.add_argument("--device", default="cpu", help="device for --model (default: cpu)")
+    add_weights_arguments(parser.add_argument_group("--model: weights (as for segment; the released GLUS weights: "
+                                                    "--model glus-s --checkpoint DIR --vision-tower DIR)"))
     parser.add_argument("--key-frame", action="store_true", help="--model: use the key-frame selector")
     parser.add_argument("--out", type=Path, help="--model: prediction folder (default: ./eval_pred_<split>)")
     parser.add_argument("--points", action="store_true",
@@ -76,15 +78,9 @@ def run(args: argparse.Namespace) -> int:
         from glus_ros.inference import predict_dataset  # heavy (torch, weights): only when asked
 
         out_dir = args.out if args.out is not None else Path.cwd() / f"eval_pred_{args.split}"
-        pred_dir = Path(
-            predict_dataset(
-                model=args.model,
-                dataset=dataset,
-                out_dir=out_dir,
-                device=args.device,
-                key_frame=args.key_frame,
-            )
-        )
+        model = load_model_from_args(args)
+        pred_dir = Path(predict_dataset(model=model, dataset=dataset, out_dir=out_dir, key_frame=args.key_frame,
+                                        dtype=args.dtype))
     else:
         pred_dir = args.pred
 
@@ -105,11 +101,10 @@ def _run_points(args: argparse.Namespace, dataset: ReferringDataset) -> int:
     """Pointing scores: a predicted point counts when it falls inside a referred object's mask (1:1)."""
     if args.model is None:
         raise ValueError("--points scores a model: give --model")
-    from glus_ros.inference import load_model
     from glus_ros.points.evaluation import evaluate_points
 
     anchors: str | int = args.anchors if args.anchors == "key" else int(args.anchors)
-    model = load_model(args.model, device=args.device)
+    model = load_model_from_args(args)
     if args.point_source == "head" and model.point_head is None:
         raise ValueError(f"--point-source head: model {args.model} has no point head")
     result = evaluate_points(model, dataset, anchors, progress=True,  # type: ignore[arg-type]
@@ -131,13 +126,15 @@ def _run_live(args: argparse.Namespace, dataset: ReferringDataset) -> int:
         raise ValueError(f"--rate must be >= 0 Hz (0: no drops), got {args.rate}")
     import torch
 
-    from glus_ros.inference import load_model
     from glus_ros.live_eval import predict_dataset_live
     from glus_ros.streaming.engine import EngineConfig
 
+    model = load_model_from_args(args)
+    # the released weights run in their own precision (args.dtype is the weights'); autocast only for the own family
+    autocast = args.dtype if model.cfg.official is None else "fp32"
     config = EngineConfig(schedule=args.schedule, reground_every=args.reground_every,
-                          context_refresh=args.context_refresh, cpu_threads=1 if args.device == "cpu" else 0)
-    model = load_model(args.model, device=args.device)
+                          context_refresh=args.context_refresh, cpu_threads=1 if args.device == "cpu" else 0,
+                          dtype=autocast)
     mode = f"{args.rate:g} Hz with drops" if args.rate else "no drops"
     out_dir = args.out if args.out is not None else Path.cwd() / f"eval_live_{args.split}"
     stats = predict_dataset_live(model, dataset, out_dir, config, args.rate)

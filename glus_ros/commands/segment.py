@@ -9,43 +9,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from glus_ros.model.config import DEFAULT_MODEL
+from glus_ros.commands.options import (
+    add_model_arguments,
+    add_region_arguments,
+    check_regions_on_video,
+    load_model_from_args,
+    region_or_expression,
+)
 
 log = logging.getLogger(__name__)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that runs the model."""
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"config name, YAML file or trained model directory (default: {DEFAULT_MODEL}); "
-                             "'molmo2' or a Molmo2 folder for the Molmo2 backend (docs/backends.md)")
-    parser.add_argument("--checkpoint", help="official GLUS/LISA checkpoint file or directory to load "
-                                             "(--model molmo2: the Molmo2 folder)")
-    parser.add_argument("--sam2-checkpoint", help="official SAM 2 .pt checkpoint for the SAM 2 head")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
-                        help="autocast precision (default fp32); for the released GLUS weights (glus-s, glus-a) "
-                             "the weights' precision (default bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--vision-tower", help="released GLUS weights: local CLIP ViT-L/14 folder "
-                                               "(openai/clip-vit-large-patch14 layout; the release has none)")
-    parser.add_argument("--model-override", help="YAML file merged into the model config (e.g. memory: {stride: 2})")
-
-
-def load_model_from_args(args: argparse.Namespace):
-    """The model the options of :func:`add_model_arguments` name; sets ``args.dtype`` to the run precision."""
-    from glus_ros.inference import load_model
-    from glus_ros.model.config import read_yaml_mapping
-
-    overrides = None
-    if args.model_override:
-        path = Path(args.model_override)
-        if not path.is_file():
-            raise FileNotFoundError(f"--model-override {path} does not exist")
-        overrides = read_yaml_mapping(path)
-    model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device, overrides,
-                       args.vision_tower, args.dtype)
-    args.dtype = args.dtype or "fp32"
-    return model
 
 
 def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
@@ -70,15 +42,13 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
                              "frame it pointed at) or K (those frames, at least K apart)")
     parser.add_argument("--max-frames", type=int, help="only the first N frames")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
-    from glus_ros.commands.ask import add_region_arguments  # here: ask imports this module
-
     add_region_arguments(parser, repeat=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from glus_ros.commands.ask import check_regions_on_video, region_or_expression
-    from glus_ros.inference import VideoSegmentation, VideoSegmenter
+    from glus_ros.core.loop import VideoSegmentation
+    from glus_ros.inference import VideoSegmenter
     from glus_ros.video_io import read_video
 
     expression, region = region_or_expression(args)  # fail before loading anything
@@ -91,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
     check_regions_on_video([region] if region is not None else [], frames)
     from glus_ros.backends.loading import backend_of
 
-    if backend_of(args.model) != "glus":  # a pointing backend (Molmo2): points -> SAM 2 masks
+    backend_name = backend_of(args.model)
+    if backend_name == "sam3":  # a concept backend: every instance, each with its own masks
+        from glus_ros.commands.segment_instances import run_concept_backend
+
+        return run_concept_backend(args, expression, region, frames, names, fps, out, _write_outputs)
+    if backend_name != "glus":  # a pointing backend (Molmo2): points -> SAM 2 masks
         return _run_pointing_backend(args, expression, region, frames, names, fps, out)
     model = load_model_from_args(args)
     if model.cfg.official is not None and region is None:
@@ -165,7 +140,7 @@ def _run_pointing_backend(args: argparse.Namespace, expression: str, region, fra
 
     from glus_ros.backends.loading import load_backend
     from glus_ros.backends.video import BackendPointPredictor
-    from glus_ros.inference import VideoSegmentation
+    from glus_ros.core.loop import VideoSegmentation
 
     unsupported = [flag for flag, used in (("--region", region is not None), ("--key-frame", args.key_frame),
                                            ("--start-frame", args.start_frame != 0),

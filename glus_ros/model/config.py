@@ -83,6 +83,7 @@ class MemoryConfig:
     train_stride: int = 1
     temporal_pos_enc: bool = True   # add SAM 2's maskmem_tpos_enc to the memory position (official GLUS: false)
     encoder_input: str = "frame"    # memory encoder reads the frame's own features, or "conditioned" ones (official)
+    read_order: str = "nearest_first"  # order the memories enter memory attention; official GLUS: farthest_first
 
 
 @dataclass
@@ -104,6 +105,48 @@ class OfficialConfig:
 
     conversation: str = "llava_v1"
     load_weights: str = "official_loader"
+
+
+PROMPT_FORMATS = ("compact", "llava_v1")
+WINDOW_RULES = ("padded", "growing")
+CONTEXT_RULES = ("segment_middle", "official")
+BACKWARD_RULES = ("seeded", "cleared")
+MASK_RESIZES = ("sam_input", "low_res")
+
+
+@dataclass
+class LoopConfig:
+    """How the window loop (``glus_ros.core``) runs: one loop for every GLUS model, its policies chosen here.
+
+    The project's own family (defaults) and the official GLUS inference (glus-s / glus-a, ``OFFICIAL_LOOP``)
+    differ only in these rules:
+
+    * ``prompt_format``: ``compact`` (the own prompt: context + query frames, one [SEG] per query frame in one
+      pass) or ``llava_v1`` (the release's multi-turn conversation, one query frame per turn; one token is
+      generated and only a [SEG] answer prompts SAM 2);
+    * ``windows``: ``padded`` (``num_query`` frames from the first step, padded with the last frame on short
+      videos; the first window decodes all its frames) or ``growing`` (1, 2, ... ``num_query`` frames, then
+      sliding; each step decodes only its newest frame);
+    * ``context_frames``: ``segment_middle`` (the middle frame of each of N segments) or ``official``
+      (segment start + ceil(T/N)//2, ``official_context_frames``);
+    * ``backward``: from a start frame > 0 the backward pass starts from the key frame's memory (``seeded``;
+      the key frame is not decoded again) or from a cleared memory (``cleared``; the key frame is decoded again);
+    * ``visibility_gate``: a mask is shown only where SAM 2's object score says the object is visible;
+    * ``mask_resize``: the frame's mask is the SAM-size logits resized (``sam_input``) or the low-res logits
+      resized once (``low_res``).
+    """
+
+    prompt_format: str = "compact"
+    windows: str = "padded"
+    context_frames: str = "segment_middle"
+    backward: str = "seeded"
+    visibility_gate: bool = True
+    mask_resize: str = "sam_input"
+
+
+# what the official inference (inference_iter.py) does; models/glus-s.yaml and glus-a.yaml spell it out
+OFFICIAL_LOOP = {"prompt_format": "llava_v1", "windows": "growing", "context_frames": "official",
+                 "backward": "cleared", "visibility_gate": False, "mask_resize": "low_res"}
 
 
 @dataclass
@@ -135,6 +178,7 @@ class GLUSConfig:
     points: PointsConfig | None = None
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     official: OfficialConfig | None = None
+    loop: LoopConfig = field(default_factory=LoopConfig)
 
     @property
     def sam_image_size(self) -> int:
@@ -172,6 +216,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
         points = PointsConfig(**raw["points"]) if raw.get("points") is not None else None  # {}: defaults
         decoder = DecoderConfig(**raw.get("decoder", {}))
         official = OfficialConfig(**raw["official"]) if raw.get("official") is not None else None
+        # a release config without a loop section (older saved configs) runs the official loop
+        loop = LoopConfig(**raw.get("loop", OFFICIAL_LOOP if official is not None else {}))
     except TypeError as exc:
         raise ValueError(f"{source}: {exc}") from exc
     trainable = list(raw.get("trainable", TRAINABLE_GROUPS))
@@ -181,7 +227,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> GLUSConfig:
     cfg = GLUSConfig(
         name=str(raw.get("name", Path(source).stem)), vlm=vlm, sam2=raw["sam2"],
         sampling=sampling, memory=memory, trainable=trainable, key_frame=key_frame, points=points,
-        decoder=decoder, official=official,
+        decoder=decoder, official=official, loop=loop,
     )
     if points is not None and (points.max_points < 1 or not 0.0 < points.threshold < 1.0):
         raise ValueError(f"{source}: points needs max_points >= 1 and 0 < threshold < 1")
@@ -217,10 +263,23 @@ def _check_switches(cfg: GLUSConfig, source: str) -> None:
     """The enumerated switches, and what the official inference needs."""
     choices = {"vlm.token_pool_layout": (cfg.vlm.token_pool_layout, ("square", "strip")),
                "vlm.clip_preprocess": (cfg.vlm.clip_preprocess, ("square", "shortest_edge_crop")),
-               "memory.encoder_input": (cfg.memory.encoder_input, ("frame", "conditioned"))}
+               "memory.encoder_input": (cfg.memory.encoder_input, ("frame", "conditioned")),
+               "memory.read_order": (cfg.memory.read_order, ("nearest_first", "farthest_first")),
+               "loop.prompt_format": (cfg.loop.prompt_format, PROMPT_FORMATS),
+               "loop.windows": (cfg.loop.windows, WINDOW_RULES),
+               "loop.context_frames": (cfg.loop.context_frames, CONTEXT_RULES),
+               "loop.backward": (cfg.loop.backward, BACKWARD_RULES),
+               "loop.mask_resize": (cfg.loop.mask_resize, MASK_RESIZES)}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
+    if cfg.loop.prompt_format == "llava_v1":
+        if cfg.official is None:
+            raise ValueError(f"{source}: loop.prompt_format llava_v1 is the released GLUS conversation; it needs the "
+                             "'official' section (glus-s, glus-a)")
+        if cfg.loop.windows != "growing":
+            raise ValueError(f"{source}: the llava_v1 conversation shows one query frame per turn and decodes the "
+                             "newest: loop.windows must be growing")
     if cfg.official is not None:
         if cfg.official.load_weights not in ("official_loader", "as_stored"):
             raise ValueError(f"{source}: official.load_weights must be one of ['official_loader', 'as_stored'], "

@@ -125,7 +125,8 @@ class GLUSModel(nn.Module):
             self.prompts = _OfficialConversationOnly()  # type: ignore[assignment]
             image_id = IMAGE_PLACEHOLDER
         self.vlm = VisionLanguageModel(cfg.vlm, len(tokenizer), tokenizer.pad_token_id, image_id, empty_llm)
-        self.sam = SAM2Head(cfg.sam2, cfg.memory.temporal_pos_enc, cfg.decoder.pad_point, cfg.memory.encoder_input)
+        self.sam = SAM2Head(cfg.sam2, cfg.memory.temporal_pos_enc, cfg.decoder.pad_point, cfg.memory.encoder_input,
+                            cfg.memory.read_order)
         self.seg_projection = SegProjection(self.vlm.hidden_size, self.sam.prompt_dim)
         # low-rank LLM deltas for one kind of request (task_adapter.py); plain attribute, not in state_dict
         self.task_adapters: dict[str, TaskAdapter] = {}

@@ -7,7 +7,7 @@ order, ``prompting.py``), the LLM's keys and values over that prefix do not depe
 query frames (attention is causal), so they are computed once and every later pass runs the LLM over the
 rest of the sequence only. The context frames' motion field (``vlm.grounding_motion``) is cached the same
 way. The vision tower's per-frame embeddings are cached by the callers (``StreamingEngine``,
-``inference.FrameCache``), per frame.
+``core.frames.FrameEncoder``), per frame.
 
 What is a prefix is found from the prompt builder itself, not assumed: the longest run of token ids that
 prompts for two different probe expressions share, cut before the first query frame; a template without
@@ -140,3 +140,31 @@ class ContextPrefixCache:
                          vlm.llava.lm_head(out.hidden_states[-1]))
         self._prefixes = [prefix, *self._prefixes][: self.entries]
         return prefix
+
+    def final_state(self, language_model: torch.nn.Module, embeds: torch.Tensor, length: int) -> torch.Tensor:
+        """The final-norm hidden state at the last position of ``language_model(inputs_embeds=embeds)`` (1, L, D),
+        with the keys/values of the first ``length`` positions taken from the cache when the same prefix embeddings
+        were run before. For the released weights' conversation, whose prompt starts with the system prompt and the
+        first turn's context frames; the expression and the query frames come after them, so the prefix's keys and
+        values are the same for every step of a stream that keeps its context frames.
+        """
+        if not 0 < length < embeds.shape[1]:
+            return language_model(inputs_embeds=embeds, use_cache=False).last_hidden_state[0, -1]
+        prefix = self._lookup(embeds[0, :length], _CONVERSATION)
+        if prefix is None:
+            self.misses += 1
+            cache = DynamicCache()
+            language_model(inputs_embeds=embeds[:, :length], use_cache=True,
+                           **{_cache_argument(language_model): cache})
+            prefix = _Prefix(_CONVERSATION, embeds[0, :length], [(layer.keys, layer.values) for layer in cache.layers],
+                             (), embeds.new_empty(0))
+            self._prefixes = [prefix, *self._prefixes][: self.entries]
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(prefix.keys_values):
+            cache.update(k, v, layer)
+        out = language_model(inputs_embeds=embeds[:, length:], use_cache=True,
+                             **{_cache_argument(language_model): cache})
+        return out.last_hidden_state[0, -1]
+
+
+_CONVERSATION = "<llava_v1 conversation>"  # the task key of conversation prefixes (never a task adapter's name)

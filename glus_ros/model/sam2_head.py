@@ -47,6 +47,9 @@ class MaskPrediction:
     logits: torch.Tensor            # (B, 1, S, S) at the SAM input size
     iou: torch.Tensor               # (B, 1) predicted IoU
     object_score: torch.Tensor      # (B, 1) logit that the object is visible
+    # what a tracking step read and wrote (set by SAM2Head.step; the parity traces compare them)
+    conditioned: torch.Tensor | None = None  # (B, C, h, w) memory-conditioned features (None: nothing read)
+    memory: torch.Tensor | None = None       # (B, mem_dim, h, w) the memory features written
 
 
 def build_sam2(node: dict[str, Any]) -> nn.Module:
@@ -56,7 +59,7 @@ def build_sam2(node: dict[str, Any]) -> nn.Module:
 
 class SAM2Head(nn.Module):
     def __init__(self, sam2_node: dict[str, Any], temporal_pos_enc: bool = True, pad_point: bool = True,
-                 encoder_input: str = "frame") -> None:
+                 encoder_input: str = "frame", read_order: str = "nearest_first") -> None:
         """The switches (config ``memory.temporal_pos_enc``, ``decoder.pad_point``, ``memory.encoder_input``)
         choose between SAM 2's own way and the official GLUS code's (false, false, "conditioned"): the memory
         position without SAM 2's temporal encoding, the [SEG] embedding as the whole sparse prompt, and the
@@ -64,6 +67,11 @@ class SAM2Head(nn.Module):
         super().__init__()
         if encoder_input not in ("frame", "conditioned"):
             raise ValueError(f"encoder_input must be 'frame' or 'conditioned', got {encoder_input!r}")
+        if read_order not in ("nearest_first", "farthest_first"):
+            raise ValueError(f"read_order must be 'nearest_first' or 'farthest_first', got {read_order!r}")
+        # the order memories enter memory attention (``memory.read_order``): the official GLUS code concatenates
+        # them farthest first; the result differs from SAM 2's order only by float summation order
+        self.farthest_first = read_order == "farthest_first"
         self.temporal_pos_enc = temporal_pos_enc
         self.pad_point = pad_point
         self.encoder_input = encoder_input
@@ -89,7 +97,7 @@ class SAM2Head(nn.Module):
         differs only by float summation order).
         """
         reads = bank.read() if bank is not None else []
-        if farthest_first:
+        if farthest_first or self.farthest_first:
             reads = reads[::-1]
         return self._read_memory(frame, [reads])
 
@@ -195,10 +203,13 @@ class SAM2Head(nn.Module):
              point_coords: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
              mask_inputs: torch.Tensor | None = None) -> MaskPrediction:
         """Read memory, decode one frame, write its memory: one tracking step."""
+        read = bool(bank.read()) if bank is not None else False
         pix_feat = self.condition_on_memory(frame, bank)
         prediction = self.decode(pix_feat, frame, sparse_prompt, point_coords, point_labels, mask_inputs)
+        prediction.conditioned = pix_feat if read else None
         if bank is not None:
-            bank.add(*self.encode_memory(frame, prediction, pix_feat))
+            prediction.memory, memory_pos = self.encode_memory(frame, prediction, pix_feat)
+            bank.add(prediction.memory, memory_pos)
         return prediction
 
     def step_batch(self, frame: FrameFeatures, banks: list[MemoryBank | None], sparse_prompts: torch.Tensor,
@@ -210,6 +221,8 @@ class SAM2Head(nn.Module):
         if sparse_prompts.shape[0] != count or len(mask_inputs) != count:
             raise ValueError(f"{count} banks but {sparse_prompts.shape[0]} prompts / {len(mask_inputs)} mask inputs")
         reads = [bank.read() if bank is not None else [] for bank in banks]
+        if self.farthest_first:
+            reads = [row[::-1] for row in reads]
         pix: list[torch.Tensor | None] = [None] * count
         groups: dict[tuple, list[int]] = {}
         for b, row in enumerate(reads):

@@ -3,7 +3,7 @@
 GLUS owns its SAM 2 head (``GLUSModel.sam``); a pointing backend has no SAM 2 of its own, so it carries
 this: the same ``SAM2Head`` (built from a ``sam2:`` hydra node of a model YAML, so official SAM 2 ``.pt``
 files load unchanged) and the same bounded memory bank. It offers exactly what the point propagation
-(``glus_ros.points.propagation``) and ``FrameCache`` read from a model: ``sam``, ``cfg.memory``,
+(``glus_ros.points.propagation``) and ``FrameEncoder`` read from a model: ``sam``, ``cfg.memory``,
 ``device``, ``encode_sam_frames`` and ``new_memory_bank``.
 
 ``match_sam2_node`` picks the node for a checkpoint: the first of the project's model configs whose SAM 2

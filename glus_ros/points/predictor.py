@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from glus_ros.inference import FrameCache, VideoSegmenter, autocast_context
+from glus_ros.core.frames import FrameEncoder
+from glus_ros.devices import autocast_context
+from glus_ros.inference import VideoSegmenter
 from glus_ros.model.point_head import decode_points
 from glus_ros.model.prompting import clean_expression
 from glus_ros.points.coords import Point, to_normalised
@@ -96,15 +98,15 @@ class PointPredictor:
         assert cfg.points is not None
         num_frames, num_query = len(frames), cfg.sampling.num_query
         context = context_frame_indices(num_frames, cfg.sampling.num_context)
-        cache = FrameCache(self.model, frames)
-        context_pixels = cache.clip_pixels(context) if context else None
+        cache = FrameEncoder(self.model, frames)
+        context_pixels = cache.context_pixels(context) if context else None
         points: list[list[Point]] = [[] for _ in range(num_frames)]
         confidence = np.zeros(num_frames, dtype=np.float32)
         with autocast_context(self.model.device, self.dtype):
             for start in range(0, num_frames, num_query):
                 window = list(range(start, min(start + num_query, num_frames)))
                 query = window + [window[-1]] * (num_query - len(window))
-                embeds = cache.clip_embeds(context + query)
+                embeds = cache.frame_tokens(context + query)
                 out = self.model.seg_prompts(embeds[None, : len(context)], embeds[None, len(context):], [expression],
                                              context_pixels=context_pixels)
                 raw = self.model.points_from_seg(out.seg_hidden, out.query_states).float()

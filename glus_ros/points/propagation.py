@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glus_ros.inference import FrameCache, autocast_context
+from glus_ros.core.frames import FrameEncoder
+from glus_ros.devices import autocast_context
 from glus_ros.model.transforms import logits_to_frame
 from glus_ros.points.coords import Point, frame_to_sam, inside_frame, to_pixels
 
@@ -127,7 +128,7 @@ class PointPropagator:
         masks = np.zeros((num_frames, height, width), dtype=bool)
         scores = np.zeros(num_frames, dtype=np.float32)
         sources: list[tuple[Source, ...]] = [() for _ in range(num_frames)]
-        cache = FrameCache(self.model, frames)
+        cache = FrameEncoder(self.model, frames)
         order = sorted(checked)
         with autocast_context(self.model.device, self.dtype):
             memories: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -161,13 +162,13 @@ class PointPropagator:
                 cache.keep_only(set())
         return PointSegmentation(masks, scores, sources, order)
 
-    def _decode_anchor(self, cache: FrameCache, t: int, points: list[Point], height: int, width: int,
+    def _decode_anchor(self, cache: FrameEncoder, t: int, points: list[Point], height: int, width: int,
                        ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
         """One positive point per prompt, union of the masks; returns (low-res prob map, memory)."""
         anchor = decode_point_anchor(self.model.sam, cache.sam_features(t), points, height, width)
         return torch.sigmoid(anchor.low_res_logits[0, 0].float()).cpu().numpy(), anchor.memory
 
-    def _propagate(self, cache: FrameCache, memory: tuple[torch.Tensor, torch.Tensor] | None, order: list[int],
+    def _propagate(self, cache: FrameEncoder, memory: tuple[torch.Tensor, torch.Tensor] | None, order: list[int],
                    anchor: int, keep: bool) -> dict[int, PassOutput]:
         """Track from an anchor's memory over ``order`` (one direction); nothing when the anchor has no points."""
         if memory is None:

@@ -64,7 +64,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from glus_ros.inference import autocast_context
+from glus_ros.core.frames import clip_pixels, encode_sam
+from glus_ros.core.grounders import ConversationGrounder
+from glus_ros.core.tracking import frame_mask
+from glus_ros.devices import autocast_context
+from glus_ros.model.config import LoopConfig
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.point_head import decode_points
@@ -79,9 +83,9 @@ from glus_ros.model.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_frame,
-    logits_to_frame,
     normalise_uint8,
     resize_uint8,
+    to_tensor,
 )
 from glus_ros.sampling import StreamingSampler
 from glus_ros.streaming.geometry import component_points, lift_point, mask_bbox, mask_point
@@ -98,6 +102,7 @@ from glus_ros.streaming.types import (
 )
 
 log = logging.getLogger(__name__)
+_DEFAULT_LOOP = LoopConfig()
 
 SCHEDULES = ("full", "fast", "live")
 VISIBLE_ABOVE = 0.5  # sigmoid(object_score) above this shows the mask (SAM 2's own rule)
@@ -234,6 +239,9 @@ class _Grounding:
     # a question's first grounding: (token ids, text, phrases, seg slots)
     answer: tuple[list[int], str, list[tuple[str, int, int]], list[int]] | None = None
     error: Exception | None = None       # the target cannot be grounded (a region that does not fit): drop it
+    # the released weights' conversation answered something other than [SEG] for the newest frame: no new prompt
+    # (full schedule: as the official step, an empty mask and no memory for that frame)
+    no_seg: bool = False
 
 
 def is_question(expression: str) -> bool:
@@ -309,6 +317,27 @@ class StreamingEngine:
         self._grounder_stop = threading.Event()
         self._grounding_stats = {"groundings": 0, "targets_grounded": 0, "ms_total": 0.0, "ms_last": 0.0,
                                  "errors": 0}
+        # the released weights (loop.prompt_format llava_v1): the official step per target, exact preprocessing
+        self._conversations: dict[str, ConversationGrounder] = {}
+
+    @property
+    def _loop(self) -> LoopConfig:
+        """The model's loop policies; SAM 2's own rules (the defaults) for a tracker that is not a GLUS model."""
+        cfg = getattr(self.model, "cfg", None)
+        return getattr(cfg, "loop", None) or _DEFAULT_LOOP
+
+    @property
+    def exact_inputs(self) -> bool:
+        """Whether frames are preprocessed exactly as offline (CLIPImageProcessor's crop, the float SAM 2 resize):
+        the released weights, and any model whose vision tower wants the processor's crop (``vlm.clip_preprocess``);
+        else the faster 8-bit square resizes."""
+        cfg = getattr(self.model, "cfg", None)
+        return self.conversation or (cfg is not None and cfg.vlm.clip_preprocess != "square")
+
+    @property
+    def conversation(self) -> bool:
+        """Whether targets are grounded with the released weights' llava_v1 conversation (one token per step)."""
+        return self._loop.prompt_format == "llava_v1"
 
     def _window_sizes(self) -> tuple[int, int]:
         """(context frames, query frames) one MLLM pass reads: the model's sampling config."""
@@ -317,8 +346,8 @@ class StreamingEngine:
 
     def _new_sampler(self) -> StreamingSampler:
         num_context, num_query = self._window_sizes()
-        return StreamingSampler(self.config.history, num_context, num_query, self.config.context_refresh,
-                                self.config.context_span)
+        span = "official" if self._loop.context_frames == "official" else self.config.context_span
+        return StreamingSampler(self.config.history, num_context, num_query, self.config.context_refresh, span)
 
     @property
     def live(self) -> bool:
@@ -339,6 +368,13 @@ class StreamingEngine:
 
     def _checked_spec(self, spec: TargetSpec) -> TargetSpec:
         spec = self._checked_spec_common(spec)
+        if self.conversation:  # the released weights: referring expressions, checked as the official prompt takes them
+            if spec.region is not None or is_question(spec.expression):
+                raise ValueError("the released GLUS weights answer referring expressions only: no region prompt "
+                                 "and no question (a model of the project's own family takes both)")
+            with self._tokenizer_lock:
+                self._conversation_for(spec.expression)
+            return spec
         if spec.region is not None:  # the expression is only a label: it may be empty
             region = self._checked_region(spec.region)
             empty = isinstance(spec.expression, str) and not spec.expression.strip()
@@ -651,6 +687,11 @@ class StreamingEngine:
         SAM 2 image encoder's input (1, 3, S, S). Both inputs are resized while the frame is 8-bit, once when
         the two encoders read the same size (``transforms.resize_uint8``)."""
         model = self.model
+        if self.exact_inputs:
+            # the released weights: CLIPImageProcessor's crop and the float SAM 2 resize, as the official code
+            # (and the offline loop) make them, instead of the faster 8-bit square resizes below
+            self._record_frame(frame, clip_pixels(model, [frame.image])[0])
+            return to_tensor([frame.image]).to(model.device)
         clip_size, sam_size = model.cfg.vlm.image_size, model.sam.image_size
         small = resize_uint8(frame.image, clip_size).to(model.device)
         sam_small = small if sam_size == clip_size else resize_uint8(frame.image, sam_size).to(model.device)
@@ -678,11 +719,13 @@ class StreamingEngine:
         sam_pixels = self._push_frame(frame)
         if not active:
             return []
-        features = model.encode_sam_frames(sam_pixels)  # this frame only
+        # this frame only (the exact path hands over the frame's [0, 1] pixels, the fast one the SAM 2 input)
+        features = encode_sam(model, sam_pixels) if self.exact_inputs else model.encode_sam_frames(sam_pixels)
         height, width = frame.image.shape[:2]
         landed = self._landed_groundings(active)
         fresh: dict[int, _Grounding] = {}
         dropped: set[int] = set()
+        unanswered: set[int] = set()  # full schedule, released weights: no [SEG] on this frame
         for target, grounding in landed:
             if grounding.epoch != self._epoch:
                 continue  # computed on the history before a reset
@@ -691,10 +734,14 @@ class StreamingEngine:
                 dropped.add(id(target))
                 continue
             self._apply(target, grounding)
+            if grounding.no_seg:
+                if self.config.schedule == "full":
+                    unanswered.add(id(target))
+                continue  # no new prompt: the target tracks on with its last one (if any)
             fresh[id(target)] = grounding
         tracks: list[tuple[_Target, _Target | _Phrase, str]] = []  # (target, track, output id)
         for target in active:
-            if id(target) in dropped or target.prompt is None:
+            if id(target) in dropped or target.prompt is None or id(target) in unanswered:
                 continue
             tracks.append((target, target, target.spec.target_id))
             tracks += [(target, phrase, phrase_target_id(target.spec.target_id, k))
@@ -709,6 +756,13 @@ class StreamingEngine:
         outputs = []
         for target in active:
             if id(target) in dropped:
+                continue
+            if id(target) in unanswered:  # the official step: an empty mask, and no memory for this frame
+                if target.bank is not None:
+                    target.bank.skip()
+                target.since_ground += 1
+                target.score, target.state = 0.0, "lost"
+                outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "lost", frame))
                 continue
             if target.prompt is None:
                 if target.answer_ids is not None and not target.seg_slots:  # an answer that grounds nothing
@@ -751,13 +805,11 @@ class StreamingEngine:
     def _read_prediction(self, pred: MaskPrediction, track: _Target | _Phrase, grounded: bool, height: int,
                          width: int) -> tuple[np.ndarray, float, str]:
         """A track's mask, score and state from its SAM 2 step; updates the track's score/state."""
-        score = float(torch.sigmoid(pred.object_score.float())[0, 0])
-        if score > VISIBLE_ABOVE:
-            mask = (logits_to_frame(pred.logits, height, width)[0] > 0).cpu().numpy()
-            state = "grounding" if grounded else "tracking"
-        else:
-            mask = np.zeros((height, width), dtype=bool)
-            state = "lost"
+        loop = self._loop
+        mask, score = frame_mask(pred, height, width, loop)
+        # with the visibility gate "lost" is SAM 2's object score; without it (the released weights) an empty mask
+        visible = score > VISIBLE_ABOVE if loop.visibility_gate else bool(mask.any())
+        state = ("grounding" if grounded else "tracking") if visible else "lost"
         track.score, track.state = score, state
         return mask, score, state
 
@@ -769,7 +821,8 @@ class StreamingEngine:
             ids, text, phrases, slots = grounding.answer
             target.answer_ids, target.answer, target.phrases, target.seg_slots = list(ids), text, phrases, slots
             target.more = [_Phrase(self.model.new_memory_bank()) for _ in slots[1:]]
-        target.prompt = grounding.prompt
+        if not grounding.no_seg:
+            target.prompt = grounding.prompt
         for phrase, prompt in zip(target.more, grounding.phrase_prompts, strict=False):
             phrase.prompt = prompt
         target.needs_ground = False
@@ -792,6 +845,8 @@ class StreamingEngine:
         """One MLLM pass per kind of target (referring targets batched, regions batched, each question alone)."""
         with self._mllm_lock:
             results: list[tuple[_Target, _Grounding]] = []
+            if self.conversation:
+                return [(t, self._ground_conversation(window, t)) for t in targets]
             referring = [t for t in targets if t.kind == "expression"]
             if referring:
                 prompts, points, grid = self._ground(window, [t.spec.expression for t in referring])
@@ -836,6 +891,24 @@ class StreamingEngine:
             points = [frames[0] for frames in decode_points(raw, self.model.cfg.points.threshold)]
         grid = out.grounding[:, newest] if out.grounding is not None else None
         return out.prompts[:, newest], points, grid
+
+    def _conversation_for(self, expression: str) -> ConversationGrounder:
+        """The official conversation of an expression (its prompt ids cached per number of turns)."""
+        grounder = self._conversations.get(expression)
+        if grounder is None:
+            grounder = self._conversations[expression] = ConversationGrounder(self.model, None, expression)
+        return grounder
+
+    def _ground_conversation(self, window: _Window, target: _Target) -> _Grounding:
+        """The released weights' official step for the window's newest frame: the newest query frames as consecutive
+        turns, the context frames first; one generated token. [SEG] -> the prompt; anything else -> no new prompt."""
+        steps = window.context + window.query
+        tokens = self._embeds(window, steps)
+        with self._tokenizer_lock:
+            grounder = self._conversation_for(target.spec.expression)
+        answer = grounder.step(list(tokens), len(window.context), len(window.query), self._prefix_cache)
+        prompt = answer.frames[-1].prompt
+        return _Grounding(window.step, window.seq, window.epoch, prompt=prompt, no_seg=prompt is None)
 
     def _ground_regions(self, window: _Window, targets: list[_Target]) -> list[tuple[_Target, _Grounding]]:
         """Prompts of "track <region>" for the newest frame in one batched MLLM pass; a region that does not fit
@@ -904,7 +977,8 @@ class StreamingEngine:
             known = {s: self._clip_embeds[s] for s in steps if s in self._clip_embeds}
         missing = [s for s in dict.fromkeys(steps) if s not in known]
         if missing:
-            encoded = self.model.encode_clip_frames(torch.stack([window.inputs[s] for s in missing]))
+            tower_dtype = next(self.model.vlm.vision_tower.parameters()).dtype
+            encoded = self.model.encode_clip_frames(torch.stack([window.inputs[s] for s in missing]).to(tower_dtype))
             with self._frames_lock:
                 for s, e in zip(missing, encoded, strict=True):
                     known[s] = e
