@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from glus_ros.model.memory_bank import MemoryBank
     from glus_ros.model.sam2_head import FrameFeatures, SAM2Head
 
-BackendName = Literal["glus", "molmo2"]
-Answers = Literal["prompts", "points"]
+BackendName = Literal["glus", "molmo2", "sam3"]
+# "instances": every instance of a concept, found by its own detector and tracked apart (SAM 3)
+Answers = Literal["prompts", "points", "instances"]
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Which backend a ``--model`` names, and loading it.
 
 - a folder with ``config.json`` (a transformers model folder): its ``model_type`` decides; ``molmo2`` is
-  the Molmo2 backend with the settings of ``models/molmo2.yaml``; any other model_type is refused;
+  the Molmo2 backend with the settings of ``models/molmo2.yaml``; ``sam3_video`` (facebook/sam3) the SAM 3
+  concept backend (every instance of a noun phrase, tracked apart); any other model_type is refused;
 - a folder with ``config.yaml`` (a glus_ros model), a config name (``tiny``, ``molmo2``) or a YAML file: its
   ``backend:`` key decides (absent: ``glus``). A ``backend: molmo2`` config names its model folder with
   ``molmo2.folder`` or gets it from ``--checkpoint DIR``.
@@ -17,11 +18,22 @@ from typing import Any
 
 from glus_ros.backends.base import BackendName, GroundingBackend
 from glus_ros.backends.molmo2_folder import MOLMO2_MODEL_TYPE, folder_model_type
+from glus_ros.backends.sam3_folder import SAM3_MODEL_TYPE
 from glus_ros.model.config import MemoryConfig, deep_update, read_yaml_mapping, resolve_config_path
 
-BACKENDS: tuple[BackendName, ...] = ("glus", "molmo2")
+BACKENDS: tuple[BackendName, ...] = ("glus", "molmo2", "sam3")
+FOLDER_BACKENDS: dict[str, BackendName] = {MOLMO2_MODEL_TYPE: "molmo2", SAM3_MODEL_TYPE: "sam3"}
 MOLMO2_DEFAULTS = "molmo2"   # models/molmo2.yaml: the settings a bare Molmo2 folder runs with
 BACKEND_KEYS = {"name", "backend", "molmo2", "sam2", "memory"}
+
+
+def _folder_backend(spec: str | Path) -> BackendName | None:
+    """The backend of a transformers folder (config.json, no config.yaml); None for anything else."""
+    path = Path(spec)
+    if not path.is_dir() or (path / "config.yaml").is_file():
+        return None
+    model_type = folder_model_type(path)
+    return None if model_type is None else FOLDER_BACKENDS.get(model_type)
 
 
 def _backend_yaml(spec: str | Path) -> tuple[dict[str, Any], str] | None:
@@ -32,9 +44,9 @@ def _backend_yaml(spec: str | Path) -> tuple[dict[str, Any], str] | None:
         if model_type is None:
             raise FileNotFoundError(f"model folder {path} has neither config.yaml (a glus_ros model) nor "
                                     "config.json (a transformers model folder, e.g. Molmo2)")
-        if model_type != MOLMO2_MODEL_TYPE:
+        if model_type not in FOLDER_BACKENDS:
             raise ValueError(f"{path}/config.json: model_type {model_type!r} has no backend here "
-                             f"(supported: {MOLMO2_MODEL_TYPE!r})")
+                             f"(supported: {', '.join(map(repr, FOLDER_BACKENDS))})")
         return None
     if not path.exists() and (path.suffix in (".yaml", ".yml") or len(path.parts) > 1):
         raise FileNotFoundError(f"model {path} does not exist")
@@ -46,7 +58,7 @@ def backend_of(spec: str | Path) -> BackendName:
     """The backend a model spec names (see module doc); errors name the file."""
     found = _backend_yaml(spec)
     if found is None:
-        return "molmo2"
+        return _folder_backend(spec) or "molmo2"
     raw, source = found
     backend = raw.get("backend", "glus")
     if backend not in BACKENDS:
@@ -58,6 +70,8 @@ def molmo2_config(spec: str | Path, checkpoint: str | Path | None) -> tuple[dict
     """The Molmo2 backend config of a spec, with its model folder filled in; (config, where it came from)."""
     found = _backend_yaml(spec)
     if found is None:   # a Molmo2 folder itself: the shipped defaults
+        if _folder_backend(spec) != "molmo2":
+            raise ValueError(f"--model {spec} is not a Molmo2 folder")
         if checkpoint is not None:
             raise ValueError(f"--model {spec} is the Molmo2 folder already; --checkpoint is not read with it")
         defaults, source = _backend_yaml(MOLMO2_DEFAULTS)  # type: ignore[misc]
@@ -97,6 +111,8 @@ def load_backend(spec: str | Path, checkpoint: str | Path | None = None, sam2_ch
         from glus_ros.inference import load_model
 
         return GLUSBackend(load_model(spec, checkpoint, sam2_checkpoint, device, overrides), dtype)
+    if backend_of(spec) == "sam3":
+        return _load_sam3(spec, checkpoint, sam2_checkpoint, device, overrides)
     from glus_ros.backends.molmo2 import Molmo2Settings, load_molmo2_backend
 
     raw, source = molmo2_config(spec, checkpoint)
@@ -110,3 +126,19 @@ def load_backend(spec: str | Path, checkpoint: str | Path | None = None, sam2_ch
     assert settings.folder is not None
     return load_molmo2_backend(settings.folder, settings, _sam2_node(raw.get("sam2"), source), memory,
                                sam2_checkpoint, device)
+
+
+def _load_sam3(spec: str | Path, checkpoint: str | Path | None, sam2_checkpoint: str | Path | None, device: str,
+               overrides: dict | None) -> GroundingBackend:
+    """The SAM 3 folder itself is the whole model: a checkpoint or a SAM 2 file given with it is a mistake."""
+    from glus_ros.backends.sam3 import Sam3Settings, load_sam3_backend
+
+    for flag, value in (("--checkpoint", checkpoint), ("--sam2-checkpoint", sam2_checkpoint)):
+        if value is not None:
+            raise ValueError(f"--model {spec} is a SAM 3 folder (detector and tracker in one); {flag} is not read "
+                             "with it")
+    unknown = sorted(set(overrides or {}) - {"sam3"})
+    if unknown:
+        raise ValueError(f"model overrides {unknown} do not apply to SAM 3; known: ['sam3']")
+    settings = Sam3Settings.from_dict((overrides or {}).get("sam3"), f"{spec} overrides")
+    return load_sam3_backend(spec, settings, device)
