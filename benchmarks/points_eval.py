@@ -26,14 +26,14 @@ def main() -> None:
                         help="points from the point head, from the [SEG] masks' components, or auto")
     parser.add_argument("--min-fraction", type=float,
                         help="mask source: drop components below this fraction of the largest "
-                             "(default: glus_ros.streaming.geometry.MIN_COMPONENT_FRACTION; 0 keeps all)")
+                             "(default: glus_ros.geometry.MIN_COMPONENT_FRACTION; 0 keeps all)")
     args = parser.parse_args()
 
     from glus_ros.data.grounding import count_expressions
     from glus_ros.datasets.mevis import MevisDataset
+    from glus_ros.geometry import MIN_COMPONENT_FRACTION
     from glus_ros.inference import load_model
     from glus_ros.points.evaluation import evaluate_points
-    from glus_ros.streaming.geometry import MIN_COMPONENT_FRACTION
     from glus_ros.training.data import GivenExpressions, VideoSubset
 
     model = load_model(args.model)

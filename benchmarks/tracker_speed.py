@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream_latency import camera_frames
 
+from glus_ros.geometry import component_points
 from glus_ros.inference import load_model
 from glus_ros.model.config import DEFAULT_MODEL
 from glus_ros.model.transforms import (
@@ -42,7 +43,6 @@ from glus_ros.model.transforms import (
     to_tensor,
 )
 from glus_ros.streaming import EngineConfig, StreamingEngine, TargetSpec
-from glus_ros.streaming.geometry import component_points
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -27,7 +27,7 @@ from glus_ros.model.glus import GLUSModel
 from glus_ros.model.memory_bank import MemoryBank
 from glus_ros.model.prompting import clean_question, parse_answer
 from glus_ros.model.region import TRACK_REGION_QUESTION, WHAT_REGION_QUESTION, Region
-from glus_ros.model.transforms import check_frame, logits_to_frame
+from glus_ros.model.transforms import check_video_size, logits_to_frame
 from glus_ros.sampling import context_frame_indices, propagation_orders, query_windows
 
 __all__ = ["TRACK_REGION_QUESTION", "WHAT_REGION_QUESTION", "GroundedAnswer", "GroundedPhrase", "GroundedSegmenter",
@@ -70,16 +70,6 @@ class GroundedAnswer:
                         for p in self.phrases],
             "timings": self.timings,
         }
-
-
-def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
-    if len(frames) == 0:
-        raise ValueError("the video has no frames")
-    height, width = check_frame(frames[0], "frame 0").shape[:2]
-    for i, f in enumerate(frames):
-        if check_frame(f, f"frame {i}").shape[:2] != (height, width):
-            raise ValueError(f"frame {i} is {f.shape[1]}x{f.shape[0]}, frame 0 is {width}x{height}")
-    return height, width
 
 
 def check_regions(regions: Sequence[Region], num_frames: int, width: int, height: int) -> list[Region]:
@@ -139,7 +129,7 @@ class GroundedSegmenter:
         """
         model = self.model
         question = clean_question(question)
-        height, width = _check_frames(frames)
+        height, width = check_video_size(frames)
         regions = check_regions(regions or [], len(frames), width, height)
         num_frames = len(frames)
         if start_frame is None:
@@ -197,7 +187,7 @@ class GroundedSegmenter:
         bank, forward from ``frame_idx`` and then backward from it.
         """
         model = self.model
-        height, width = _check_frames(frames)
+        height, width = check_video_size(frames)
         if isinstance(box, Region):
             region = Region(box.x0, box.y0, box.x1, box.y1, frame_idx, box.kind)
         else:

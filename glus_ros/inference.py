@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glus_ros.backends.kinds import backend_of
 from glus_ros.core.loop import VideoSegmentation, WindowLoop
 from glus_ros.devices import autocast_context, resolve_device
 from glus_ros.model.glus import GLUSModel
@@ -82,8 +83,6 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     (``glus_ros.official_glus.load_official_model``): ``vision_tower`` is the local CLIP folder and ``dtype``
     the weights' precision ("bf16" by default on CUDA, else "fp32").
     """
-    from glus_ros.backends.loading import backend_of  # TODO(issue 26): backends/kinds.py breaks this circle
-
     if (backend := backend_of(spec)) != "glus":
         raise ValueError(f"model {spec} is a {backend} model (glus_ros.backends): this runs GLUS models only; "
                          "`glus-ros segment --points` runs it")

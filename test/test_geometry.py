@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from glus_ros.streaming.geometry import depth_from_16uc1, lift_point, mask_bbox, mask_point
+from glus_ros.geometry import depth_from_16uc1, lift_point, mask_bbox, mask_point
 from glus_ros.streaming.types import CameraIntrinsics
 
 

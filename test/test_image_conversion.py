@@ -223,8 +223,8 @@ def test_stamps() -> None:
 
 def test_depth_units_and_no_depth_conventions_reach_3d_points_correctly() -> None:
     """16UC1 millimetres and 32FC1 metres give the same 3D point; 0, NaN, +inf and -inf (REP 117) are no depth."""
+    from glus_ros.geometry import lift_point
     from glus_ros.ros.image_conversion import depth_values_to_metres
-    from glus_ros.streaming.geometry import lift_point
     from glus_ros.streaming.types import CameraIntrinsics
 
     intrinsics = CameraIntrinsics(100.0, 100.0, 2.0, 2.0)

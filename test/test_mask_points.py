@@ -1,14 +1,14 @@
-"""Points read off predicted masks (streaming/geometry.py: component_points) and the predictor's mask source."""
+"""Points read off predicted masks (glus_ros/geometry.py: component_points) and the predictor's mask source."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from glus_ros.geometry import component_points
 from glus_ros.inference import VideoSegmenter, load_model
 from glus_ros.points.coords import pixel_index, to_pixels
 from glus_ros.points.predictor import PointPredictor
-from glus_ros.streaming.geometry import component_points
 
 from helpers_model import moving_disk_clip
 

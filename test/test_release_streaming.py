@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from glus_ros.core.frames import FrameEncoder
 from glus_ros.core.grounders import ConversationGrounder
 from glus_ros.core.tracking import frame_mask, track_frame
 from glus_ros.inference import load_model
-from glus_ros.model.config import deep_update, read_yaml_mapping, resolve_config_path
+from glus_ros.model.config import read_yaml_mapping
 from glus_ros.sampling import official_context_frames
 from glus_ros.streaming.engine import EngineConfig, StreamingEngine
 from glus_ros.streaming.types import StreamFrame, TargetSpec
@@ -151,8 +150,8 @@ def ros_test_env(tmp_path_factory: pytest.TempPathFactory) -> RosTestEnv:
 
 
 def test_track_command_streams_the_release_to_a_client(ros_test_env: RosTestEnv, tmp_path: Path) -> None:
-    """``glus-ros track --model <glus-s at the fixture's size> --checkpoint DIR --vision-tower DIR`` answers a
-    command from another process with masks."""
+    """``glus-ros track --model glus-s --checkpoint DIR --vision-tower DIR`` (the fixture's tiny sizes through
+    ``--model-override``, as ``segment`` takes them) answers a command from another process with masks."""
     import rclpy
     from glus_ros_msgs.msg import TargetResultArray
     from rclpy.executors import SingleThreadedExecutor
@@ -160,14 +159,11 @@ def test_track_command_streams_the_release_to_a_client(ros_test_env: RosTestEnv,
 
     from glus_ros.ros.qos import qos_profile
 
-    config = deep_update(read_yaml_mapping(resolve_config_path("glus-s")),
-                         read_yaml_mapping(FIXTURE / "glus_override.yaml"))
-    model_yaml = tmp_path / "glus-s-fixture-c.yaml"
-    model_yaml.write_text(yaml.safe_dump(config))
     expression = json.loads((FIXTURE / "expected_start0.json").read_text())["expression"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "glus_ros.cli", "track", "--model", str(model_yaml), "--checkpoint",
-         str(FIXTURE / "checkpoint"), "--vision-tower", str(FIXTURE / "clip"), "--camera", str(FIXTURE / "frames"),
+        [sys.executable, "-m", "glus_ros.cli", "track", "--model", "glus-s", "--checkpoint",
+         str(FIXTURE / "checkpoint"), "--vision-tower", str(FIXTURE / "clip"), "--model-override",
+         str(FIXTURE / "glus_override.yaml"), "--camera", str(FIXTURE / "frames"),
          "-p", "schedule:=live", "-p", "image_topic:=/glus_release/image"],
         cwd=tmp_path, env=ros_test_env.child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -200,3 +196,21 @@ def test_track_command_streams_the_release_to_a_client(ros_test_env: RosTestEnv,
             _out, err = proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_the_glus_backend_grounds_the_release_with_the_official_step(release):
+    """``GLUSBackend.ground`` (what backend-agnostic callers use) runs the official step for the release: the
+    newest frame's prompt equals the one-step grounder's, with CLIPImageProcessor's crop."""
+    from glus_ros.backends.glus import GLUSBackend
+
+    model, frames, expression = release
+    context, window = official_context_frames(6, 4), [2, 3, 4, 5]
+    with torch.inference_mode():
+        want = ConversationGrounder(model, FrameEncoder(model, frames, one_by_one=True), expression).ground(
+            context, window, [5])
+    (got,) = GLUSBackend(model).ground([frames[i] for i in window], [expression], [frames[i] for i in context])
+    if want.frames[5].prompt is None:
+        assert got.frames == {}
+    else:
+        assert list(got.frames) == [3]
+        assert float((got.frames[3].prompt - want.frames[5].prompt[0]).abs().max()) <= ATOL

@@ -229,7 +229,7 @@ def test_camera_info_with_unusable_intrinsics_is_refused(k: list) -> None:
 
 
 def test_lift_point_never_returns_non_finite_metres() -> None:
-    from glus_ros.streaming.geometry import lift_point
+    from glus_ros.geometry import lift_point
 
     intrinsics = CameraIntrinsics(fx=1e-300, fy=1e-300, cx=0.0, cy=0.0)  # finite, positive, absurd
     depth = np.full((4, 4), 3.0e38, np.float32)

@@ -304,8 +304,8 @@ def test_depth_gives_3d_points_consistent_with_depth(ros: Harness, expression: s
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import String
 
+    from glus_ros.geometry import lift_point
     from glus_ros.ros.image_conversion import depth_to_metres, intrinsics_from_camera_info
-    from glus_ros.streaming.geometry import lift_point
     from glus_ros.streaming.types import CameraIntrinsics
 
     depths: dict[tuple[int, int], np.ndarray] = {}

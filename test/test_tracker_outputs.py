@@ -127,3 +127,32 @@ def test_every_parameter_says_when_it_applies() -> None:
     assert "clean up first" in change_refusal("model", "inactive") and "clean up first" in change_refusal(
         "device", "active")
     assert check_parameter("target_frame", " base_link") is not None and check_parameter("target_frame", "") is None
+
+
+def test_health_monitor_counts_received_images_and_their_age() -> None:
+    """The node's image callbacks record each camera image and how old it was (transport + executor delay), so a
+    frame lost before the engine shows where it went (benchmarks/ros_throughput.py reads these)."""
+    monitor = HealthMonitor(window_s=5.0)
+    for k in range(30):
+        monitor.record_image(100.0 + k / 10, 10.0 + k)
+    report = monitor.sample(103.0, {"frames_in": 30, "frames_processed": 30, "frames_dropped": 0, "errors": 0})
+    assert report.images_received == 30
+    assert report.image_age_ms["p50"] == pytest.approx(24.5) and report.image_age_ms["p95"] > 35.0
+    later = monitor.sample(120.0, {"frames_in": 30, "frames_processed": 30, "frames_dropped": 0, "errors": 0})
+    assert later.images_received == 30 and later.image_age_ms["p50"] is None  # a running total; ages age out
+
+
+def test_image_messages_are_built_from_one_copy_of_the_pixels() -> None:
+    """rgb_to_image / mask_to_image hand rosidl an array.array it keeps as is (check_fields): the message class
+    would otherwise copy a 640x480 frame element by element (~6 ms), and the bytes must still be the pixels."""
+    import array
+
+    from glus_ros.ros.image_conversion import mask_to_image, rgb_to_image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    msg = rgb_to_image(rgb)
+    assert isinstance(msg.data, array.array) and bytes(msg.data) == rgb.tobytes()
+    assert (msg.width, msg.height, msg.step, msg.encoding) == (64, 48, 64 * 3, "rgb8")
+    mask = rgb[:, :, 0] > 128
+    out = mask_to_image(mask)
+    assert bytes(out.data) == (mask.astype(np.uint8) * 255).tobytes() and out.encoding == "mono8"

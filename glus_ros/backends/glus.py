@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from glus_ros.backends.base import FrameGrounding, GroundingBackend, TargetGrounding
+from glus_ros.core.frames import clip_pixels
 from glus_ros.model.point_head import decode_points
 from glus_ros.model.prompting import clean_expression
-from glus_ros.model.transforms import clip_input, to_tensor
 
 if TYPE_CHECKING:
     from glus_ros.model.glus import GLUSModel
@@ -59,11 +59,13 @@ class GLUSBackend(GroundingBackend):
         cfg = self.model.cfg
         if len(window) > cfg.sampling.num_query:
             raise ValueError(f"GLUS reads a window of at most {cfg.sampling.num_query} frames, got {len(window)}")
+        if cfg.loop.prompt_format == "llava_v1":
+            return self._ground_conversation(window, expressions, context)
         texts = [clean_expression(e) for e in expressions]
         if not texts:
             return []
         frames = list(context) + list(window) + [window[-1]] * (cfg.sampling.num_query - len(window))
-        pixels = clip_input(to_tensor(frames).to(self.model.device), cfg.vlm.image_size)
+        pixels = clip_pixels(self.model, frames)  # as vlm.clip_preprocess says
         batch = len(texts)
         with autocast_context(self.model.device, self.dtype):
             embeds = self.model.encode_clip_frames(pixels)
@@ -85,4 +87,24 @@ class GLUSBackend(GroundingBackend):
                     prompt=out.prompts[b, t].float(),
                     grid=None if out.grounding is None else out.grounding[b, t].float())
             results.append(TargetGrounding(text, frames_out))
+        return results
+
+    def _ground_conversation(self, window: Sequence[np.ndarray], expressions: Sequence[str],
+                             context: Sequence[np.ndarray]) -> list[TargetGrounding]:
+        """The released weights: the official step per expression (the window's frames as consecutive turns); a
+        prompt for the newest frame when the answer is [SEG], no frame answered otherwise."""
+        from glus_ros.core.grounders import ConversationGrounder
+        from glus_ros.devices import autocast_context
+
+        frames = [*context, *window]
+        tower = self.model.vlm.vision_tower
+        results = []
+        with autocast_context(self.model.device, self.dtype):
+            tokens = list(self.model.encode_clip_frames(
+                clip_pixels(self.model, frames).to(next(tower.parameters()).dtype)))
+            for text in expressions:
+                answer = ConversationGrounder(self.model, None, text).step(tokens, len(context), len(window))
+                prompt = answer.frames[-1].prompt
+                frames_out = {} if prompt is None else {len(window) - 1: FrameGrounding(prompt=prompt[0].float())}
+                results.append(TargetGrounding(text, frames_out))
         return results

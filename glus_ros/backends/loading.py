@@ -16,54 +16,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from glus_ros.backends.base import BackendName, GroundingBackend
-from glus_ros.backends.molmo2_folder import MOLMO2_MODEL_TYPE, folder_model_type
-from glus_ros.backends.sam3_folder import SAM3_MODEL_TYPE
+from glus_ros.backends.base import GroundingBackend
+from glus_ros.backends.kinds import BACKENDS, FOLDER_BACKENDS, _backend_yaml, _folder_backend, backend_of
 from glus_ros.model.config import MemoryConfig, deep_update, read_yaml_mapping, resolve_config_path
 
-BACKENDS: tuple[BackendName, ...] = ("glus", "molmo2", "sam3")
-FOLDER_BACKENDS: dict[str, BackendName] = {MOLMO2_MODEL_TYPE: "molmo2", SAM3_MODEL_TYPE: "sam3"}
+__all__ = ["BACKENDS", "FOLDER_BACKENDS", "backend_of", "load_backend", "molmo2_config"]
+
 MOLMO2_DEFAULTS = "molmo2"   # models/molmo2.yaml: the settings a bare Molmo2 folder runs with
 BACKEND_KEYS = {"name", "backend", "molmo2", "sam2", "memory"}
-
-
-def _folder_backend(spec: str | Path) -> BackendName | None:
-    """The backend of a transformers folder (config.json, no config.yaml); None for anything else."""
-    path = Path(spec)
-    if not path.is_dir() or (path / "config.yaml").is_file():
-        return None
-    model_type = folder_model_type(path)
-    return None if model_type is None else FOLDER_BACKENDS.get(model_type)
-
-
-def _backend_yaml(spec: str | Path) -> tuple[dict[str, Any], str] | None:
-    """(raw YAML, its path) of a config spec, or None for a transformers folder (config.json, no config.yaml)."""
-    path = Path(spec)
-    if path.is_dir() and not (path / "config.yaml").is_file():
-        model_type = folder_model_type(path)
-        if model_type is None:
-            raise FileNotFoundError(f"model folder {path} has neither config.yaml (a glus_ros model) nor "
-                                    "config.json (a transformers model folder, e.g. Molmo2)")
-        if model_type not in FOLDER_BACKENDS:
-            raise ValueError(f"{path}/config.json: model_type {model_type!r} has no backend here "
-                             f"(supported: {', '.join(map(repr, FOLDER_BACKENDS))})")
-        return None
-    if not path.exists() and (path.suffix in (".yaml", ".yml") or len(path.parts) > 1):
-        raise FileNotFoundError(f"model {path} does not exist")
-    config = resolve_config_path(spec)
-    return read_yaml_mapping(config), str(config)
-
-
-def backend_of(spec: str | Path) -> BackendName:
-    """The backend a model spec names (see module doc); errors name the file."""
-    found = _backend_yaml(spec)
-    if found is None:
-        return _folder_backend(spec) or "molmo2"
-    raw, source = found
-    backend = raw.get("backend", "glus")
-    if backend not in BACKENDS:
-        raise ValueError(f"{source}: unknown backend {backend!r}; known: {list(BACKENDS)}")
-    return backend
 
 
 def molmo2_config(spec: str | Path, checkpoint: str | Path | None) -> tuple[dict[str, Any], str]:

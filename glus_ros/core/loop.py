@@ -23,6 +23,7 @@ from glus_ros.devices import autocast_context
 from glus_ros.model.config import LoopConfig
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.memory_bank import MemoryBank
+from glus_ros.model.transforms import check_video_size
 from glus_ros.sampling import (
     QueryWindow,
     context_frame_indices,
@@ -81,17 +82,6 @@ def windows_for(loop: LoopConfig, order: list[int], size: int) -> list[QueryWind
     return query_windows(order, size, 1)
 
 
-def check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
-    """(height, width) of a non-empty video whose frames all have one size."""
-    if len(frames) == 0:
-        raise ValueError("the video has no frames")
-    height, width = frames[0].shape[:2]
-    for i, f in enumerate(frames):
-        if f.shape[:2] != (height, width):
-            raise ValueError(f"frame {i} is {f.shape[1]}x{f.shape[0]}, frame 0 is {width}x{height}")
-    return height, width
-
-
 class WindowLoop:
     """Segments the object an expression refers to in every frame of a video, with any GLUS model."""
 
@@ -105,7 +95,7 @@ class WindowLoop:
                 progress: Callable[[int], None] | None = None, trace: LoopTrace | None = None) -> VideoSegmentation:
         """Masks for every frame, forward from ``start_frame`` then backward from it. ``expression`` as the caller
         cleaned it (the conversation format normalises it the official way itself)."""
-        height, width = check_frames(frames)
+        height, width = check_video_size(frames)
         num_frames = len(frames)
         if not 0 <= start_frame < num_frames:
             raise ValueError(f"start frame {start_frame} outside the video of {num_frames} frames")

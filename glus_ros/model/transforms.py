@@ -27,6 +27,17 @@ def check_frame(frame: np.ndarray, where: str = "frame") -> np.ndarray:
     return frame
 
 
+def check_video_size(frames) -> tuple[int, int]:
+    """(height, width) of a non-empty video of HxWx3 uint8 frames of one size; a clear error otherwise."""
+    if len(frames) == 0:
+        raise ValueError("the video has no frames")
+    height, width = check_frame(frames[0], "frame 0").shape[:2]
+    for i, f in enumerate(frames):
+        if check_frame(f, f"frame {i}").shape[:2] != (height, width):
+            raise ValueError(f"frame {i} is {f.shape[1]}x{f.shape[0]}, frame 0 is {width}x{height}")
+    return height, width
+
+
 def to_tensor(frames: list[np.ndarray] | np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 frames (same size) -> (N, 3, H, W) float in [0, 1]."""
     arr = np.stack([check_frame(f, f"frame {i}") for i, f in enumerate(frames)])

@@ -25,12 +25,12 @@ import numpy as np
 
 from glus_ros.datasets.base import Expression
 from glus_ros.evaluation import ExpressionScore
+from glus_ros.geometry import MIN_COMPONENT_FRACTION
 from glus_ros.metrics import video_j_f
 from glus_ros.model.task_adapter import COUNTING, task_of
 from glus_ros.points.labels import components_as_objects
 from glus_ros.points.matching import count_accuracy, frame_point_accuracy
 from glus_ros.points.predictor import PointPredictor
-from glus_ros.streaming.geometry import MIN_COMPONENT_FRACTION
 
 if TYPE_CHECKING:
     from glus_ros.model.glus import GLUSModel

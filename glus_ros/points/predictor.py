@@ -3,7 +3,7 @@
 Two sources of points (``source``): ``"head"``, the point head on each query frame's [SEG] state (the
 video read in consecutive windows of ``num_query`` frames with the fixed context frames, one MLLM pass
 per window), or ``"mask"``, one point per connected component of the frame's [SEG] mask
-(``glus_ros.streaming.geometry.component_points``; works for every model); ``"auto"`` takes the head when the model has
+(``glus_ros.geometry.component_points``; works for every model); ``"auto"`` takes the head when the model has
 one. Anchors for the mask propagation are either the single most confident
 frame ("key") or every ``k``-th frame (VideoMolmo points on sampled frames); an anchor frame
 without points says the object is absent there.
@@ -20,13 +20,13 @@ import torch
 
 from glus_ros.core.frames import FrameEncoder
 from glus_ros.devices import autocast_context
+from glus_ros.geometry import MIN_COMPONENT_FRACTION, component_points
 from glus_ros.inference import VideoSegmenter
 from glus_ros.model.point_head import decode_points
 from glus_ros.model.prompting import clean_expression
 from glus_ros.points.coords import Point, to_normalised
 from glus_ros.points.propagation import PointPropagator, PointSegmentation, normalised_anchors
 from glus_ros.sampling import context_frame_indices
-from glus_ros.streaming.geometry import MIN_COMPONENT_FRACTION, component_points
 
 if TYPE_CHECKING:
     from glus_ros.model.glus import GLUSModel

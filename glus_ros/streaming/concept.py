@@ -46,7 +46,9 @@ from glus_ros.backends.sam3_tracks import InstanceTracks
 from glus_ros.model.prompting import clean_expression
 from glus_ros.model.task_adapter import COUNTING, task_of
 from glus_ros.model.transforms import logits_to_frame
-from glus_ros.streaming.engine import EngineConfig, StreamingEngine, _Grounding, _Target, _Window, is_question
+from glus_ros.streaming.config import EngineConfig
+from glus_ros.streaming.engine import StreamingEngine
+from glus_ros.streaming.tracks import Grounding, TargetTrack, Window, is_question
 from glus_ros.streaming.types import FrameResult, StreamFrame, TargetOutput, TargetSpec
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class _Instance:
 
 
 @dataclass(eq=False)
-class _ConceptTarget(_Target):
+class _ConceptTarget(TargetTrack):
     phrase: str = ""
     counting: bool = False
     tracks: InstanceTracks | None = None
@@ -81,7 +83,7 @@ class _ConceptTarget(_Target):
 
 
 @dataclass(eq=False)
-class _Detection(_Grounding):
+class _Detection(Grounding):
     detections: Detections | None = None   # None: a region target's geometric prompt
 
 
@@ -147,27 +149,27 @@ class ConceptStreamingEngine(StreamingEngine):
             self._encodings = {step: encoding}
         return encoding
 
-    def _snapshot(self) -> _Window:
+    def _snapshot(self) -> Window:
         window = super()._snapshot()
         with self._frames_lock:
             window.inputs = {window.step: self._encodings[window.step]}  # type: ignore[dict-item]
         return window
 
     # --- detection (the grounding) --------------------------------------------------------------
-    def _due(self, target: _Target) -> bool:
+    def _due(self, target: TargetTrack) -> bool:
         if target.spec.region is not None:
             return target.prompt is None or target.needs_ground
         return super()._due(target)
 
-    def _due_live(self, target: _Target, newest: int) -> bool:
+    def _due_live(self, target: TargetTrack, newest: int) -> bool:
         if target.spec.region is not None:
             return not target.in_flight and target.pending is None and (target.prompt is None or target.needs_ground)
         return super()._due_live(target, newest)
 
-    def _compute_groundings(self, window: _Window, targets: list[_Target]) -> list[tuple[_Target, _Grounding]]:
+    def _compute_groundings(self, window: Window, targets: list[TargetTrack]) -> list[tuple[TargetTrack, Grounding]]:
         encoding = window.inputs[window.step]
         assert isinstance(encoding, FrameEncoding)
-        results: list[tuple[_Target, _Grounding]] = []
+        results: list[tuple[TargetTrack, Grounding]] = []
         with self._mllm_lock:
             for target in targets:
                 assert isinstance(target, _ConceptTarget)
@@ -176,7 +178,7 @@ class ConceptStreamingEngine(StreamingEngine):
         return results
 
     # --- the tracker ----------------------------------------------------------------------------
-    def _infer(self, frame: StreamFrame, active: list[_Target]) -> list[TargetOutput]:
+    def _infer(self, frame: StreamFrame, active: list[TargetTrack]) -> list[TargetOutput]:
         encoding = self._push_frame(frame)
         step = self._step - 1
         for target in active:

@@ -48,6 +48,11 @@ frame to the newest, both included; ``sampling.StreamingSampler``). Re-grounding
 history, and the LLM keys/values over the context frames and their motion field are reused while the context
 frames stay the same (``context_refresh`` keeps a choice of context frames for that many frames;
 ``model/prefix_cache.py``).
+
+The engine's parts, one module each: ``config.py`` (EngineConfig), ``tracks.py`` (per-target state, window
+snapshots, groundings), ``mllm.py`` (re-grounding targets on a window), ``live_worker.py`` (the live schedule's
+grounding thread), ``outputs.py`` (a target's box, points and 3D point from its mask); this module holds the target
+table, the frame path (history, worker, schedules) and the tracker step.
 """
 
 from __future__ import annotations
@@ -55,28 +60,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from glus_ros.core.frames import clip_pixels, encode_sam
 from glus_ros.core.grounders import ConversationGrounder
-from glus_ros.core.tracking import frame_mask
+from glus_ros.core.tracking import VISIBLE_ABOVE, frame_mask
 from glus_ros.devices import autocast_context
 from glus_ros.model.config import LoopConfig
 from glus_ros.model.glus import GLUSModel
-from glus_ros.model.memory_bank import MemoryBank
-from glus_ros.model.point_head import decode_points
 from glus_ros.model.prefix_cache import ContextPrefixCache
 from glus_ros.model.prompting import clean_expression
-from glus_ros.model.region import TRACK_REGION_QUESTION, Region
+from glus_ros.model.region import Region
 from glus_ros.model.sam2_head import MaskPrediction
-from glus_ros.model.task_adapter import COUNTING, task_of
 from glus_ros.model.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -88,8 +88,19 @@ from glus_ros.model.transforms import (
     to_tensor,
 )
 from glus_ros.sampling import StreamingSampler
-from glus_ros.streaming.geometry import component_points, lift_point, mask_bbox, mask_point
-from glus_ros.streaming.priority import TrackerPriority, yield_between_layers
+from glus_ros.streaming.config import SCHEDULES, EngineConfig
+from glus_ros.streaming.live_worker import LiveGroundingWorker
+from glus_ros.streaming.mllm import WindowGrounding
+from glus_ros.streaming.outputs import target_output
+from glus_ros.streaming.priority import TrackerPriority
+from glus_ros.streaming.tracks import (
+    Grounding,
+    PhraseTrack,
+    TargetTrack,
+    UnknownTargetError,
+    check_region_shape,
+    is_question,
+)
 from glus_ros.streaming.types import (
     MODES,
     PHRASE_ID_MARK,
@@ -104,174 +115,11 @@ from glus_ros.streaming.types import (
 log = logging.getLogger(__name__)
 _DEFAULT_LOOP = LoopConfig()
 
-SCHEDULES = ("full", "fast", "live")
-VISIBLE_ABOVE = 0.5  # sigmoid(object_score) above this shows the mask (SAM 2's own rule)
+__all__ = ["SCHEDULES", "VISIBLE_ABOVE", "EngineConfig", "StreamingEngine", "UnknownTargetError", "check_region_shape",
+           "is_question"]
 
 
-@dataclass
-class EngineConfig:
-    # "full": MLLM on every frame, inline (paper); "fast": inline every `reground_every` frames; "live": the
-    # tracker on every frame, the MLLM in its own worker (module docstring)
-    schedule: str = "fast"
-    reground_every: int = 8       # fast: frames between MLLM re-groundings; live: the most frames a prompt ages
-    reground_below: float = 0.5   # fast, live: re-ground a target whose last visibility score fell below this
-    history: int = 64             # frames kept for context sampling (bounded)
-    max_targets: int = 8
-    dtype: str = "fp32"           # "fp32" or "bf16" (autocast)
-    answer_tokens: int = 64       # question targets: most tokens of the generated answer
-    context_refresh: int = 1      # frames a choice of context frames is kept (> 1: prefix-cache hits)
-    # where the context frames come from: "whole" evenly over the history, newest frame included; "older" the
-    # history before the query window (the previous choice); sampling.StreamingSampler
-    context_span: str = "whole"
-    prefix_cache: bool = True     # reuse the context frames' LLM keys/values and motion field (inference)
-    # live, CPU: the MLLM worker pauses between layers while the tracker works (off: measured on 2 cores with one
-    # torch thread per loop, the loops run side by side without slowing the tracker, and a busy tracker starves a
-    # yielding MLLM; benchmarks/tracker_speed.py)
-    yield_to_tracker: bool = False
-    cpu_threads: int = 0          # > 0: torch intra-op threads for the process (set when the engine is made)
-
-    def __post_init__(self) -> None:
-        if self.context_refresh < 1:
-            raise ValueError(f"context_refresh must be >= 1, got {self.context_refresh}")
-        if self.context_span not in StreamingSampler.SPANS:
-            raise ValueError(f"unknown context_span '{self.context_span}' (one of {', '.join(StreamingSampler.SPANS)})")
-        if self.cpu_threads < 0:
-            raise ValueError(f"cpu_threads must be >= 0 (0: leave torch's setting), got {self.cpu_threads}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule '{self.schedule}' (one of {', '.join(SCHEDULES)})")
-        if self.reground_every < 1:
-            raise ValueError(f"reground_every must be >= 1, got {self.reground_every}")
-        if not 0.0 <= self.reground_below <= 1.0:
-            raise ValueError(f"reground_below must be in [0, 1], got {self.reground_below}")
-        if self.max_targets < 1:
-            raise ValueError(f"max_targets must be >= 1, got {self.max_targets}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"unknown dtype '{self.dtype}' (fp32 or bf16)")
-        if self.answer_tokens < 1:
-            raise ValueError(f"answer_tokens must be >= 1, got {self.answer_tokens}")
-
-
-class UnknownTargetError(KeyError):
-    """A target id the engine does not track (a KeyError whose message reads well)."""
-
-    def __init__(self, target_id: str, known: Sequence[str]) -> None:
-        self.target_id = target_id
-        self.known = list(known)
-        super().__init__(f"unknown target '{target_id}' (known: {', '.join(self.known) or 'none'})")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-@dataclass(eq=False)
-class _Phrase:
-    """Tracking state of a question target's grounded phrase k >= 1 (phrase 0 lives in the target itself)."""
-
-    bank: MemoryBank | None
-    prompt: torch.Tensor | None = None   # (1, prompt_dim) the phrase's [SEG] projection from the last grounding
-    score: float = 1.0
-    state: str = "grounding"
-
-
-@dataclass(eq=False)
-class _Target:
-    """A target's tracking state; mutated only by the thread that holds the model lock."""
-
-    spec: TargetSpec
-    bank: MemoryBank | None
-    prompt: torch.Tensor | None = None   # (1, prompt_dim) [SEG] projection from the last grounding
-    state: str = "grounding"
-    score: float = 1.0
-    since_ground: int = 0                # frames decoded since the last grounding
-    needs_ground: bool = True
-    # region targets: (1, hidden) embedding of the region on the newest frame at the first grounding (then kept)
-    region_embed: torch.Tensor | None = None
-    # question targets: the answer generated on the first grounding (None: not yet), kept across re-groundings
-    answer_ids: list[int] | None = None
-    seg_slots: list[int] = field(default_factory=list)  # the answer's [SEG] of each grounded phrase, in order
-    answer: str = ""
-    phrases: list[tuple[str, int, int]] = field(default_factory=list)
-    more: list[_Phrase] = field(default_factory=list)   # phrases 1.. (own prompt and memory bank each)
-    grounded_step: int | None = None     # engine step of the frame the current prompt was computed on
-    grounded_seq: int | None = None      # that frame's seq
-    # live: a finished grounding waiting for the tracker's next frame, and whether one is being computed
-    # (both guarded by the engine's target lock)
-    pending: _Grounding | None = None
-    in_flight: bool = False
-
-    def phrase_ids(self) -> list[str]:
-        """The output id each grounded phrase is tracked under (empty for other targets)."""
-        return [phrase_target_id(self.spec.target_id, k) for k in range(len(self.phrases))]
-
-    @property
-    def kind(self) -> str:
-        """Which MLLM path grounds it: "region", "question" or "expression"."""
-        if self.spec.region is not None:
-            return "region"
-        return "question" if is_question(self.spec.expression) else "expression"
-
-
-@dataclass(eq=False)
-class _Window:
-    """What one MLLM pass reads, taken from the history at its newest frame (a snapshot: the history goes on)."""
-
-    step: int                            # engine step of the newest frame
-    seq: int
-    epoch: int                           # the engine's reset count when taken
-    context: list[int]                   # context frame steps
-    query: list[int]                     # query window steps, oldest first (may be shorter than num_query)
-    inputs: dict[int, torch.Tensor]      # step -> CLIP-sized pixels of every frame above
-    image: np.ndarray                    # the newest frame (region targets' first grounding)
-
-
-@dataclass(eq=False)
-class _Grounding:
-    """The result of one target's MLLM pass on a window, applied by the tracker (inline: at once)."""
-
-    step: int
-    seq: int
-    epoch: int
-    prompt: torch.Tensor | None = None   # (1, prompt_dim) for the target (phrase 0)
-    grid: torch.Tensor | None = None     # (1, G, G) grounding map of the window's newest frame
-    points: list[tuple[float, float]] | None = None  # point head, normalised (0..1) on the newest frame
-    region_embed: torch.Tensor | None = None
-    phrase_prompts: list[torch.Tensor] = field(default_factory=list)  # phrases 1..
-    # a question's first grounding: (token ids, text, phrases, seg slots)
-    answer: tuple[list[int], str, list[tuple[str, int, int]], list[int]] | None = None
-    error: Exception | None = None       # the target cannot be grounded (a region that does not fit): drop it
-    # the released weights' conversation answered something other than [SEG] for the newest frame: no new prompt
-    # (full schedule: as the official step, an empty mask and no memory for that frame)
-    no_seg: bool = False
-
-
-def is_question(expression: str) -> bool:
-    """A question gets a grounded answer; anything else is a referring expression. A counting question
-    ("how many ...?") is answered by its points, so it takes the referring path (and, in a model that has
-    one, the counting adapter: glus_ros/model/task_adapter.py)."""
-    return expression.rstrip().endswith("?") and task_of(expression) != COUNTING
-
-
-def check_region_shape(region: Region) -> None:
-    """What can be wrong with a region whatever the image size (ValueError); the bounds need the image."""
-    where = f"region {region.describe()}"
-    if region.kind not in ("box", "point"):
-        raise ValueError(f"region kind must be 'box' or 'point', got {region.kind!r}")
-    try:
-        coords = [float(v) for v in (region.x0, region.y0, region.x1, region.y1)]
-    except (TypeError, ValueError):
-        coords = [float("nan")]
-    if not all(math.isfinite(v) for v in coords):
-        raise ValueError(f"{where}: coordinates must be finite numbers")
-    if region.kind == "box":
-        if region.x1 < region.x0 or region.y1 < region.y0:
-            raise ValueError(f"{where}: x1 < x0 or y1 < y0 (give the top-left corner first)")
-        if region.x1 == region.x0 or region.y1 == region.y0:
-            raise ValueError(f"{where}: the box has zero area")
-    if region.x0 < 0 or region.y0 < 0:
-        raise ValueError(f"{where}: outside the image (negative coordinates)")
-
-
-class StreamingEngine:
+class StreamingEngine(WindowGrounding, LiveGroundingWorker):
     """Segments and tracks language-referred targets in a live stream; see the module docstring."""
 
     def __init__(self, model: GLUSModel, config: EngineConfig | None = None,
@@ -290,7 +138,7 @@ class StreamingEngine:
         self._tokenizer_lock = threading.Lock()  # the tokenizer is shared by target validation and the MLLM pass
         self._frames_lock = threading.Lock()     # short: the per-frame CLIP inputs and embeddings
         self._mllm_lock = threading.Lock()       # one MLLM pass at a time (the prefix cache is not thread-safe)
-        self._targets: dict[str, _Target] = {}
+        self._targets: dict[str, TargetTrack] = {}
         self._assigned = 0
         self._sampler = self._new_sampler()
         # frame step -> what the MLLM reads of it: CLIP-sized pixels (cheap to keep); a pointing backend's frame
@@ -397,8 +245,8 @@ class StreamingEngine:
             region.validate(size[1], size[0])
         return region
 
-    def _new_target(self, spec: TargetSpec) -> _Target:
-        return _Target(spec, self.model.new_memory_bank())
+    def _new_target(self, spec: TargetSpec) -> TargetTrack:
+        return TargetTrack(spec, self.model.new_memory_bank())
 
     def add_target(self, spec: TargetSpec) -> str:
         """Track a new target; an empty id gets ``target_<n>``. Returns the id.
@@ -541,43 +389,6 @@ class StreamingEngine:
         with self._cond:
             return dict(self._stats)
 
-    @property
-    def grounding_stats(self) -> dict[str, float]:
-        """MLLM passes: ``groundings`` (passes), ``targets_grounded``, ``ms_mean`` / ``ms_last`` (wall time of a
-        pass, in the worker for "live"), ``in_flight`` (targets being grounded now), ``errors`` (failed passes)
-        and the prefix cache's ``prefix_hits`` / ``prefix_misses``."""
-        with self._ground_cond:
-            s = dict(self._grounding_stats)
-        with self._targets_lock:
-            s["in_flight"] = sum(t.in_flight for t in self._targets.values())
-        s["ms_mean"] = s.pop("ms_total") / s["groundings"] if s["groundings"] else 0.0
-        cache = self._prefix_cache
-        s["prefix_hits"] = cache.hits if cache is not None else 0
-        s["prefix_misses"] = cache.misses if cache is not None else 0
-        return s
-
-    def wait_grounded(self, timeout_s: float = 30.0) -> bool:
-        """Live schedule: block until no target is being grounded or due for grounding (a result waiting for
-        the next frame counts as done); True when that happened within ``timeout_s``. For replays that must
-        not skip an MLLM pass (``glus-ros eval --live`` without drops); a camera never waits. Other
-        schedules: True at once."""
-        if not self.live:
-            return True
-        self._start_grounder()
-        self._wake_grounder()
-        deadline = time.perf_counter() + timeout_s
-        with self._ground_cond:
-            while True:
-                with self._targets_lock:
-                    newest = self._step - 1
-                    busy = any(t.in_flight or self._due_live(t, newest) for t in self._targets.values())
-                if not busy or self._step == 0:
-                    return True
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    return False
-                self._ground_cond.wait(min(left, 0.05))
-
     def cache_sizes(self) -> dict[str, int]:
         """How much per-frame and per-target state is held (all bounded; for monitoring and tests)."""
         with self._model_lock, self._targets_lock:
@@ -661,7 +472,7 @@ class StreamingEngine:
                            targets=outputs, latency_ms=(time.perf_counter() - submitted) * 1000.0,
                            frames_dropped=dropped, image=frame.image)
 
-    def _due(self, target: _Target) -> bool:
+    def _due(self, target: TargetTrack) -> bool:
         """Inline schedules: whether the target is grounded on the current frame."""
         if target.answer_ids is not None and not target.seg_slots:
             return False  # an answer that grounds nothing: no [SEG] to refresh
@@ -670,7 +481,7 @@ class StreamingEngine:
         score = min([target.score, *(p.score for p in target.more)])  # any phrase faded: re-ground them all
         return target.since_ground >= self.config.reground_every or score < self.config.reground_below
 
-    def _due_live(self, target: _Target, newest: int) -> bool:
+    def _due_live(self, target: TargetTrack, newest: int) -> bool:
         """Live schedule: whether the worker should ground the target on the window of frame step ``newest``."""
         if target.in_flight or target.pending is not None:
             return False
@@ -714,7 +525,7 @@ class StreamingEngine:
                 for old in [s for s in store if s not in kept]:
                     del store[old]
 
-    def _infer(self, frame: StreamFrame, active: list[_Target]) -> list[TargetOutput]:
+    def _infer(self, frame: StreamFrame, active: list[TargetTrack]) -> list[TargetOutput]:
         model = self.model
         sam_pixels = self._push_frame(frame)
         if not active:
@@ -723,7 +534,7 @@ class StreamingEngine:
         features = encode_sam(model, sam_pixels) if self.exact_inputs else model.encode_sam_frames(sam_pixels)
         height, width = frame.image.shape[:2]
         landed = self._landed_groundings(active)
-        fresh: dict[int, _Grounding] = {}
+        fresh: dict[int, Grounding] = {}
         dropped: set[int] = set()
         unanswered: set[int] = set()  # full schedule, released weights: no [SEG] on this frame
         for target, grounding in landed:
@@ -739,7 +550,7 @@ class StreamingEngine:
                     unanswered.add(id(target))
                 continue  # no new prompt: the target tracks on with its last one (if any)
             fresh[id(target)] = grounding
-        tracks: list[tuple[_Target, _Target | _Phrase, str]] = []  # (target, track, output id)
+        tracks: list[tuple[TargetTrack, TargetTrack | PhraseTrack, str]] = []  # (target, track, output id)
         for target in active:
             if id(target) in dropped or target.prompt is None or id(target) in unanswered:
                 continue
@@ -786,7 +597,7 @@ class StreamingEngine:
                                             output_id=phrase_target_id(target.spec.target_id, k)))
         return outputs
 
-    def _landed_groundings(self, active: list[_Target]) -> list[tuple[_Target, _Grounding]]:
+    def _landed_groundings(self, active: list[TargetTrack]) -> list[tuple[TargetTrack, Grounding]]:
         """The groundings to apply on this frame: live, those the worker finished; inline, computed now."""
         if self.live:
             with self._targets_lock:
@@ -802,7 +613,7 @@ class StreamingEngine:
         self._count_grounding(len(landed), (time.perf_counter() - start) * 1000.0)
         return landed
 
-    def _read_prediction(self, pred: MaskPrediction, track: _Target | _Phrase, grounded: bool, height: int,
+    def _read_prediction(self, pred: MaskPrediction, track: TargetTrack | PhraseTrack, grounded: bool, height: int,
                          width: int) -> tuple[np.ndarray, float, str]:
         """A track's mask, score and state from its SAM 2 step; updates the track's score/state."""
         loop = self._loop
@@ -813,14 +624,14 @@ class StreamingEngine:
         track.score, track.state = score, state
         return mask, score, state
 
-    def _apply(self, target: _Target, grounding: _Grounding) -> None:
+    def _apply(self, target: TargetTrack, grounding: Grounding) -> None:
         """A grounding's prompts (and, first time, region embedding or answer) into the target; tracker only."""
         if grounding.region_embed is not None and target.region_embed is None:
             target.region_embed = grounding.region_embed
         if grounding.answer is not None and target.answer_ids is None:
             ids, text, phrases, slots = grounding.answer
             target.answer_ids, target.answer, target.phrases, target.seg_slots = list(ids), text, phrases, slots
-            target.more = [_Phrase(self.model.new_memory_bank()) for _ in slots[1:]]
+            target.more = [PhraseTrack(self.model.new_memory_bank()) for _ in slots[1:]]
         if not grounding.no_seg:
             target.prompt = grounding.prompt
         for phrase, prompt in zip(target.more, grounding.phrase_prompts, strict=False):
@@ -830,139 +641,7 @@ class StreamingEngine:
         target.grounded_step, target.grounded_seq = grounding.step, grounding.seq
 
     # --- the MLLM --------------------------------------------------------------------------------
-    def _snapshot(self) -> _Window:
-        """The newest frame's window (call with the model lock held)."""
-        context = self._sampler.context_frames()
-        query = self._sampler.query_frames()
-        step = query[-1]
-        with self._frames_lock:
-            inputs = {s: self._clip_inputs[s] for s in dict.fromkeys(context + query)}
-            seq = self._seqs[step]
-        assert self._newest_image is not None
-        return _Window(step, seq, self._epoch, context, query, inputs, self._newest_image)
-
-    def _compute_groundings(self, window: _Window, targets: list[_Target]) -> list[tuple[_Target, _Grounding]]:
-        """One MLLM pass per kind of target (referring targets batched, regions batched, each question alone)."""
-        with self._mllm_lock:
-            results: list[tuple[_Target, _Grounding]] = []
-            if self.conversation:
-                return [(t, self._ground_conversation(window, t)) for t in targets]
-            referring = [t for t in targets if t.kind == "expression"]
-            if referring:
-                prompts, points, grid = self._ground(window, [t.spec.expression for t in referring])
-                for i, target in enumerate(referring):
-                    results.append((target, _Grounding(
-                        window.step, window.seq, window.epoch, prompt=prompts[i:i + 1],
-                        grid=None if grid is None else grid[i:i + 1], points=None if points is None else points[i])))
-            results += self._ground_regions(window, [t for t in targets if t.kind == "region"])
-            for target in targets:
-                if target.kind == "question":
-                    results.append((target, self._ground_question(window, target)))
-            return results
-
-    def _window(self, window: _Window, batch: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
-        """Context (B, Nc, T, D) and query window (B, Nq, T, D) embeddings for ``batch`` prompts, the
-        newest frame's query slot (padding repeats the newest frame, so any slot >= it works) and the
-        context frames' pixels (B, Nc, 3, S, S) for a motion field (None without context frames)."""
-        context, query = window.context, window.query
-        num_query = self.model.cfg.sampling.num_query
-        padded = query + [query[-1]] * (num_query - len(query))  # stream start: repeat the newest frame
-        embeds = self._embeds(window, context + padded)
-        context_embeds = embeds[None, : len(context)].expand(batch, -1, -1, -1)
-        query_embeds = embeds[None, len(context):].expand(batch, -1, -1, -1)
-        pixels = None
-        if context:
-            pixels = torch.stack([window.inputs[s] for s in context])[None].expand(batch, -1, -1, -1, -1)
-        return context_embeds, query_embeds, len(query) - 1, pixels
-
-    def _ground(self, window: _Window, expressions: list[str]) -> tuple[
-            torch.Tensor, list[list[tuple[float, float]]] | None, torch.Tensor | None]:
-        """One batched MLLM pass over (context, query window) -> (B, prompt_dim) prompts for the newest frame,
-        the point head's normalised points for it (None without a point head) and its grounding maps
-        (B, G, G) (None without one)."""
-        context_embeds, query_embeds, newest, context_pixels = self._window(window, len(expressions))
-        with self._tokenizer_lock:
-            out = self.model.seg_prompts(context_embeds, query_embeds, expressions, context_pixels=context_pixels,
-                                         **({"prefix_cache": self._prefix_cache} if self._prefix_cache else {}))
-        points = None
-        if self.model.point_head is not None and self.model.cfg.points is not None:
-            states = out.query_states[:, newest:newest + 1] if out.query_states is not None else None
-            raw = self.model.points_from_seg(out.seg_hidden[:, newest:newest + 1], states).float()
-            points = [frames[0] for frames in decode_points(raw, self.model.cfg.points.threshold)]
-        grid = out.grounding[:, newest] if out.grounding is not None else None
-        return out.prompts[:, newest], points, grid
-
-    def _conversation_for(self, expression: str) -> ConversationGrounder:
-        """The official conversation of an expression (its prompt ids cached per number of turns)."""
-        grounder = self._conversations.get(expression)
-        if grounder is None:
-            grounder = self._conversations[expression] = ConversationGrounder(self.model, None, expression)
-        return grounder
-
-    def _ground_conversation(self, window: _Window, target: _Target) -> _Grounding:
-        """The released weights' official step for the window's newest frame: the newest query frames as consecutive
-        turns, the context frames first; one generated token. [SEG] -> the prompt; anything else -> no new prompt."""
-        steps = window.context + window.query
-        tokens = self._embeds(window, steps)
-        with self._tokenizer_lock:
-            grounder = self._conversation_for(target.spec.expression)
-        answer = grounder.step(list(tokens), len(window.context), len(window.query), self._prefix_cache)
-        prompt = answer.frames[-1].prompt
-        return _Grounding(window.step, window.seq, window.epoch, prompt=prompt, no_seg=prompt is None)
-
-    def _ground_regions(self, window: _Window, targets: list[_Target]) -> list[tuple[_Target, _Grounding]]:
-        """Prompts of "track <region>" for the newest frame in one batched MLLM pass; a region that does not fit
-        the frame (first grounding before any frame size was known) gives a grounding with its error."""
-        results, ready, embeds = [], [], []
-        for target in targets:
-            embed = target.region_embed
-            if embed is None:  # first grounding: the newest frame is the one the region refers to
-                try:
-                    embed = self.model.encode_regions({0: window.image}, [target.spec.region])
-                except ValueError as exc:
-                    results.append((target, _Grounding(window.step, window.seq, window.epoch, error=exc)))
-                    continue
-            ready.append(target)
-            embeds.append(embed)
-        if ready:
-            context_embeds, query_embeds, newest, _pixels = self._window(window, len(ready))
-            with self._tokenizer_lock:
-                out = self.model.grounded_prompts(context_embeds, query_embeds, [TRACK_REGION_QUESTION] * len(ready),
-                                                  region_embeds=embeds)
-            for target, embed, prompts in zip(ready, embeds, out.prompts, strict=True):
-                results.append((target, _Grounding(  # one [SEG] per query frame, as the referring path
-                    window.step, window.seq, window.epoch, prompt=prompts[newest:newest + 1],
-                    region_embed=embed if target.region_embed is None else None)))
-        return results
-
-    def _ground_question(self, window: _Window, target: _Target) -> _Grounding:
-        """The first grounding generates the answer (kept by the target when applied); later ones teacher-force
-        it on the current window (one MLLM pass each) to refresh every grounded phrase's [SEG] prompt."""
-        result = _Grounding(window.step, window.seq, window.epoch)
-        context_embeds, query_embeds, _newest, _pixels = self._window(window, 1)
-        question = target.spec.expression
-        with self._tokenizer_lock:
-            if target.answer_ids is None:
-                generated = self.model.generate_answer(context_embeds, query_embeds, question,
-                                                       self.config.answer_tokens)
-                grounded = generated.answer.grounded
-                slots = [p.seg_index for p in grounded]
-                result.answer = (list(generated.token_ids), generated.answer.text,
-                                 [(p.text, p.start, p.end) for p in grounded], slots)
-                prompts = generated.prompts
-            elif target.seg_slots:
-                slots = target.seg_slots
-                prompts = self.model.grounded_prompts(context_embeds, query_embeds, question,
-                                                      answer_ids=[target.answer_ids]).prompts[0]
-            else:
-                return result
-        if slots:
-            first, *rest = slots
-            result.prompt = prompts[first:first + 1]
-            result.phrase_prompts = [prompts[slot:slot + 1] for slot in rest]
-        return result
-
-    def _drop(self, target: _Target, exc: Exception) -> None:
+    def _drop(self, target: TargetTrack, exc: Exception) -> None:
         """Remove a target the worker cannot ground; reported like other worker errors, nothing else is lost."""
         target_id = target.spec.target_id
         log.error("dropping target '%s': %s", target_id, exc)
@@ -972,122 +651,6 @@ class StreamingEngine:
         with self._cond:
             self._stats["errors"] += 1
 
-    def _embeds(self, window: _Window, steps: list[int]) -> torch.Tensor:
-        with self._frames_lock:
-            known = {s: self._clip_embeds[s] for s in steps if s in self._clip_embeds}
-        missing = [s for s in dict.fromkeys(steps) if s not in known]
-        if missing:
-            tower_dtype = next(self.model.vlm.vision_tower.parameters()).dtype
-            encoded = self.model.encode_clip_frames(torch.stack([window.inputs[s] for s in missing]).to(tower_dtype))
-            with self._frames_lock:
-                for s, e in zip(missing, encoded, strict=True):
-                    known[s] = e
-                    if s in self._clip_inputs and window.epoch == self._epoch:  # still in the history
-                        self._clip_embeds[s] = e
-        return torch.stack([known[s] for s in steps])
-
-    # --- the live grounding worker ---------------------------------------------------------------
-    def _start_grounder(self) -> None:
-        with self._ground_cond:
-            if self._grounder is not None and self._grounder.is_alive():
-                return
-            self._grounder_stop = threading.Event()
-            self._grounder = threading.Thread(target=self._grounder_loop, args=(self._grounder_stop,),
-                                              name="glus-grounding-worker", daemon=True)
-            self._grounder.start()
-
-    def _stop_grounder(self) -> threading.Thread | None:
-        with self._ground_cond:
-            self._grounder_stop.set()
-            grounder, self._grounder = self._grounder, None
-            self._ground_cond.notify_all()
-        return grounder
-
-    def _wake_grounder(self) -> None:
-        with self._ground_cond:
-            self._ground_wanted = True
-            self._ground_cond.notify_all()
-
-    def _grounder_loop(self, stop: threading.Event) -> None:
-        hooks = []
-        if self.config.yield_to_tracker and self.model.device.type == "cpu":  # on a GPU the loops do not compete
-            hooks = yield_between_layers(self.model.vlm, self._priority, threading.current_thread())
-        try:
-            while True:
-                with self._ground_cond:
-                    while not self._ground_wanted and not stop.is_set():
-                        self._ground_cond.wait()
-                    if stop.is_set():
-                        return
-                    self._ground_wanted = False
-                self._ground_once(stop)
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-    def _ground_once(self, stop: threading.Event) -> None:
-        """Ground every due target on a snapshot of the newest window; the results wait for the tracker."""
-        with self._model_lock:
-            if self._step == 0:
-                return
-            with self._targets_lock:
-                newest = self._step - 1
-                due = [t for t in self._targets.values() if self._due_live(t, newest)]
-                for target in due:
-                    target.in_flight = True
-            if not due:
-                with self._ground_cond:
-                    self._ground_cond.notify_all()  # wait_grounded: nothing left
-                return
-            window = self._snapshot()
-        start = time.perf_counter()
-        results: list[tuple[_Target, _Grounding]] = []
-        try:
-            with torch.inference_mode(), autocast_context(self.model.device, self.config.dtype):
-                results = self._compute_groundings(window, due)
-        except Exception:
-            log.exception("grounding worker failed on the window of frame seq %d; retrying on a later frame",
-                          window.seq)
-            with self._ground_cond:
-                self._grounding_stats["errors"] += 1
-            with self._cond:
-                self._stats["errors"] += 1
-            stop.wait(0.05)  # no busy loop on a persistent fault
-        elapsed_ms = (time.perf_counter() - start) * 1000.0
-        with self._targets_lock:
-            for target, grounding in results:
-                if self._targets.get(target.spec.target_id) is target:  # not removed or replaced meanwhile
-                    target.pending = grounding
-            for target in due:
-                target.in_flight = False
-        if results:
-            self._count_grounding(len(results), elapsed_ms)
-        with self._ground_cond:
-            self._ground_wanted = True  # look again: more may be due (e.g. added meanwhile)
-            self._ground_cond.notify_all()
-
-    def _count_grounding(self, targets: int, elapsed_ms: float) -> None:
-        with self._ground_cond:
-            self._grounding_stats["groundings"] += 1
-            self._grounding_stats["targets_grounded"] += targets
-            self._grounding_stats["ms_total"] += elapsed_ms
-            self._grounding_stats["ms_last"] = elapsed_ms
-
-    def _output(self, target: _Target, mask: np.ndarray, score: float, state: str, frame: StreamFrame,
+    def _output(self, target: TargetTrack, mask: np.ndarray, score: float, state: str, frame: StreamFrame,
                 head_points: list[tuple[float, float]] | None = None, output_id: str | None = None) -> TargetOutput:
-        spec = target.spec
-        age = None if target.grounded_step is None else self._step - 1 - target.grounded_step
-        # one point per connected component, largest first; the representative point is the largest one's
-        # (a mask of specks below component_points' min_area still gets its interior point)
-        mask_points = component_points(mask) or [p for p in [mask_point(mask)] if p is not None]
-        point = mask_points[0] if mask_points else None
-        point_3d = None
-        if point is not None and frame.depth is not None and frame.intrinsics is not None:
-            point_3d = lift_point(point[0], point[1], frame.depth, frame.intrinsics)
-        return TargetOutput(target_id=output_id or spec.target_id, expression=spec.expression, mask=mask,
-                            bbox=mask_bbox(mask), point_2d=point, point_3d=point_3d, score=score, state=state,
-                            mode=spec.mode,
-                            points=head_points if head_points is not None else mask_points,
-                            answer=target.answer, phrases=list(target.phrases),
-                            phrase_target_ids=target.phrase_ids(), grounded_seq=target.grounded_seq,
-                            grounding_age=age)
+        return target_output(target, mask, score, state, frame, self._step - 1, head_points, output_id)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from glus_ros.geometry import CameraIntrinsics
 from glus_ros.model.region import Region
 
 MODES = ("mask", "point", "both")
@@ -20,27 +20,6 @@ def phrase_target_id(target_id: str, k: int) -> str:
     """The output id of a question target's k-th grounded phrase: the target's own id for k = 0, else
     ``<target_id>/phrase_<k>``."""
     return target_id if k == 0 else f"{target_id}{PHRASE_ID_MARK}{k}"
-
-
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    """Pinhole intrinsics in pixels of the image they come with (ROS CameraInfo K).
-
-    Checked on creation (finite, fx and fy > 0): back-projecting with anything else gives NaN, inf or
-    mirrored points, which must never reach a robot.
-    """
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    def __post_init__(self) -> None:
-        values = (self.fx, self.fy, self.cx, self.cy)
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"intrinsics must be finite, got fx={self.fx}, fy={self.fy}, cx={self.cx}, cy={self.cy}")
-        if not (self.fx > 0 and self.fy > 0):
-            raise ValueError(f"intrinsics need positive focal lengths, got fx={self.fx}, fy={self.fy}")
 
 
 @dataclass

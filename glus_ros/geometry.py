@@ -1,11 +1,38 @@
-"""Where a mask is: box, an interior point, and that point in 3D from a depth image (pinhole model)."""
+"""Where a mask is: box, an interior point, and that point in 3D from a depth image (pinhole model).
+
+Plain numpy geometry below every job that reads masks (the streaming engines, pointing, its evaluation, the
+backends), so none of them imports another job's package for it.
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from glus_ros.streaming.types import CameraIntrinsics
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics in pixels of the image they come with (ROS CameraInfo K).
+
+    Checked on creation (finite, fx and fy > 0): back-projecting with anything else gives NaN, inf or
+    mirrored points, which must never reach a robot.
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def __post_init__(self) -> None:
+        values = (self.fx, self.fy, self.cx, self.cy)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"intrinsics must be finite, got fx={self.fx}, fy={self.fy}, cx={self.cx}, cy={self.cy}")
+        if not (self.fx > 0 and self.fy > 0):
+            raise ValueError(f"intrinsics need positive focal lengths, got fx={self.fx}, fy={self.fy}")
+
 
 
 def _check_mask(mask: np.ndarray) -> np.ndarray:
