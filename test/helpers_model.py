@@ -79,7 +79,7 @@ class MethodSpy:
 def assert_mask_points(out) -> None:
     """A TargetOutput without point-head points: one point per mask component (largest first), the first
     of them its point_2d; a mask of specks only still has its interior point."""
-    from glus_ros.streaming.geometry import component_points
+    from glus_ros.geometry import component_points
 
     assert out.points == (component_points(out.mask) or ([out.point_2d] if out.point_2d is not None else []))
     assert out.point_2d == (out.points[0] if out.points else None)

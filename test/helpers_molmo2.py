@@ -14,16 +14,18 @@ tokenizer files, ``tokenizer_config.json`` (Qwen2Tokenizer, BOS = EOS = ``<|im_e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import Molmo2Config, Molmo2ForConditionalGeneration
+from transformers import LogitsProcessorList, Molmo2Config, Molmo2ForConditionalGeneration
 from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-from glus_ros.backends.molmo2_random import CHAT_TEMPLATE, IMAGE_TOKENS, TEXT_SPECIALS, byte_tokenizer
+from glus_ros.backends.molmo2_random import CHAT_TEMPLATE, IMAGE_TOKENS, TEXT_SPECIALS, ForceAnswer, byte_tokenizer
 from glus_ros.model.config import DEFAULT_MODEL, load_config
 from glus_ros.model.sam2_head import build_sam2
 
@@ -223,3 +225,16 @@ def write_default_sam2(path: Path) -> Path:
     state["obj_ptr_proj.layers.0.weight"] = torch.zeros(4, 4)
     torch.save({"model": state}, path)
     return path
+
+
+@contextlib.contextmanager
+def answering(backend, text: str) -> Iterator[None]:
+    """The backend's Molmo2 answers exactly ``text`` while inside (a random model's answers are garbage)."""
+    force = ForceAnswer(backend.inputs.tokenizer, text)
+    backend.logits_processor = LogitsProcessorList([force])
+    backend.settings.max_new_tokens = len(force.ids)
+    try:
+        yield
+    finally:
+        backend.logits_processor = None
+        backend.settings.max_new_tokens = None

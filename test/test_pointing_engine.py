@@ -3,17 +3,14 @@ forced, its points seeding SAM 2 on the frame they were made on and carried by m
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from transformers import LogitsProcessorList
 
 from glus_ros.backends.loading import load_backend
 from glus_ros.backends.molmo2 import Molmo2Backend
-from glus_ros.backends.molmo2_random import ForceAnswer
 from glus_ros.model.region import Region
 from glus_ros.points.coords import to_normalised
 from glus_ros.points.labels import mask_iou
@@ -25,7 +22,7 @@ from glus_ros.streaming.pointing import PointingStreamingEngine
 from glus_ros.streaming.types import StreamFrame, TargetSpec
 
 from helpers_model import moving_disk_clip
-from helpers_molmo2 import write_default_sam2, write_tiny_molmo2
+from helpers_molmo2 import answering, write_default_sam2, write_tiny_molmo2
 from helpers_ros import ros_session
 
 HEIGHT, WIDTH = 72, 96
@@ -53,18 +50,6 @@ def backend(files) -> Molmo2Backend:
 @pytest.fixture(scope="module")
 def clip() -> list[np.ndarray]:
     return moving_disk_clip(num_frames=4)
-
-
-@contextlib.contextmanager
-def answering(backend: Molmo2Backend, text: str):
-    force = ForceAnswer(backend.inputs.tokenizer, text)
-    backend.logits_processor = LogitsProcessorList([force])
-    backend.settings.max_new_tokens = len(force.ids)
-    try:
-        yield
-    finally:
-        backend.logits_processor = None
-        backend.settings.max_new_tokens = None
 
 
 def disk_answer(t: int, time: float = 0.0) -> str:

@@ -90,7 +90,8 @@ class GroundingBackend(ABC):
     @abstractmethod
     def tracker(self):
         """The model the SAM 2 code runs on: ``sam``, ``cfg.memory``, ``device``, ``encode_sam_frames``,
-        ``new_memory_bank`` (``GLUSModel`` itself, or a ``SAM2Tracker``)."""
+        ``new_memory_bank`` (``GLUSModel`` itself, or a ``SAM2Tracker``); a pointing backend may instead carry
+        another ``points.trackers.PointTracker`` (SAM 3's tracker, EdgeTAM)."""
 
     @property
     def device(self) -> torch.device:

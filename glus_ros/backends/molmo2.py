@@ -1,4 +1,8 @@
-"""Molmo2 as a grounding backend: transformers' own ``molmo2`` model answers with points, SAM 2 makes masks.
+"""Molmo2 as a grounding backend: transformers' own ``molmo2`` model answers with points, a point tracker makes masks.
+
+The point tracker (``molmo2.tracker``): ``sam2``, SAM 2 from an official ``.pt`` (``--sam2-checkpoint``), or a
+local folder of SAM 3's tracker or EdgeTAM (``backends/video_trackers.py``); each is a ``points.trackers``
+``PointTracker``, so the engine and the offline propagation treat them alike.
 
 A request is asked the way the Molmo2 model cards show (docs/backends.md has the sources):
 
@@ -34,13 +38,14 @@ import torch
 
 from glus_ros.backends.base import FrameGrounding, GroundingBackend, TargetGrounding
 from glus_ros.backends.glus import check_window
-from glus_ros.backends.molmo2_folder import Molmo2Folder, read_molmo2_folder
+from glus_ros.backends.molmo2_folder import Molmo2Folder, check_loaded_weights, read_molmo2_folder
 from glus_ros.backends.molmo2_inputs import Molmo2Inputs, sample_frame_indices
 from glus_ros.model.config import MemoryConfig
 from glus_ros.model.prompting import clean_expression
 from glus_ros.model.sam2_tracker import SAM2Tracker, TrackerConfig
 from glus_ros.model.task_adapter import COUNTING, task_of
 from glus_ros.points.text import VideoPoint, parse_video_points
+from glus_ros.points.trackers import PointTracker
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ class Molmo2Settings:
     max_frames: int | None = None        # frames shown per request (None: the folder's num_frames)
     max_fps: float | None = None         # None: the folder's max_fps
     dtype: str = "auto"                  # weights: auto (the folder's), fp32, bf16
+    tracker: str = "sam2"                # sam2 (--sam2-checkpoint FILE.pt) | a SAM 3 tracker / EdgeTAM folder
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, source: str) -> Molmo2Settings:
@@ -80,6 +86,8 @@ class Molmo2Settings:
                 raise ValueError(f"{source}: molmo2.{name} must contain '{{expression}}'")
         if any(v is not None and v < 1 for v in (settings.max_new_tokens, settings.max_frames)):
             raise ValueError(f"{source}: molmo2.max_new_tokens and max_frames must be >= 1")
+        if not isinstance(settings.tracker, str) or not settings.tracker:
+            raise ValueError(f"{source}: molmo2.tracker must be 'sam2' or a tracker folder, got {settings.tracker!r}")
         if settings.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"{source}: molmo2.dtype must be auto, fp32 or bf16, got {settings.dtype!r}")
         return settings
@@ -118,7 +126,7 @@ class Molmo2Backend(GroundingBackend):
     # one printed decimal, with a margin so that rounding never prints two frames this far apart alike
     min_frame_gap_s: ClassVar[float] = 1.05 * 10.0 ** -TIME_DECIMALS
 
-    def __init__(self, model, inputs: Molmo2Inputs, tracker: SAM2Tracker, settings: Molmo2Settings,
+    def __init__(self, model, inputs: Molmo2Inputs, tracker: SAM2Tracker | PointTracker, settings: Molmo2Settings,
                  folder: Molmo2Folder, logits_processor=None) -> None:
         self.model = model.eval()
         self.inputs = inputs
@@ -133,11 +141,11 @@ class Molmo2Backend(GroundingBackend):
         self._unreadable_logged = -math.inf        # when the last one was logged (time.monotonic)
 
     @property
-    def tracker(self) -> SAM2Tracker:
+    def tracker(self) -> SAM2Tracker | PointTracker:
         return self._tracker
 
     def to(self, device: str | torch.device) -> Molmo2Backend:
-        """Move the language model and the SAM 2 tracker (the ROS node's off switch moves them to the CPU)."""
+        """Move the language model and the point tracker (the ROS node's off switch moves them to the CPU)."""
         self.model.to(device)
         self._tracker.to(device)
         return self
@@ -255,28 +263,31 @@ class Molmo2Backend(GroundingBackend):
                                malformed=malformed)
 
 
-def load_molmo2_backend(folder: str | Path, settings: Molmo2Settings, sam2_node: dict[str, Any] | str,
-                        memory: MemoryConfig, sam2_checkpoint: str | Path | None, device: str = "cpu",
-                        ) -> Molmo2Backend:
-    """Molmo2 from a local folder (transformers' classes, no remote code), SAM 2 from an official ``.pt``.
+def load_point_tracker(settings: Molmo2Settings, sam2_node: dict[str, Any] | str, memory: MemoryConfig,
+                       sam2_checkpoint: str | Path | None, device: str = "cpu") -> SAM2Tracker | PointTracker:
+    """The tracker ``molmo2.tracker`` names: SAM 2 from ``sam2_checkpoint`` (``sam2``), else a tracker folder.
 
     ``sam2_node``: a sam2 hydra node, or ``"auto"`` (the project's model config whose SAM 2 fits the
     checkpoint, ``sam2_tracker.match_sam2_node``).
     """
-    from transformers import AutoTokenizer, Molmo2ForConditionalGeneration
-
     from glus_ros.devices import resolve_device
     from glus_ros.model.checkpoints import assign_state, load_sam2_checkpoint, read_sam2_state
     from glus_ros.model.sam2_tracker import match_sam2_node
 
-    checked = read_molmo2_folder(folder)   # all file errors before anything heavy loads
+    if settings.tracker != "sam2":
+        from glus_ros.backends.video_trackers import load_video_tracker
+
+        if sam2_checkpoint is not None:
+            raise ValueError(f"the tracker is the folder {settings.tracker} (--tracker / molmo2.tracker); "
+                             "--sam2-checkpoint is not read with it")
+        return load_video_tracker(settings.tracker, device)
     if sam2_checkpoint is None:
-        raise ValueError("the Molmo2 backend turns points into masks with SAM 2: give an official SAM 2 "
-                         "checkpoint with --sam2-checkpoint FILE.pt")
+        raise ValueError("the Molmo2 backend turns points into masks with a point tracker: give an official SAM 2 "
+                         "checkpoint with --sam2-checkpoint FILE.pt, or a SAM 3 tracker / EdgeTAM folder with "
+                         "--tracker DIR (molmo2.tracker in a config)")
     sam2_path = Path(sam2_checkpoint)
     if not sam2_path.is_file():
         raise FileNotFoundError(f"SAM 2 checkpoint {sam2_path} does not exist")
-    target = resolve_device(device)
     if sam2_node == "auto":
         state = read_sam2_state(sam2_path)
         name, sam2_node = match_sam2_node(state, sam2_path)
@@ -286,6 +297,21 @@ def load_molmo2_backend(folder: str | Path, settings: Molmo2Settings, sam2_node:
     else:
         tracker = SAM2Tracker(TrackerConfig(dict(sam2_node), memory))
         load_sam2_checkpoint(tracker.sam.sam, sam2_path)
+    return tracker.to(resolve_device(device))
+
+
+def load_molmo2_backend(folder: str | Path, settings: Molmo2Settings, sam2_node: dict[str, Any] | str,
+                        memory: MemoryConfig, sam2_checkpoint: str | Path | None, device: str = "cpu",
+                        ) -> Molmo2Backend:
+    """Molmo2 from a local folder (transformers' classes, no remote code), its point tracker by
+    ``load_point_tracker``."""
+    from transformers import AutoTokenizer, Molmo2ForConditionalGeneration
+
+    from glus_ros.devices import resolve_device
+
+    checked = read_molmo2_folder(folder)   # all file errors before anything heavy loads
+    target = resolve_device(device)
+    tracker = load_point_tracker(settings, sam2_node, memory, sam2_checkpoint, device)
     dtype = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16}[settings.dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(checked.path))
@@ -293,11 +319,7 @@ def load_molmo2_backend(folder: str | Path, settings: Molmo2Settings, sam2_node:
                                                                      output_loading_info=True)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ValueError(f"{checked.path}: cannot load the Molmo2 model: {exc}") from exc
-    problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "mismatched_keys")}
-    if any(problems.values()):  # transformers would leave those tensors random: refuse instead
-        detail = "; ".join(f"{k.replace('_', ' ')} {len(v)}: {', '.join(map(str, v[:6]))}"
-                           for k, v in problems.items() if v)
-        raise ValueError(f"{checked.path}: the weights do not fit config.json ({detail})")
+    check_loaded_weights(info, checked.path)
     if info.get("unexpected_keys"):
         log.warning("%s: unused tensors %s", checked.path, sorted(info["unexpected_keys"])[:6])
     vision = model.config.vision_config
@@ -308,4 +330,4 @@ def load_molmo2_backend(folder: str | Path, settings: Molmo2Settings, sam2_node:
                          f"{vision.num_position_embeddings} patches of {vision.patch_size} px")
     inputs = Molmo2Inputs(checked.path, tokenizer, checked.chat_template, checked.video, checked.layout,
                           settings.preprocessing)
-    return Molmo2Backend(model.to(target), inputs, tracker.to(target), settings, checked)
+    return Molmo2Backend(model.to(target), inputs, tracker, settings, checked)

@@ -18,6 +18,7 @@ model runs on transformers' own ``molmo2`` classes):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,36 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object at the top level")
     return raw
+
+
+def open_model_folder(folder: str | Path, what: str, expected: Sequence[str]) -> tuple[Path, dict[str, Any]]:
+    """(path, config.json) of a transformers model folder, after the checks every such folder needs (it exists, is
+    a folder, has a readable config.json); errors name the folder and what a ``what`` folder holds."""
+    path = Path(folder)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} folder {path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{what} model {path} must be a folder (expected files: {', '.join(expected)})")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder "
+                                f"(a {what} folder holds {', '.join(expected)})")
+    return path, read_json(path / "config.json")
+
+
+def check_weights_file(path: Path) -> None:
+    """The folder has safetensors weights (one file, or an index and its shards)."""
+    if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
+        raise FileNotFoundError(f"{path} has no weights (model.safetensors or model.safetensors.index.json)")
+
+
+def check_loaded_weights(info: dict[str, Any], path: Path) -> None:
+    """Refuse weights that leave tensors missing or of another shape (transformers would leave them random with
+    only a warning); ``info``: ``from_pretrained(..., output_loading_info=True)``'s second value."""
+    problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "mismatched_keys")}
+    if any(problems.values()):
+        detail = "; ".join(f"{k.replace('_', ' ')} {len(v)}: {', '.join(map(str, v[:6]))}"
+                           for k, v in problems.items() if v)
+        raise ValueError(f"{path}: the weights do not fit config.json ({detail})")
 
 
 def folder_model_type(folder: Path) -> str | None:
@@ -73,21 +104,12 @@ def _chat_template(folder: Path) -> str | None:
 
 def read_molmo2_folder(folder: str | Path) -> Molmo2Folder:
     """The folder's configs, or one clear error naming what is missing or wrong."""
-    path = Path(folder)
-    if not path.exists():
-        raise FileNotFoundError(f"Molmo2 folder {path} does not exist")
-    if not path.is_dir():
-        raise ValueError(f"Molmo2 model {path} must be a folder (expected files: {', '.join(EXPECTED_FILES)})")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder "
-                                f"(a Molmo2 folder holds {', '.join(EXPECTED_FILES)})")
-    config = read_json(path / "config.json")
+    path, config = open_model_folder(folder, "Molmo2", EXPECTED_FILES)
     model_type = config.get("model_type")
     if model_type != MOLMO2_MODEL_TYPE:
         raise ValueError(f"{path}/config.json: model_type is {model_type!r}; the Molmo2 backend reads "
                          f"model_type {MOLMO2_MODEL_TYPE!r}")
-    if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
-        raise FileNotFoundError(f"{path} has no weights (model.safetensors or model.safetensors.index.json)")
+    check_weights_file(path)
     bpe_files = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
     if not ((path / "tokenizer.json").is_file() or bpe_files):
         raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")

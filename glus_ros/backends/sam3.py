@@ -24,11 +24,12 @@ import torch
 
 from glus_ros.backends.base import FrameGrounding, GroundingBackend, TargetGrounding
 from glus_ros.backends.glus import check_window
+from glus_ros.backends.molmo2_folder import check_loaded_weights
 from glus_ros.backends.sam3_folder import Sam3Folder, read_sam3_folder
 from glus_ros.backends.sam3_inputs import PhraseTokens, concept_phrase, preprocess_frames, tokenize_phrase
 from glus_ros.backends.sam3_postprocess import fill_holes, mask_nms
+from glus_ros.geometry import component_points
 from glus_ros.model.transforms import logits_to_frame
-from glus_ros.streaming.geometry import component_points
 
 
 @dataclass
@@ -205,11 +206,7 @@ def load_sam3_backend(folder: str | Path, settings: Sam3Settings, device: str = 
         model, info = Sam3VideoModel.from_pretrained(str(checked.path), dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ValueError(f"{checked.path}: cannot load the SAM 3 model: {exc}") from exc
-    problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "mismatched_keys")}
-    if any(problems.values()):  # transformers would leave those tensors random: refuse instead
-        detail = "; ".join(f"{k.replace('_', ' ')} {len(v)}: {', '.join(map(str, v[:6]))}"
-                           for k, v in problems.items() if v)
-        raise ValueError(f"{checked.path}: the weights do not fit config.json ({detail})")
+    check_loaded_weights(info, checked.path)
     if model.low_res_mask_size != model.tracker_model.prompt_encoder.mask_input_size[0]:
         raise ValueError(f"{checked.path}: low_res_mask_size {model.low_res_mask_size} is not the tracker's mask "
                          f"size {model.tracker_model.prompt_encoder.mask_input_size[0]}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glus_ros.backends.molmo2_folder import read_json
+from glus_ros.backends.molmo2_folder import check_weights_file, open_model_folder, read_json
 from glus_ros.backends.sam3_inputs import FramePreprocessing
 
 SAM3_MODEL_TYPE = "sam3_video"
@@ -36,7 +36,7 @@ class Sam3Folder:
     frames: FramePreprocessing
 
 
-def _image_processor_json(path: Path) -> tuple[dict[str, Any], str] | None:
+def image_processor_json(path: Path) -> tuple[dict[str, Any], str] | None:
     """The image processor settings and the file they came from (processor_config.json nests them)."""
     processor = path / "processor_config.json"
     if processor.is_file():
@@ -52,26 +52,17 @@ def _image_processor_json(path: Path) -> tuple[dict[str, Any], str] | None:
 
 def read_sam3_folder(folder: str | Path) -> Sam3Folder:
     """The folder's configs, or one clear error naming what is missing or wrong."""
-    path = Path(folder)
-    if not path.exists():
-        raise FileNotFoundError(f"SAM 3 folder {path} does not exist")
-    if not path.is_dir():
-        raise ValueError(f"SAM 3 model {path} must be a folder (expected files: {', '.join(EXPECTED_FILES)})")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder "
-                                f"(a SAM 3 folder holds {', '.join(EXPECTED_FILES)})")
-    config = read_json(path / "config.json")
+    path, config = open_model_folder(folder, "SAM 3", EXPECTED_FILES)
     if config.get("model_type") != SAM3_MODEL_TYPE:
         raise ValueError(f"{path}/config.json: model_type is {config.get('model_type')!r}; the SAM 3 backend reads "
                          f"model_type {SAM3_MODEL_TYPE!r} (facebook/sam3: detector + tracker)")
-    if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
-        raise FileNotFoundError(f"{path} has no weights (model.safetensors or model.safetensors.index.json)")
+    check_weights_file(path)
     bpe_files = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
     if not ((path / "tokenizer.json").is_file() or bpe_files):
         raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
     if not (path / "tokenizer_config.json").is_file():
         raise FileNotFoundError(f"{path} has no tokenizer_config.json (the CLIP tokenizer's settings)")
-    found = _image_processor_json(path)
+    found = image_processor_json(path)
     if found is None:
         raise FileNotFoundError(f"{path} has no processor_config.json or preprocessor_config.json (frame size, "
                                 "mean and std of SAM 3's input)")

@@ -87,6 +87,10 @@ class InstanceTracks:
         logits = out.pred_masks.reshape(count, *out.pred_masks.shape[-2:])
         return list(out.object_ids), logits, out.object_score_logits.reshape(count)
 
+    def track(self, step: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """``propagate`` with the tracker's own memory written (a point tracker has no post-processing to wait for)."""
+        return self._forward(step, write_memory=True)
+
     def propagate(self, step: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """(ids, (N, h, w) low-resolution mask logits, (N,) object-score logits) of every instance on ``step``."""
         if not self.session.obj_ids:
@@ -117,13 +121,17 @@ class InstanceTracks:
                                                     "point_labels": labels.to(torch.int32)[None, None]})
         self._add(step, [obj_id])
 
-    def write_memory(self, step: int, logits: torch.Tensor) -> None:
-        """Encode (N, h, w) post-processed mask logits of every instance (``ids`` order) as ``step``'s memory."""
+    def write_memory(self, step: int, logits: torch.Tensor, present_always: bool = False) -> None:
+        """Encode (N, h, w) post-processed mask logits of every instance (``ids`` order) as ``step``'s memory;
+        an instance is written as present where its mask is not empty (``present_always``: everywhere, as points
+        that assert the object is there)."""
         if not self.session.obj_ids:
             return
         self._ensure_cached(step)
         high = logits[:, None].to(self.model.dtype)
-        present = torch.where((logits > 0).flatten(1).any(dim=1), 10.0, -10.0).to(high)[:, None, None]
+        seen = torch.ones(len(logits), dtype=torch.bool, device=logits.device) if present_always else \
+            (logits > 0).flatten(1).any(dim=1)
+        present = torch.where(seen, 10.0, -10.0).to(high)[:, None, None]
         features, positions = self.model.run_memory_encoder(self.session, step, high, present)
         for index in range(len(self.session.obj_ids)):
             outputs = self.session.output_dict_per_obj[index]

@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction, verb: str) -> None:
                         help="--points: 'key' (the most confident frame) or a stride K (points every K frames); "
                              "a pointing backend (Molmo2): 'key' (the frame with most points), 'all' (every "
                              "frame it pointed at) or K (those frames, at least K apart)")
+    parser.add_argument("--tracker", metavar="DIR",
+                        help="a pointing backend (Molmo2): the point tracker, a local SAM 3 tracker or EdgeTAM "
+                             "folder (its config.json model_type decides), instead of SAM 2 from --sam2-checkpoint")
     parser.add_argument("--max-frames", type=int, help="only the first N frames")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
     add_region_arguments(parser, repeat=False)
@@ -62,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from glus_ros.backends.loading import backend_of
 
     backend_name = backend_of(args.model)
+    if args.tracker is not None and backend_name != "molmo2":
+        raise ValueError(f"--tracker chooses a pointing backend's point tracker (Molmo2); the {backend_name} "
+                         "model makes its own masks")
     if backend_name == "sam3":  # a concept backend: every instance, each with its own masks
         from glus_ros.commands.segment_instances import run_concept_backend
 
@@ -155,7 +161,8 @@ def _run_pointing_backend(args: argparse.Namespace, expression: str, region, fra
                          "prompted by those points and propagated both ways)")
     anchors: str | int = args.anchors if args.anchors in ("key", "all") else _stride(args.anchors)
     args.dtype = args.dtype or "fp32"
-    backend = load_backend(args.model, args.checkpoint, args.sam2_checkpoint, args.device, args.dtype)
+    overrides = {"molmo2": {"tracker": str(args.tracker)}} if args.tracker is not None else None
+    backend = load_backend(args.model, args.checkpoint, args.sam2_checkpoint, args.device, args.dtype, overrides)
     predictor = BackendPointPredictor(backend, args.dtype, fps)
     t0 = time.perf_counter()
     pointed, predicted = predictor.segment(frames, expression, anchors)

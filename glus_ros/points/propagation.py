@@ -1,7 +1,8 @@
-"""Points -> masks for a whole video: SAM 2 point prompts on anchor frames, bidirectional memory propagation.
+"""Points -> masks for a whole video: point prompts on anchor frames, bidirectional memory propagation.
 
-VideoMolmo's post-processing: the model points at the object on some frames (anchors); SAM 2 turns
-each anchor's points into a mask, and the memory tracker carries it forward and backward. Rules:
+VideoMolmo's post-processing: the model points at the object on some frames (anchors); a point tracker
+(``points/trackers.py``: SAM 2, SAM 3's tracker or EdgeTAM; what follows says SAM 2 for all) turns each
+anchor's points into a mask, and its memory carries it forward and backward. Rules:
 
 - anchor with points: each point is its own single positive SAM 2 prompt (two points on two objects
   must not merge into one ambiguous prompt); the anchor mask is the union (max of the logits). The
@@ -34,14 +35,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glus_ros.core.frames import FrameEncoder
 from glus_ros.devices import autocast_context
-from glus_ros.model.transforms import logits_to_frame
-from glus_ros.points.coords import Point, frame_to_sam, inside_frame, to_pixels
+from glus_ros.model.transforms import check_video_size, logits_to_frame
+from glus_ros.points.coords import Point, inside_frame, to_pixels
+from glus_ros.points.sam2_points import PointAnchor, as_point_tracker, decode_point_anchor
+from glus_ros.points.trackers import PointTrack, PointTracker, VideoFrames
 
 if TYPE_CHECKING:
     from glus_ros.model.glus import GLUSModel
-    from glus_ros.model.sam2_head import FrameFeatures, SAM2Head
+
+__all__ = ["PassOutput", "PointAnchor", "PointPropagator", "PointSegmentation", "decode_point_anchor",
+           "fuse_passes", "normalised_anchors", "probability_to_mask"]
 
 Source = tuple[str, int]   # ("anchor" | "absent" | "forward" | "backward", anchor frame)
 
@@ -91,18 +95,15 @@ def probability_to_mask(prob: np.ndarray, sam_size: int, height: int, width: int
 class PointPropagator:
     """Masks for every frame of a video from points on some of its frames (see module doc)."""
 
-    def __init__(self, model: GLUSModel, dtype: str = "fp32", cache_frames: int = 16) -> None:
+    def __init__(self, model: GLUSModel | PointTracker, dtype: str = "fp32", cache_frames: int = 16) -> None:
+        """``model``: a point tracker, or a model whose SAM 2 is one (a GLUS model, a ``SAM2Tracker``)."""
         self.model = model.eval()
+        self.tracker = as_point_tracker(model)
         self.dtype = dtype
         self.cache_frames = cache_frames   # longest gap whose SAM 2 features are kept for both passes
 
     def _check(self, frames: Sequence[np.ndarray], anchors: Mapping[int, Sequence[Point]]) -> dict[int, list[Point]]:
-        if len(frames) == 0:
-            raise ValueError("the video has no frames")
-        height, width = frames[0].shape[:2]
-        for i, f in enumerate(frames):
-            if f.shape[:2] != (height, width):
-                raise ValueError(f"frame {i} is {f.shape[1]}x{f.shape[0]}, frame 0 is {width}x{height}")
+        height, width = check_video_size(frames)
         if not anchors:
             raise ValueError("need at least one anchor frame")
         checked: dict[int, list[Point]] = {}
@@ -120,18 +121,18 @@ class PointPropagator:
     def segment(self, frames: Sequence[np.ndarray], anchors: Mapping[int, Sequence[Point]]) -> PointSegmentation:
         """``anchors``: frame index -> (x, y) pixel points on that frame (an empty list: object absent there)."""
         checked = self._check(frames, anchors)
-        if not self.model.cfg.memory.enabled:
+        if not self.tracker.has_memory:
             raise ValueError("point propagation needs the memory tracker: this model has memory.enabled = false")
         num_frames = len(frames)
         height, width = frames[0].shape[:2]
-        size = self.model.sam.image_size
+        size = self.tracker.image_size
         masks = np.zeros((num_frames, height, width), dtype=bool)
         scores = np.zeros(num_frames, dtype=np.float32)
         sources: list[tuple[Source, ...]] = [() for _ in range(num_frames)]
-        cache = FrameEncoder(self.model, frames)
+        cache = self.tracker.video_frames(frames)
         order = sorted(checked)
-        with autocast_context(self.model.device, self.dtype):
-            memories: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        with autocast_context(self.tracker.device, self.dtype):
+            memories: dict[int, PointTrack] = {}   # each anchor with points: its seeded track
             for t in order:
                 if not checked[t]:
                     sources[t] = (("absent", t),)
@@ -162,62 +163,27 @@ class PointPropagator:
                 cache.keep_only(set())
         return PointSegmentation(masks, scores, sources, order)
 
-    def _decode_anchor(self, cache: FrameEncoder, t: int, points: list[Point], height: int, width: int,
-                       ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
-        """One positive point per prompt, union of the masks; returns (low-res prob map, memory)."""
-        anchor = decode_point_anchor(self.model.sam, cache.sam_features(t), points, height, width)
-        return torch.sigmoid(anchor.low_res_logits[0, 0].float()).cpu().numpy(), anchor.memory
+    def _decode_anchor(self, cache: VideoFrames, t: int, points: list[Point], height: int, width: int,
+                       ) -> tuple[np.ndarray, PointTrack]:
+        """One positive point per prompt, union of the masks; returns (low-res prob map, the seeded track)."""
+        track = self.tracker.new_track()
+        anchor = track.seed(cache.features(t), points, height, width)
+        return torch.sigmoid(anchor.low_res_logits[0, 0].float()).cpu().numpy(), track
 
-    def _propagate(self, cache: FrameEncoder, memory: tuple[torch.Tensor, torch.Tensor] | None, order: list[int],
-                   anchor: int, keep: bool) -> dict[int, PassOutput]:
-        """Track from an anchor's memory over ``order`` (one direction); nothing when the anchor has no points."""
-        if memory is None:
+    def _propagate(self, cache: VideoFrames, seeded: PointTrack | None, order: list[int], anchor: int,
+                   keep: bool) -> dict[int, PassOutput]:
+        """Track from an anchor's seed over ``order`` (one direction); nothing when the anchor has no points."""
+        if seeded is None:
             return {}
-        bank = self.model.new_memory_bank()
-        bank.add(*memory)
+        track = seeded.fork()
         out: dict[int, PassOutput] = {}
         for t in order:
-            pred = self.model.sam.step(cache.sam_features(t), bank, None)
+            pred = track.step(cache.features(t))
             out[t] = PassOutput(torch.sigmoid(pred.low_res_logits[0, 0].float()).cpu().numpy(),
                                 float(torch.sigmoid(pred.object_score.float())[0, 0]), abs(t - anchor))
             if not keep:
                 cache.keep_only(set())
         return out
-
-
-@dataclass
-class PointAnchor:
-    """SAM 2's answer to points on one frame: the union of the per-point masks and its memory."""
-
-    low_res_logits: torch.Tensor                 # (1, 1, h, w)
-    logits: torch.Tensor                         # (1, 1, S, S) at SAM 2's input size
-    memory: tuple[torch.Tensor, torch.Tensor]    # (features, position encoding) for a memory bank
-
-
-def decode_point_anchor(sam: SAM2Head, frame: FrameFeatures, points: Sequence[Point], height: int, width: int,
-                        ) -> PointAnchor:
-    """Pixel ``points`` of an HxW frame (features ``frame``, batch 1) -> its anchor mask and memory.
-
-    Each point is its own single positive prompt and the mask is their union (module doc); the memory is
-    encoded from the binarised mask as "object present", as SAM 2 encodes a prompted frame.
-    """
-    n = len(points)
-    if n == 0:
-        raise ValueError("an anchor needs at least one point")
-    device = frame.vision_feats[0].device
-    coords = torch.tensor(frame_to_sam(points, height, width, sam.image_size), dtype=torch.float32,
-                          device=device).view(n, 1, 2)
-    labels = torch.ones(n, 1, dtype=torch.int32, device=device)
-    per_point = frame.select(torch.zeros(n, dtype=torch.long, device=device))
-    pred = sam.decode(sam.condition_on_memory(per_point, None), per_point, None, coords, labels)
-    low_res = pred.low_res_logits.amax(dim=0, keepdim=True)
-    logits = pred.logits.amax(dim=0, keepdim=True)
-    present = torch.ones_like(pred.object_score[:1])  # the points say the object is there
-    feats, pos = sam.sam._encode_new_memory(
-        current_vision_feats=frame.vision_feats, feat_sizes=frame.feat_sizes, pred_masks_high_res=logits,
-        object_score_logits=present, is_mask_from_pts=True,
-    )
-    return PointAnchor(low_res, logits, (feats, pos[-1]))
 
 
 def normalised_anchors(points: Mapping[int, Sequence[Point]], height: int, width: int) -> dict[int, list[Point]]:

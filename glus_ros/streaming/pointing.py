@@ -1,4 +1,4 @@
-"""The streaming engine for a backend that answers with points (Molmo2): points seed SAM 2, SAM 2 tracks.
+"""The streaming engine for a backend that answers with points (Molmo2): points seed a tracker, it tracks.
 
 The loops, schedules, target table, drops and statistics are :class:`StreamingEngine`'s; what differs is
 what a grounding is and how the tracker uses it (VideoMolmo's design, run causally):
@@ -7,12 +7,13 @@ what a grounding is and how the tracker uses it (VideoMolmo's design, run causal
   the newest included, with their camera stamps as times (frames closer than the backend can tell apart,
   Molmo2's 0.1 s, are left out; non-increasing stamps: 0.5 s apart). It answers
   each target with points on some of those frames; the newest frame it pointed on is the **anchor**;
-* the anchor's points become SAM 2 point prompts on the anchor frame (one positive point per prompt, the
-  mask their union, ``points.propagation.decode_point_anchor``), and its memory, written as "object
-  present", seeds a fresh memory bank. Every later frame is decoded from that memory alone (no prompt),
-  the tracker's usual memory propagation. The anchor frame is one the engine still holds (the window is a
-  snapshot of the history), so a grounding that finishes frames later is applied where the points were
-  made, and carried to the newest frame by memory: a stale point is never put on a newer frame;
+* the anchor's points become point prompts on the anchor frame (one positive point per prompt, the mask
+  their union) of the backend's point tracker (``points/trackers.py``: SAM 2, SAM 3's tracker or EdgeTAM),
+  and that memory, written as "object present", starts the target's fresh track. Every later frame is
+  decoded from that memory alone (no prompt), the tracker's usual memory propagation. The anchor frame is
+  one the engine still holds (the window is a snapshot of the history), so a grounding that finishes
+  frames later is applied where the points were made, and carried to the newest frame by memory: a stale
+  point is never put on a newer frame;
 * an answer with no points (the model says it is not there) makes the target "lost" until a later
   grounding finds it (its low score makes it due at once); an answer that cannot be read keeps the
   target's track as it was (and a target not yet grounded stays "grounding", asked again next time).
@@ -35,18 +36,13 @@ import numpy as np
 import torch
 
 from glus_ros.backends.base import GroundingBackend, TargetGrounding
-from glus_ros.model.sam2_head import FrameFeatures
-from glus_ros.model.transforms import IMAGENET_MEAN, IMAGENET_STD, logits_to_frame, normalise_uint8, resize_uint8
+from glus_ros.model.transforms import logits_to_frame
 from glus_ros.points.coords import to_pixels
-from glus_ros.points.propagation import decode_point_anchor
-from glus_ros.streaming.engine import (
-    EngineConfig,
-    StreamingEngine,
-    _Grounding,
-    _Target,
-    _Window,
-    is_question,
-)
+from glus_ros.points.sam2_points import as_point_tracker
+from glus_ros.points.trackers import PointTrack
+from glus_ros.streaming.config import EngineConfig
+from glus_ros.streaming.engine import StreamingEngine
+from glus_ros.streaming.tracks import Grounding, TargetTrack, Window, is_question
 from glus_ros.streaming.types import FrameResult, StreamFrame, TargetOutput, TargetSpec
 
 log = logging.getLogger(__name__)
@@ -66,7 +62,7 @@ def spaced_frames(steps: list[int], times: list[float], min_gap_s: float) -> tup
 
 
 @dataclass(eq=False)
-class _PointGrounding(_Grounding):
+class _PointGrounding(Grounding):
     """A pointing answer: ``points`` (normalised) on the anchor frame, ``image`` that frame ([] points: absent)."""
 
     image: np.ndarray | None = None
@@ -90,7 +86,9 @@ class PointingStreamingEngine(StreamingEngine):
                              "such hook: leave it off")
         self.backend = backend
         self.window_frames = window_frames
-        super().__init__(backend.tracker, config, on_result)
+        # the engine's model is the point tracker: a target's "memory bank" is its track (PointTrack)
+        self.points = as_point_tracker(backend.tracker)
+        super().__init__(self.points, config, on_result)  # type: ignore[arg-type]
 
     # --- what differs from the GLUS engine ---------------------------------------------------------
     def _window_sizes(self) -> tuple[int, int]:
@@ -108,16 +106,11 @@ class PointingStreamingEngine(StreamingEngine):
         spec = self._checked_spec_common(spec)
         return dataclasses.replace(spec, expression=self.backend.clean(spec.expression))
 
-    def _push_frame(self, frame: StreamFrame) -> torch.Tensor:
-        """Keep the frame itself for the backend (it does its own preprocessing); returns SAM 2's input."""
+    def _push_frame(self, frame: StreamFrame) -> None:  # type: ignore[override]
+        """Keep the frame itself for the backend (it does its own preprocessing)."""
         self._record_frame(frame, frame.image)
-        return self._sam_input(frame.image)
 
-    def _sam_input(self, image: np.ndarray) -> torch.Tensor:
-        small = resize_uint8(image, self.model.sam.image_size).to(self.model.device)
-        return normalise_uint8(small, IMAGENET_MEAN, IMAGENET_STD)
-
-    def _compute_groundings(self, window: _Window, targets: list[_Target]) -> list[tuple[_Target, _Grounding]]:
+    def _compute_groundings(self, window: Window, targets: list[TargetTrack]) -> list[tuple[TargetTrack, Grounding]]:
         steps = sorted(set(window.context) | set(window.query))
         with self._frames_lock:
             stamps = [self._stamps.get(s) for s in steps]
@@ -130,13 +123,13 @@ class PointingStreamingEngine(StreamingEngine):
         frames = [window.inputs[s] for s in steps]
         with self._mllm_lock:
             answers = self.backend.ground(frames, [t.spec.expression for t in targets], timestamps=times)
-        results: list[tuple[_Target, _Grounding]] = []
+        results: list[tuple[TargetTrack, Grounding]] = []
         for target, answer in zip(targets, answers, strict=True):
             results.append((target, self._anchor(window, steps, frames, seqs, answer)))
         return results
 
     @staticmethod
-    def _anchor(window: _Window, steps: list[int], frames: list[np.ndarray], seqs: dict[int, int],
+    def _anchor(window: Window, steps: list[int], frames: list[np.ndarray], seqs: dict[int, int],
                 answer: TargetGrounding) -> _PointGrounding:
         """The newest frame the answer points on (module doc); no points anywhere: absent on the newest frame."""
         pointed = sorted(i for i, g in answer.frames.items() if g.points is not None)
@@ -149,11 +142,11 @@ class PointingStreamingEngine(StreamingEngine):
         return _PointGrounding(steps[i], seqs[steps[i]], window.epoch, prompt=torch.tensor(points).view(-1, 2),
                                points=points, image=frames[i])
 
-    def _infer(self, frame: StreamFrame, active: list[_Target]) -> list[TargetOutput]:
-        sam_pixels = self._push_frame(frame)
+    def _infer(self, frame: StreamFrame, active: list[TargetTrack]) -> list[TargetOutput]:
+        self._push_frame(frame)
         if not active:
             return []
-        features = self.model.encode_sam_frames(sam_pixels)
+        features = self.points.encode(frame.image)
         height, width = frame.image.shape[:2]
         current = self._step - 1
         anchored: dict[int, tuple[np.ndarray, list[tuple[float, float]]]] = {}
@@ -165,7 +158,7 @@ class PointingStreamingEngine(StreamingEngine):
                 target.needs_ground = target.prompt is None  # unreadable: keep the track, ask again if none
                 continue
             self._apply(target, grounding)
-            target.bank = self.model.new_memory_bank()
+            target.bank = self.points.new_track()  # type: ignore[assignment]
             if grounding.points:
                 now = grounding.step == current
                 logits = self._seed(target, grounding, features if now else None)
@@ -186,22 +179,20 @@ class PointingStreamingEngine(StreamingEngine):
                 target.score, target.state = 0.0, "lost"
                 outputs.append(self._output(target, np.zeros((height, width), dtype=bool), 0.0, "lost", frame))
             else:
-                pred = self.model.sam.step(features, target.bank, None)
+                assert isinstance(target.bank, PointTrack)
+                pred = target.bank.step(features)
                 mask, score, state = self._read_prediction(pred, target, False, height, width)
                 outputs.append(self._output(target, mask, score, state, frame))
             target.since_ground += 1
         return outputs
 
-    def _seed(self, target: _Target, grounding: _PointGrounding, features: FrameFeatures | None) -> torch.Tensor:
-        """Points on the anchor frame -> the first entry of the target's fresh bank; returns the anchor mask's
-        logits (1, 1, S, S) at SAM 2's input size."""
+    def _seed(self, target: TargetTrack, grounding: _PointGrounding, features: object | None) -> torch.Tensor:
+        """Points on the anchor frame -> the start of the target's fresh track; returns the anchor mask's
+        logits (1, 1, S, S) at the tracker's input size."""
         image = grounding.image
         assert image is not None and grounding.points is not None
         height, width = image.shape[:2]
-        if features is None:  # an older frame of the history: encode it again (one SAM 2 image pass)
-            features = self.model.encode_sam_frames(self._sam_input(image))
-        anchor = decode_point_anchor(self.model.sam, features, to_pixels(grounding.points, height, width),
-                                     height, width)
-        assert target.bank is not None
-        target.bank.add(*anchor.memory)
-        return anchor.logits
+        if features is None:  # an older frame of the history: encode it again (one image-encoder pass)
+            features = self.points.encode(image)
+        assert isinstance(target.bank, PointTrack)
+        return target.bank.seed(features, to_pixels(grounding.points, height, width), height, width).logits
