@@ -51,7 +51,7 @@ check train_bf16 "$GLUS" train --config training/synth_tiny.yaml --out "$WORK/t1
   -o mixed_precision=bf16 --stop-at-step 3
 check train_resume "$GLUS" train --config training/synth_tiny.yaml --out "$WORK/t1" "${TRAIN[@]}" \
   -o mixed_precision=bf16 --resume
-check train_grounding "$GLUS" train --config training/synth_tiny_grounding.yaml --out "$WORK/t2" "${TRAIN[@]}" \
+check train_grounding "$GLUS" train --config training/experiments/synth_tiny_grounding.yaml --out "$WORK/t2" "${TRAIN[@]}" \
   -o model=glus-tiny-synth -o vision_pretrain.steps=10 -o vision_pretrain.held_out=5 -o vision_pretrain.eval_every=5
 echo "== numbers"
 check bench_segment "$PYTHON" benchmarks/segment_speed.py --device "$DEVICE" --frames 32

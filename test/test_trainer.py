@@ -21,6 +21,7 @@ from glus_ros.training.config import config_from_dict, load_train_config, parse_
 from glus_ros.training.trainer import Trainer, lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = REPO / "training" / "experiments"
 
 
 @pytest.fixture(scope="module")
@@ -58,39 +59,39 @@ def test_shipped_recipes_parse_and_name_existing_models():
         cfg = load_train_config(REPO / "training" / f"{name}.yaml")
         assert cfg.datasets, name
         assert cfg.model in ("tiny", "glus-s"), name
-    stage2 = load_train_config(REPO / "training" / "synth_tiny_grounding.yaml")  # the default's second stage
+    stage2 = load_train_config(EXPERIMENTS / "synth_tiny_grounding.yaml")  # the default's second stage
     assert stage2.vision_pretrain.enabled and stage2.model == "runs/synth_tiny/model"
     assert stage2.datasets[0].kind == "synth" and stage2.datasets[0].seed != stage2.eval.dataset.seed
-    stage3 = load_train_config(REPO / "training" / "synth_tiny_spatial.yaml")  # the default's third stage
+    stage3 = load_train_config(EXPERIMENTS / "synth_tiny_spatial.yaml")  # the default's third stage
     assert stage3.model == "runs/synth_tiny_grounding/model" and not stage3.vision_pretrain.enabled
     assert stage3.model_overrides["vlm"]["grounding_spatial"] and stage3.aux.grounding_pick > 0
     assert stage3.datasets[0].seed == stage2.datasets[0].seed != stage3.eval.dataset.seed
-    stage4 = load_train_config(REPO / "training" / "synth_tiny_spatial_round2.yaml")  # stage 3 again, 1,000 steps
+    stage4 = load_train_config(EXPERIMENTS / "synth_tiny_spatial_round2.yaml")  # stage 3 again, 1,000 steps
     assert stage4.model == "runs/synth_tiny_spatial/model" and stage4.aux == stage3.aux
     # the default was made by stage 3's recipe stopped at step 1,000: the round-2 schedule is the same
     assert max(abs(lr_factor(s, stage4) - lr_factor(s, stage3)) for s in range(stage4.optim.max_steps)) < 1e-5
-    stage6 = load_train_config(REPO / "training" / "synth_tiny_motion.yaml")
+    stage6 = load_train_config(EXPERIMENTS / "synth_tiny_motion.yaml")
     assert stage6.model_overrides["vlm"]["grounding_motion"] == 4
     assert stage6.aux.motion > 0 and stage6.aux.grounding_anchor > 0
-    stage7 = load_train_config(REPO / "training" / "synth_tiny_motion_round2.yaml")
+    stage7 = load_train_config(EXPERIMENTS / "synth_tiny_motion_round2.yaml")
     assert stage7.motion_pretrain.enabled and stage7.aux == stage6.aux
     # the counting rounds (experiments on the ninth stage): "how many" questions beside the referring ones
-    count = load_train_config(REPO / "training" / "synth_tiny_count_round.yaml")
+    count = load_train_config(EXPERIMENTS / "synth_tiny_count_round.yaml")
     assert count.model == "runs/synth_tiny_motion_round4/model" and count.aux == stage6.aux
     assert {d.kind for d in count.datasets} == {"synth", "synth_count"}
     assert all(d.seed != count.eval.dataset.seed for d in count.datasets)
-    count2 = load_train_config(REPO / "training" / "synth_tiny_count_round2.yaml")
+    count2 = load_train_config(EXPERIMENTS / "synth_tiny_count_round2.yaml")
     ratios = {d.kind: d.ratio for d in count2.datasets}
     assert count2.model == "runs/synth_tiny_count_round/model" and ratios["synth_count"] < ratios["synth"]
     # counting rounds on the eleventh stage (full fine-tuning, each on the previous round's output)
     previous, lr = "synth_tiny_motion_round6", 1.0
     for n in (12, 13, 14):
-        rnd = load_train_config(REPO / "training" / f"synth_tiny_count_stage{n}.yaml")
+        rnd = load_train_config(EXPERIMENTS / f"synth_tiny_count_stage{n}.yaml")
         assert rnd.model == f"runs/{previous}/model" and rnd.trainable is None and rnd.adapter is None
         assert {d.kind for d in rnd.datasets} == {"synth", "synth_count"} and rnd.optim.lr <= lr
         previous, lr = rnd.name, rnd.optim.lr
     # the default's twelfth stage: a counting adapter over the frozen eleventh stage
-    adapter = load_train_config(REPO / "training" / "synth_tiny_count_adapter.yaml")
+    adapter = load_train_config(EXPERIMENTS / "synth_tiny_count_adapter.yaml")
     assert adapter.model == "runs/synth_tiny_motion_round6/model" and adapter.trainable == ["llm_lora"]
     assert adapter.adapter is not None and adapter.adapter.task == "counting" and not adapter.key_frame.enabled
     ratios = {d.kind: d.ratio for d in adapter.datasets}
@@ -104,14 +105,17 @@ def test_shipped_recipes_parse_and_name_existing_models():
 
 def test_the_default_script_chains_its_stages_each_on_the_previous_output():
     script = (REPO / "scripts" / "train_default.sh").read_text()
-    stages = re.findall(r"training/(\w+)\.yaml", script.split("set -euo pipefail", 1)[1].replace("$stage", ""))
+    body = script.split("set -euo pipefail", 1)[1].replace("$stage", "")
+    stages = re.findall(r"training/(?:experiments/)?(\w+)\.yaml", body)
     loop = re.search(r"for stage in ([\w\s\\]+); do", script)
     assert loop is not None
     order = [*loop.group(1).replace("\\", " ").split(), *stages]
     assert order[0] == "synth_tiny" and order[-1] == "synth_tiny_count_adapter" and len(order) == 12
     for previous, stage in itertools.pairwise(order):
-        assert load_train_config(REPO / "training" / f"{stage}.yaml").model == f"runs/{previous}/model", stage
-    assert "--export models/glus-tiny-synth" in script.split(f"training/{order[-1]}.yaml", 1)[1]
+        path = EXPERIMENTS / f"{stage}.yaml"
+        path = path if path.is_file() else REPO / "training" / f"{stage}.yaml"
+        assert load_train_config(path).model == f"runs/{previous}/model", stage
+    assert "--export models/glus-tiny-synth" in script.split(f"training/experiments/{order[-1]}.yaml", 1)[1]
 
 
 def test_recipe_errors_name_the_problem(tmp_path: Path, data_root: Path):
@@ -142,7 +146,8 @@ def test_recipe_errors_name_the_problem(tmp_path: Path, data_root: Path):
     with pytest.raises(ValueError, match="not key=value"):
         parse_override("optim.lr")
     assert parse_override("optim.max_steps=7") == {"optim": {"max_steps": 7}}
-    missing = config_from_dict(recipe(data_root, datasets=[{"kind": "mevis", "root": str(tmp_path)}]), "r.yaml")
+    missing = config_from_dict(recipe(data_root, datasets=[{"kind": "mevis", "root": str(tmp_path)}],
+                                      aux={"attributes": 0.0}), "r.yaml")
     with pytest.raises(FileNotFoundError):
         Trainer(missing, output_dir=tmp_path / "run", progress=False)
 
@@ -441,3 +446,54 @@ def test_anchor_and_motion_terms_need_their_modules_and_synthetic_data(tmp_path:
     with pytest.raises(ValueError, match="needs a synthetic dataset"):
         Trainer(config_from_dict(recipe(data_root, datasets=mevis, model_overrides=spatial,
                                         aux={"grounding_anchor": 1.0})), output_dir=tmp_path / "b")
+
+
+def test_every_recipe_in_training_loads_and_validates():
+    """Every recipe shipped (training/*.yaml and training/experiments/*.yaml) loads without error."""
+    found = sorted((REPO / "training").glob("*.yaml")) + sorted(EXPERIMENTS.glob("*.yaml"))
+    assert len(found) >= 20 and (REPO / "training" / "robot_bags.yaml") in found
+    for path in found:
+        cfg = load_train_config(path)
+        assert cfg.name == path.stem, path
+
+
+def test_recipes_compose_with_base_as_overrides_merge(tmp_path: Path, data_root: Path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(recipe(data_root, name="base_name")))
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text(yaml.safe_dump({"base": "../base.yaml", "optim": {"lr": 5e-4}, "aux": {"point": 0.0}}))
+    composed = load_train_config(child)
+    overridden = load_train_config(base, ["optim.lr=5e-4", "aux.point=0.0"])
+    assert composed.name == "child" and overridden.name == "base_name"
+    assert {**composed.to_dict(), "name": None} == {**overridden.to_dict(), "name": None}
+    assert load_train_config(child, ["optim.max_steps=9"]).optim.max_steps == 9
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(ValueError, match="form a loop"):
+        load_train_config(loop)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_train_config(tmp_path / "missing.yaml")
+
+
+def test_a_value_of_the_wrong_type_is_one_error_naming_the_key(tmp_path: Path, data_root: Path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe(data_root)))
+    assert load_train_config(path, ["optim.max_steps=1e3"]).optim.max_steps == 1000
+    for override, key in (("optim.max_steps=abc", "max_steps"), ("optim.batch_size=1.5", "batch_size"),
+                          ("save_every=often", "save_every")):
+        assert cli_main(["train", "--config", str(path), "-o", override, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"{key} must be an integer" in err and "Traceback" not in err, err
+
+
+def test_a_recipe_asking_for_labels_the_data_lacks_says_so_before_loading_a_model(tmp_path: Path, data_root: Path):
+    mevis = [{"kind": "mevis", "root": str(data_root), "split": "train"}]
+    synth = {"kind": "synth", "root": str(data_root), "split": "train"}
+    for aux, term in (({"grounding_anchor": 1.0}, "aux.grounding_anchor"), ({"attributes": 1.0}, "aux.attributes"),
+                      ({"cells": 1.0}, "aux.cells")):
+        with pytest.raises(ValueError, match=term.replace(".", r"\.")):
+            config_from_dict(recipe(data_root, datasets=mevis, aux={"attributes": 0.0, **aux}), "r.yaml")
+    with pytest.raises(ValueError, match="cell labels for every sample"):  # mixed: mevis samples have none
+        config_from_dict(recipe(data_root, datasets=[synth, *mevis], aux={"cells": 1.0}), "r.yaml")
+    config_from_dict(recipe(data_root, datasets=[synth, *mevis], aux={"attributes": 1.0}), "r.yaml")

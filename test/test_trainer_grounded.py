@@ -48,7 +48,7 @@ def recipe(data_root: Path, **changes: object) -> dict:
 
 @pytest.mark.parametrize(("grounded", "match"), [
     ({"every": 0}, r"grounded: every must be an integer >= 1"),
-    ({"every": "2"}, r"grounded: every must be an integer >= 1"),
+    ({"every": "two"}, r"grounded: every must be an integer"),   # text that reads as an integer ("2") is one
     ({"kinds": []}, r"grounded: kinds must be a non-empty list"),
     ({"kinds": "caption"}, r"grounded: kinds must be a non-empty list"),
     ({"kinds": ["caption", "captions"]}, r"grounded: unknown kinds \['captions'\]"),

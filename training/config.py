@@ -270,12 +270,29 @@ def _number(value: Any, where: str, key: str) -> Any:
         raise ValueError(f"{where}: {key} must be a number, got {value!r}") from None
 
 
+def _integer(value: Any, where: str, key: str) -> Any:
+    """An integer field's value: ``-o optim.max_steps=abc`` is an error naming the key, not a TypeError deep
+    in the run; ``1e3`` (text in YAML 1.1) or ``1000.0`` read as 1000. None passes (optional fields)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    try:
+        number = float(value) if isinstance(value, (str, float)) else None
+    except ValueError:
+        number = None
+    if number is None or not number.is_integer():
+        raise ValueError(f"{where}: {key} must be an integer, got {value!r}")
+    return int(number)
+
+
 def _numbers(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """``raw`` with the float fields of ``cls`` read by :func:`_number`."""
+    """``raw`` with the float fields of ``cls`` read by :func:`_number` and the int fields by :func:`_integer`."""
     out = dict(raw)
     for f in dataclasses.fields(cls):
-        if f.name in out and str(f.type).split(" |")[0] == "float":
+        kind = str(f.type).split(" |")[0]
+        if f.name in out and kind == "float":
             out[f.name] = _number(out[f.name], where, f.name)
+        elif f.name in out and kind == "int":
+            out[f.name] = _integer(out[f.name], where, f.name)
     return out
 
 
@@ -363,7 +380,26 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig
          f"[llm_lora], got {cfg.trainable}"),
     ]
     require(checks, source)
+    check_data_gives(cfg, source)
     return cfg
+
+
+def check_data_gives(cfg: TrainConfig, source: str) -> None:
+    """Terms and stages whose labels only the synthetic generator writes (``synth_meta.json``) need that data:
+    said here, before any model is loaded, instead of mid-run (or as a term that is silently always 0)."""
+    synthetic = [d for d in cfg.datasets if d.kind in SYNTHETIC_KINDS]
+    other = [f"{d.kind}:{d.root}" for d in cfg.datasets if d.kind not in SYNTHETIC_KINDS]
+    a = cfg.aux
+    needs_synthetic = [(a.grounding_anchor > 0, "aux.grounding_anchor"), (a.motion > 0, "aux.motion"),
+                       (a.attributes > 0, "aux.attributes"), (cfg.vision_pretrain.enabled, "vision_pretrain"),
+                       (cfg.motion_pretrain.enabled, "motion_pretrain")]
+    for wanted, term in needs_synthetic:
+        if wanted and not synthetic:
+            raise ValueError(f"{source}: {term} needs a synthetic dataset (kind synth or synth_count): its labels "
+                             f"come from synth_meta.json, and {other} has none; set it to 0 / disable it")
+    if a.cells > 0 and other:
+        raise ValueError(f"{source}: aux.cells (the cell term) needs cell labels for every sample, which only "
+                         f"synthetic splits have (synth_meta.json); {other} has none: set aux.cells to 0")
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -380,11 +416,29 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+def read_recipe(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file as a mapping, with its ``base:`` (a recipe path, relative to this file) merged under it
+    the way ``-o`` merges (nested mappings key by key, other values replaced), so a recipe says only what
+    differs from the one it builds on. A recipe without ``name`` is named after its own file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training recipe {path} does not exist")
-    raw = read_yaml_mapping(path)
+    if path.resolve() in chain:
+        raise ValueError(f"{path}: base: recipes form a loop ({' -> '.join(str(p) for p in (*chain, path))})")
+    own = read_yaml_mapping(path)
+    base = own.pop("base", None)
+    if base is None:
+        return own
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: base must be the path of a recipe, got {base!r}")
+    base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    raw = deep_update(read_recipe(base_path, (*chain, path.resolve())), own)
+    raw["name"] = own.get("name", path.stem)  # never the base's name (its runs/{name} folder)
+    return raw
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    raw = read_recipe(path)
     for text in overrides or []:
         raw = deep_update(raw, parse_override(text))
     return config_from_dict(raw, str(path))

@@ -1,8 +1,9 @@
 """The GLUS training loop: recipe -> datasets -> optimiser steps, checkpoints, metrics, evaluation.
 
-Scale-out goes through accelerate (``accelerate launch -m glus_ros.cli train ...`` runs the same loop
-on several GPUs with DDP, or DeepSpeed/FSDP from an accelerate config); on one CPU process it is a
-plain loop. Runs are exactly resumable: a checkpoint holds the trainable weights, the optimiser, the
+Scale-out goes through accelerate (``accelerate launch --config_file training/accelerate/ddp.yaml -m
+glus_ros.cli train ...`` or ``torchrun`` runs the same loop data-parallel with DDP; N processes train as one
+process accumulating their N micro-batches); on one CPU process it is a plain loop. Runs are exactly resumable: a
+checkpoint holds the trainable weights, the optimiser, the
 schedule, the contrastive bank, the RNG state and the data position (epoch, micro-batch), and every
 sample is a pure function of (seed, epoch, index), so an interrupted run continued from its last
 checkpoint ends with the same weights as one that never stopped.
@@ -18,6 +19,7 @@ import contextlib
 import csv
 import logging
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -155,6 +157,65 @@ def check_grounding_keys(split_dir: Path) -> None:
             )
 
 
+def check_launch(num_processes: int) -> None:
+    """Refuse the launch that asked for several processes and got one: ``accelerate launch --cpu
+    --num_processes N`` starts a single process (accelerate's multi-CPU path is mpirun with a hostfile), which
+    would otherwise train alone, silently, with the batch of one process."""
+    cpu_launch = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    asked = cpu_launch and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+    if asked and num_processes == 1:
+        raise RuntimeError(
+            "accelerate launch --cpu starts one process whatever --num_processes says; for several processes on "
+            "CPU run `torchrun --nproc_per_node N -m glus_ros.cli train ...` or `accelerate launch --multi_gpu "
+            "--num_processes N -m glus_ros.cli train ...` with `device: cpu` in the recipe (gloo)")
+
+
+def may_skip_heads(cfg: TrainConfig) -> bool:
+    """Whether some step of this recipe can leave a trainable head out of its loss (DDP must then look for
+    unused parameters every step): grounded steps skip the referring-only heads, attribute CE needs a sample
+    with one colour / shape, ``grounding_drop`` decodes without the map, anchor / motion terms skip batches
+    without synthetic labels, point-prompted masks skip batches with no visible point."""
+    a = cfg.aux
+    non_synthetic = any(d.kind not in SYNTHETIC_KINDS for d in cfg.datasets)
+    return (cfg.grounded is not None or a.attributes > 0 or a.grounding_drop > 0 or cfg.points.mask_weight > 0
+            or cfg.points.weight > 0 or (non_synthetic and (a.grounding_anchor > 0 or a.motion > 0)))
+
+
+def never_in_loss(module: nn.Module) -> list[str]:
+    """Trainable parameters (names in ``module``, a :class:`TrainingModule`) that no training loss reads, by
+    construction: the vision tower's layers after the feature layer and its final norm (the LLM reads
+    ``hidden_states[vision_feature_layer]``), SAM 2's IoU head (no IoU loss; single-mask output), its
+    ``no_mem_pos_enc`` (SAM 2 never reads it), the mask-prompt downscaler of a model without a grounding
+    map (with one and no ``grounding_drop``: the no-mask embedding), and the colour / shape heads of a recipe
+    without the attribute term. They stay in the optimiser (no gradient: Adam leaves them) but DDP must not wait
+    for them.
+    ``test_trainer_ddp.py`` checks the list against real backward passes."""
+    model: GLUSModel = module.model  # type: ignore[assignment]
+    prefix = {id(m): n for n, m in module.named_modules()}
+    owners: list[nn.Module] = []
+    tower = model.vlm.vision_tower
+    encoder = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)
+    layers = getattr(encoder, "layers", None)
+    if layers is not None:
+        k = model.cfg.vlm.vision_feature_layer
+        first_unused = k if k >= 0 else len(layers) + 1 + k
+        owners += list(layers)[first_unused:]
+    owners += [m for n, m in tower.named_modules() if n.endswith("post_layernorm")]
+    sam = model.sam.sam
+    owners.append(sam.sam_mask_decoder.iou_prediction_head)
+    if model.grounding_map is None:  # no mask prompt, ever
+        owners.append(sam.sam_prompt_encoder.mask_downscaling)
+    elif module.grounding[1] <= 0:  # the map is the mask prompt of every batch: "no mask" is never embedded
+        owners.append(sam.sam_prompt_encoder.no_mask_embed)
+    aux = getattr(module, "aux_heads", None)
+    if aux is not None and module.aux_weights[1] <= 0:  # attribute labels are only loaded for that term
+        owners += [aux.colour, aux.shape]
+    names = [f"{prefix[id(m)]}.{n}" for m in owners for n, p in m.named_parameters() if p.requires_grad]
+    if sam.no_mem_pos_enc.requires_grad:
+        names.append(next(n for n, p in module.named_parameters() if p is sam.no_mem_pos_enc))
+    return names
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then linear / cosine decay to ``min_lr_ratio`` at ``max_steps`` (or constant)."""
     o = cfg.optim
@@ -196,12 +257,18 @@ class Trainer:
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("recipe asks for device 'cuda' but CUDA is not available on this machine")
-        handlers = []
-        if cfg.grounded is not None:  # a grounded step leaves the referring-only heads without gradients
-            from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs
 
-            handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+        # DDP reduces every gradient it expects; a step that legitimately leaves a head out needs the
+        # per-step search for unused parameters (docs/training.md has its measured cost)
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=may_skip_heads(cfg))]
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=handlers)
+        check_launch(self.accelerator.num_processes)
+        if self.accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+            # both partition the optimiser state: a checkpoint from the main process alone would hold 1/N of it,
+            # and DeepSpeed does its own accumulation and clipping (docs/training.md, "Several GPUs")
+            raise NotImplementedError(f"{self.accelerator.distributed_type.value} is not supported by the trainer "
+                                      "yet: use DDP (training/accelerate/ddp.yaml)")
         self.step = 0
         self.position = DataPosition()
         self.grounded_position = DataPosition()
@@ -215,6 +282,12 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                           weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.ddp_ignored: list[str] = []
+        if self.accelerator.num_processes > 1:  # parameters no loss reads: DDP must not wait for their gradients
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp_ignored = never_in_loss(self.module)
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.module, self.ddp_ignored)
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         self.seg_bank = SegTokenBank(cfg.contrastive_bank) if LossWeights(**cfg.loss).contrastive > 0 else None
         self.dataset = self._build_data()
@@ -386,10 +459,12 @@ class Trainer:
         unit = 2 if stream == "order" and self.cfg.positive_pairs else 1
         units = list(range((len(self.dataset) if size is None else size) // unit))
         random.Random(f"{stream}:{self.cfg.seed}:{epoch}").shuffle(units)
-        mine_units = units[self.accelerator.process_index::self.accelerator.num_processes]
-        mine = [u * unit + i for u in mine_units for i in range(unit)]
-        bs = self.cfg.optim.batch_size
-        return [mine[i:i + bs] for i in range(0, len(mine) - bs + 1, bs)]
+        order = [u * unit + i for u in units for i in range(unit)]
+        # global micro-batch g is order[g * bs * n : (g + 1) * bs * n], process r takes its r-th slice of bs: the
+        # n processes together see exactly the micro-batches of one process with batch_size bs * n
+        bs, n, rank = self.cfg.optim.batch_size, self.accelerator.num_processes, self.accelerator.process_index
+        width = bs * n
+        return [order[g + rank * bs: g + (rank + 1) * bs] for g in range(0, len(order) - width + 1, width)]
 
     def _micro_batches(self) -> Iterator[dict[str, Any]]:
         """Endless micro-batches from the saved position on; ``self.position`` tracks what was consumed."""
@@ -433,8 +508,18 @@ class Trainer:
         return {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
 
     def save_checkpoint(self) -> Path:
-        """``<out>/checkpoints/step_<n>/``: written to a temp folder and renamed, so a kill never leaves half."""
+        """``<out>/checkpoints/step_<n>/``: written to a temp folder and renamed, so a kill never leaves half.
+
+        Every process must call it (the processes' contrastive banks differ and are gathered); the main process
+        writes, the others wait until the folder is complete, so a resume of any of them finds it.
+        """
+        banks = [self.seg_bank.state_dict()] if self.seg_bank is not None else [None]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            banks = gather_object(banks)
         if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
             return self.out
         folder = self.out / "checkpoints" / f"step_{self.step:07d}"
         tmp = folder.with_name(folder.name + ".tmp")
@@ -445,7 +530,7 @@ class Trainer:
             "step": self.step, "epoch": self.position.epoch, "batch": self.position.batch,
             "grounded_epoch": self.grounded_position.epoch, "grounded_batch": self.grounded_position.batch,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "seg_bank": self.seg_bank.state_dict() if self.seg_bank is not None else None,
+            "seg_bank": banks[0], "seg_banks": banks,  # seg_banks: one per process (rank order)
             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
             "recipe": self.cfg.to_dict(),
         }, tmp / STATE_FILE)
@@ -454,6 +539,8 @@ class Trainer:
         kept = sorted(p for p in folder.parent.glob("step_*") if not p.name.endswith(".tmp"))
         for old in kept[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
         return folder
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -475,8 +562,11 @@ class Trainer:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.seg_bank is not None and state["seg_bank"] is not None:
-            self.seg_bank.load_state_dict(state["seg_bank"], self.accelerator.device)
+        banks = state.get("seg_banks") or [state["seg_bank"]]
+        # each process continues with its own bank; a run resumed on another process count takes the main one's
+        bank = banks[self.accelerator.process_index] if len(banks) == self.accelerator.num_processes else banks[0]
+        if self.seg_bank is not None and bank is not None:
+            self.seg_bank.load_state_dict(bank, self.accelerator.device)
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         np.random.set_state(state["numpy_rng"])
@@ -560,6 +650,16 @@ class Trainer:
         return folder
 
     # --- the loop ---------------------------------------------------------------------------
+    def _mean_over_processes(self, sums: dict[str, float]) -> dict[str, float]:
+        """A step's loss terms as the mean over processes (a term a process lacked counts 0 there, as a
+        micro-batch without it counts in one process), so metrics.csv holds the global step's numbers and every
+        process sees the same total."""
+        values = torch.tensor([[sums.get(k, 0.0), float(k in sums)] for k in LOG_TERMS], dtype=torch.float64,
+                              device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="sum")
+        n = self.accelerator.num_processes
+        return {k: float(values[i, 0]) / n for i, k in enumerate(LOG_TERMS) if values[i, 1] > 0}
+
     def train(self, resume: bool | Path = False, until_step: int | None = None) -> TrainResult:
         """Run to ``optim.max_steps`` (or stop at ``until_step``, with a checkpoint, as a time-limited job would)."""
         from tqdm import tqdm
@@ -595,6 +695,8 @@ class Trainer:
                 for k in LOG_TERMS:
                     if k in losses:
                         sums[k] = sums.get(k, 0.0) + float(losses[k].detach()) / cfg.optim.grad_accum
+            if self.accelerator.num_processes > 1:
+                sums = self._mean_over_processes(sums)
             if not math.isfinite(sums["total"]):
                 raise FloatingPointError(f"loss became {sums['total']} at step {self.step}; lower optim.lr")
             if cfg.optim.grad_clip:

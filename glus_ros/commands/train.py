@@ -1,7 +1,8 @@
 """``glus-ros train --config training/<recipe>.yaml``: fine-tune or train GLUS from a recipe.
 
-Several GPUs: ``accelerate launch -m glus_ros.cli train --config ...`` (DDP, or DeepSpeed / FSDP from
-your accelerate config); the same command on one process is the CPU default.
+Several GPUs: ``accelerate launch --config_file training/accelerate/ddp.yaml -m glus_ros.cli train --config ...``
+(or ``torchrun --nproc_per_node N -m glus_ros.cli train ...``: DDP); the same command on one process is the CPU
+default.
 """
 
 from __future__ import annotations
