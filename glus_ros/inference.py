@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from glus_ros.backends.kinds import backend_of
+from glus_ros.core.frames import clip_pixels
 from glus_ros.core.loop import VideoSegmentation, WindowLoop
 from glus_ros.devices import autocast_context, resolve_device
 from glus_ros.model.glus import GLUSModel
 from glus_ros.model.prompting import clean_expression
-from glus_ros.model.transforms import clip_input, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,10 @@ class VideoSegmenter:
     def key_frame_scores(self, frames: Sequence[np.ndarray], expression: str, chunk: int = 32) -> np.ndarray:
         """Predicted IoU of every frame (the key-frame selector); the best one starts the segmentation."""
         expression = clean_expression(expression)
-        size = self.model.cfg.vlm.image_size
         embeds = []
         with autocast_context(self.model.device, self.dtype):
             for i in range(0, len(frames), chunk):
-                pixels = to_tensor(list(frames[i:i + chunk])).to(self.model.device)
-                embeds.append(self.model.encode_clip_frames(clip_input(pixels, size)))
+                embeds.append(self.model.encode_clip_frames(clip_pixels(self.model, frames[i:i + chunk])))
             logits = self.model.key_frame_logits(torch.cat(embeds), expression)
         return torch.sigmoid(logits.float()).cpu().numpy()
 

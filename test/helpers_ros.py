@@ -179,6 +179,14 @@ class RosChild:
         return f"child {self.script.name} {status}; stderr tail:\n{self.stderr_text()[-2000:]}"
 
 
+def installed_executable(name: str) -> Path:
+    """The venv's ``lib/glus_ros/<name>`` (what ``ros2 launch`` / ``ros2 run`` start; registered by
+    scripts/install.sh through scripts/ament_register.py)."""
+    executable = Path(sys.prefix) / "lib" / "glus_ros" / name
+    assert executable.is_file(), f"{executable} is missing: run scripts/install.sh (scripts/ament_register.py)"
+    return executable
+
+
 def spin_until(
     executor: Any, done: Callable[[], bool], timeout_s: float, child: RosChild | None = None
 ) -> bool:

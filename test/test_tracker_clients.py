@@ -12,7 +12,6 @@ camera_source child processes.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from helpers_ros import (
     RosChild,
     RosTestEnv,
     call_idempotent,
+    installed_executable,
     lifecycle_state,
     lifecycle_transition,
     rclpy_context,
@@ -58,10 +58,9 @@ def camera_params(name: str) -> tuple[str, ...]:
 
 
 def tracker_command(node: str, namespace: str, image_topic: str) -> list[str]:
-    executable = Path(sys.prefix) / "lib" / "glus_ros" / "tracker_node"  # registered by scripts/install.sh
-    assert executable.is_file(), f"{executable} is missing: run scripts/install.sh (scripts/ament_register.py)"
-    return [str(executable), "--ros-args", "-r", f"__node:={node}", "-r", f"__ns:=/{namespace}" if namespace else
-            "__ns:=/", "--params-file", str(REPO / "config" / "tracker.yaml"), "-p", f"image_topic:={image_topic}",
+    remap_namespace = f"__ns:=/{namespace}" if namespace else "__ns:=/"
+    return [str(installed_executable("tracker_node")), "--ros-args", "-r", f"__node:={node}", "-r", remap_namespace,
+            "--params-file", str(REPO / "config" / "tracker.yaml"), "-p", f"image_topic:={image_topic}",
             "-p", "schedule:=full"]
 
 

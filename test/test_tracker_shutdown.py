@@ -9,16 +9,15 @@ context is invalid" from a worker that published after rclpy shut down).
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from helpers_ros import (
     RosChild,
     RosTestEnv,
+    installed_executable,
     lifecycle_state,
     lifecycle_transition,
     rclpy_context,
@@ -48,9 +47,7 @@ def no_traceback(stderr: str) -> bool:
 
 
 def tracker_command(node: str) -> list[str]:
-    executable = Path(sys.prefix) / "lib" / "glus_ros" / "tracker_node"  # registered by scripts/install.sh
-    assert executable.is_file(), f"{executable} is missing: run scripts/install.sh (scripts/ament_register.py)"
-    return [str(executable), "--ros-args", "-r", f"__node:={node}",
+    return [str(installed_executable("tracker_node")), "--ros-args", "-r", f"__node:={node}",
             "-p", "image_topic:=/glus_shutdown/image", "-p", "use_depth:=true",
             "-p", "depth_topic:=/glus_shutdown/depth", "-p", "camera_info_topic:=/glus_shutdown/info"]
 

@@ -72,6 +72,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
+from glus_ros.recording import topics
 from glus_ros.ros import bridges, detections, messages
 from glus_ros.ros.diagnostics import HealthMonitor, tracker_status
 from glus_ros.ros.image_conversion import (
@@ -93,7 +94,7 @@ __all__ = ["PARAMETERS", "TrackerNode", "check_parameter", "main"]
 NODE_NAME = "tracker"
 # Relative names: under a namespace (one tracker per camera, launch/multi_camera.launch.py) they move with it;
 # without one they are /glus/...
-SEGMENTATION_TOPIC = "glus/segmentation"
+SEGMENTATION_TOPIC = topics.SEGMENTATION_TOPIC.lstrip("/")
 MASK_TOPIC = "glus/mask"
 POINT_TOPIC = "glus/target_point"
 TARGET_POINTS_PREFIX = "glus/target_points"  # + /<target id>: each target's 3D point
@@ -101,10 +102,10 @@ DEBUG_IMAGE_TOPIC = "glus/debug_image"
 MARKERS_TOPIC = "glus/markers"
 DETECTIONS_2D_TOPIC = "glus/detections"
 DETECTIONS_3D_TOPIC = "glus/detections_3d"
-TARGETS_TOPIC = "glus/targets"
+TARGETS_TOPIC = topics.TARGETS_TOPIC.lstrip("/")
 DIAGNOSTICS_TOPIC = "/diagnostics"
-COMMAND_TOPIC = "glus/command"
-COMMANDS_TOPIC = "glus/commands"
+COMMAND_TOPIC = topics.COMMAND_TOPIC.lstrip("/")
+COMMANDS_TOPIC = topics.COMMANDS_TOPIC.lstrip("/")
 THROTTLE_S = 5.0
 MAX_PENDING_HEADERS = 256
 DIAGNOSTICS_PERIOD_S = 1.0

@@ -95,9 +95,6 @@ class ConceptStreamingEngine(StreamingEngine):
         if backend.answers != "instances":
             raise ValueError(f"the {backend.name} backend answers with {backend.answers}, not instances")
         config = config or EngineConfig()
-        if config.yield_to_tracker:
-            raise ValueError("yield_to_tracker pauses a GLUS MLLM between its layers; the concept engine has no "
-                             "such hook: leave it off")
         self.backend = backend
         self._encodings: dict[int, FrameEncoding] = {}   # the newest frame's detector input
         super().__init__(backend, config, on_result)  # type: ignore[arg-type]

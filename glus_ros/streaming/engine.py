@@ -126,6 +126,9 @@ class StreamingEngine(WindowGrounding, LiveGroundingWorker):
                  on_result: Callable[[FrameResult], None] | None = None) -> None:
         self.model = model.eval()
         self.config = config or EngineConfig()
+        if self.config.yield_to_tracker and not hasattr(model, "vlm"):
+            raise ValueError(f"yield_to_tracker pauses a GLUS MLLM between its layers; {type(self).__name__} has "
+                             "no such hook: leave it off")
         num_query = self._window_sizes()[1]
         if self.config.history < num_query:
             raise ValueError(f"history {self.config.history} must hold at least the {num_query} query frames")

@@ -81,9 +81,6 @@ class PointingStreamingEngine(StreamingEngine):
         if window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {window_frames}")
         config = config or EngineConfig()
-        if config.yield_to_tracker:
-            raise ValueError("yield_to_tracker pauses a GLUS MLLM between its layers; the pointing engine has no "
-                             "such hook: leave it off")
         self.backend = backend
         self.window_frames = window_frames
         # the engine's model is the point tracker: a target's "memory bank" is its track (PointTrack)
