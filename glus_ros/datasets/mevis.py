@@ -64,6 +64,11 @@ class MevisDataset(FrameFolderDataset):
 
     def gt_masks(self, expression: Expression) -> np.ndarray:
         """(T, H, W) bool: per frame, the union of the masks of all the expression's annotations."""
+        return self.object_masks(expression).any(axis=0)
+
+    def object_masks(self, expression: Expression) -> np.ndarray:
+        """(A, T, H, W) bool: the mask of each of the expression's annotations on every frame (the official
+        training sums them, the evaluation takes their union)."""
         masks = self._masks()
         if expression.anno_ids is None:
             raise ValueError(
@@ -72,8 +77,8 @@ class MevisDataset(FrameFolderDataset):
             )
         frames = self.frames(expression.video)
         height, width = self.frame_size(expression.video)
-        out = np.zeros((len(frames), height, width), dtype=bool)
-        for anno_id in expression.anno_ids:
+        out = np.zeros((len(expression.anno_ids), len(frames), height, width), dtype=bool)
+        for a, anno_id in enumerate(expression.anno_ids):
             if anno_id not in masks:
                 raise ValueError(
                     f"anno_id {anno_id!r} (video {expression.video!r}) not in {self.mask_dict_path}"
@@ -95,5 +100,5 @@ class MevisDataset(FrameFolderDataset):
                         f"{mask.shape[0]}x{mask.shape[1]}, frames of {expression.video!r} "
                         f"are {height}x{width}"
                     )
-                out[t] |= mask
+                out[a, t] = mask
         return out
