@@ -26,7 +26,7 @@ from glus_ros.training.config import LoraSpec
 from glus_ros.training.lora import add_lora, load_lora_factors, official_lora_key
 from glus_ros.training.losses import LossWeights
 from glus_ros.training.release_batch import build_release_sample, collate_release
-from glus_ros.training.release_step import ReleaseSegBank, release_losses, same_object_table, set_release_trainable
+from glus_ros.training.release_step import ReleaseSegBank, release_losses, same_object_table
 
 ROOT = Path(__file__).parent / "fixtures" / "glus_official"
 RELEASE, FIXTURE = ROOT / "c", ROOT / "train_step"
@@ -40,10 +40,12 @@ def stepped():
     model = load_model("glus-s", RELEASE / "checkpoint", vision_tower=RELEASE / "clip",
                        overrides=read_yaml_mapping(RELEASE / "glus_override.yaml"))
     lora = EXPECTED["lora"]
+    # the release config's trainable groups, as the trainer applies them, then LoRA
+    model.apply_trainable([g for g in model.cfg.trainable if g != "llm_lora"])
     add_lora(model.vlm.language_model, LoraSpec(rank=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
                                                 target_modules=["q_proj", "v_proj"]))
     assert load_lora_factors(model, FIXTURE / "adapter") == 8
-    trainable = set_release_trainable(model)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     model.train()
     model.sam.sam.memory_attention.eval()
     reader = MevisDataset(FIXTURE / "data" / "mevis", "train")

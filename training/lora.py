@@ -25,7 +25,13 @@ def add_lora(llm: nn.Module, spec: LoraSpec) -> list[nn.Parameter]:
     """Inject LoRA into ``llm``'s target projections; returns the adapter parameters (trainable)."""
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=list(spec.target_modules), bias="none")
+    before = {name: p.requires_grad for name, p in llm.named_parameters()}
     inject_adapter_in_model(config, llm)
+    # peft freezes every other parameter of the module it injects into: keep what the recipe made trainable
+    # (the released GLUS trains embed_tokens beside LoRA); the wrapped base layers keep their names under base_layer
+    for name, p in llm.named_parameters():
+        if "lora_" not in name:
+            p.requires_grad_(before.get(name, before.get(name.replace(".base_layer.", "."), False)))
     params = [p for name, p in llm.named_parameters() if "lora_" in name]
     if not params:
         raise ValueError(f"LoRA found none of the target modules {spec.target_modules} in the LLM")

@@ -53,6 +53,7 @@ ANSWER_TEMPLATES = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure,
 TURN_END = "</s>"
 ANSWER_SEP = " " + ROLES[1] + ": "   # what the round rule splits a round at
 MAX_EXPRESSIONS = 3                  # --num_classes_per_sample
+_warned_drift = False                # the label-rule warning is said once per process
 
 
 def sample_expression_text(expression: str) -> str:
@@ -151,9 +152,12 @@ def collate_release(samples: list[ReleaseSample], tokenizer: Any) -> ReleaseBatc
         target[i] = torch.tensor(labels)
         if not matched:
             drifted.append(i)
-    if drifted:
+    global _warned_drift
+    if drifted and not _warned_drift:
+        _warned_drift = True
         log.warning("%d of %d conversations: the tokenizer splits rounds differently inside the conversation than "
-                    "alone, so LLaVA's label rule is off by some tokens there (the official code stops on this)",
+                    "alone, so LLaVA's label rule is off by some tokens there (the official code stops on this; "
+                    "said once)",
                     len(drifted), len(rows))
     # the official mask: every token that is not the pad id (LLaMA's unk, which its byte-fallback vocabulary never
     # produces inside a text; a vocabulary that does gets those tokens masked too, as officially)

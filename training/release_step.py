@@ -126,24 +126,6 @@ def same_object_table(expressions: Iterable[tuple[str, str, tuple[int, ...]]]) -
     return {e: {o for o, objs in rows if objs == obj and o != e} for e, obj in rows}
 
 
-# what train_ds.py trains besides the LoRA factors (matched in the official names: lm_head, embed_tokens,
-# mask_decoder, text_hidden_fcs, mm_projector); everything else, the SAM 2 memory modules included, stays frozen
-RELEASE_TRAINABLE_PREFIXES = ("vlm.llava.lm_head.", "vlm.llava.model.language_model.embed_tokens.",
-                              "sam.sam.sam_mask_decoder.", "seg_projection.", "vlm.llava.model.multi_modal_projector.")
-
-
-def set_release_trainable(model: GLUSModel) -> list[str]:
-    """Freeze the model but for what the official training trains (LoRA factors, if injected, and
-    :data:`RELEASE_TRAINABLE_PREFIXES`); returns the trainable parameters' names."""
-    names = []
-    for name, param in model.named_parameters():
-        train = "lora_" in name or name.startswith(RELEASE_TRAINABLE_PREFIXES)
-        param.requires_grad_(train)
-        if train:
-            names.append(name)
-    return names
-
-
 def _conversation_embeds(model: GLUSModel, ids: torch.Tensor, frame_tokens: torch.Tensor, labels: torch.Tensor,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One conversation: (embeds (L', D), expanded labels (L',), expanded ids (L',) with -1 at frame tokens)."""

@@ -109,6 +109,10 @@ class _OfficialConversationOnly:
                          f"(PromptBuilder.{name}) is not defined for it")
 
 
+# a trainable group that brings others with it: the full LLM includes its token rows
+GROUP_IMPLIES = {"llm": ("token_embeddings",)}
+
+
 class GLUSModel(nn.Module):
     def __init__(self, cfg: GLUSConfig, tokenizer: PreTrainedTokenizerBase, empty_llm: bool = False) -> None:
         """``empty_llm``: the language model on the meta device, for a checkpoint loader to assign (official
@@ -177,10 +181,17 @@ class GLUSModel(nn.Module):
         memory_params += [sam.maskmem_tpos_enc, sam.no_mem_embed, sam.no_mem_pos_enc]
         if sam.no_obj_embed_spatial is not None:
             memory_params.append(sam.no_obj_embed_spatial)
-        llm = [*self.vlm.language_model.parameters(), *self.vlm.llava.lm_head.parameters()]
+        rows = {id(p) for p in [*self.vlm.language_model.embed_tokens.parameters(),
+                                 *self.vlm.llava.lm_head.parameters()]}
+        # the token rows (input embeddings + LM head) apart from the rest of the LLM: the released GLUS trains them
+        # fully beside LoRA (its new tokens); "llm" (the full LLM) includes them, see apply_trainable
+        token_embeddings = [p for p in [*self.vlm.language_model.parameters(), *self.vlm.llava.lm_head.parameters()]
+                            if id(p) in rows]
+        llm = [p for p in self.vlm.language_model.parameters() if id(p) not in rows]
         return {
             "vision_tower": list(self.vlm.vision_tower.parameters()),
             "llm": llm,
+            "token_embeddings": list({id(p): p for p in token_embeddings}.values()),
             "llm_lora": [],  # LoRA adapters are added by the trainer (peft); the base LLM stays frozen
             "projections": [*self.vlm.projector.parameters(), *self.seg_projection.parameters(),
                             *(self.grounding_map.parameters() if self.grounding_map is not None else []),
@@ -204,8 +215,9 @@ class GLUSModel(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         for name in groups:
-            for p in table[name]:
-                p.requires_grad_(True)
+            for implied in (name, *GROUP_IMPLIES.get(name, ())):
+                for p in table[implied]:
+                    p.requires_grad_(True)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     @property
