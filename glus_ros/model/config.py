@@ -22,7 +22,7 @@ DEFAULT_CONTEXT_FRAME = "<image>"
 DEFAULT_QUERY_FRAME = "<image>"
 
 TRAINABLE_GROUPS = (
-    "vision_tower", "llm", "llm_lora", "projections", "image_encoder", "prompt_encoder",
+    "vision_tower", "llm", "token_embeddings", "llm_lora", "projections", "image_encoder", "prompt_encoder",
     "mask_decoder", "memory", "key_frame", "points", "temporal",
 )
 
@@ -101,10 +101,12 @@ class OfficialConfig:
     ``load_weights``: "official_loader" loads the release as the official inference does (transformers 4.31
     ``from_pretrained`` renames keys holding "gamma"/"beta", so SAM 2's memory-encoder layer scales keep their
     initial 1e-6); "as_stored" loads every tensor as the release stores it (docs/official_weights.md).
+    ``adapter``: a fine-tuning export (``release_export.save_adapter``) applied to the release, as ``--adapter DIR``.
     """
 
     conversation: str = "llava_v1"
     load_weights: str = "official_loader"
+    adapter: str | None = None
 
 
 PROMPT_FORMATS = ("compact", "llava_v1")
