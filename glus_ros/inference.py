@@ -68,7 +68,7 @@ class VideoSegmenter:
 
 def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_checkpoint: str | Path | None = None,
                device: str = "cpu", overrides: dict | None = None, vision_tower: str | Path | None = None,
-               dtype: str | None = None) -> GLUSModel:
+               dtype: str | None = None, adapter: str | Path | None = None) -> GLUSModel:
     """A model from a config name / YAML / trained directory, with optional official checkpoints.
 
     ``overrides`` change config values that do not change the weights' shapes (e.g. ablations:
@@ -78,8 +78,9 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     deepen its LLM (``{"vlm": {"text": {"num_hidden_layers": 8}}}``: new layers start as the identity).
 
     A config with an ``official`` section (glus-s, glus-a) loads a released GLUS folder as it is published
-    (``glus_ros.official_glus.load_official_model``): ``vision_tower`` is the local CLIP folder and ``dtype``
-    the weights' precision ("bf16" by default on CUDA, else "fp32").
+    (``glus_ros.official_glus.load_official_model``): ``vision_tower`` is the local CLIP folder, ``dtype``
+    the weights' precision ("bf16" by default on CUDA, else "fp32") and ``adapter`` a fine-tuning export applied
+    to the release (``glus_ros.model.release_export.save_adapter``).
     """
     if (backend := backend_of(spec)) != "glus":
         raise ValueError(f"model {spec} is a {backend} model (glus_ros.backends): this runs GLUS models only; "
@@ -87,7 +88,11 @@ def load_model(spec: str | Path, checkpoint: str | Path | None = None, sam2_chec
     if _is_official(spec, overrides):
         from glus_ros.official_glus import load_official_model
 
-        return load_official_model(spec, checkpoint, sam2_checkpoint, device, overrides, vision_tower, dtype)
+        return load_official_model(spec, checkpoint, sam2_checkpoint, device, overrides, vision_tower, dtype,
+                                   adapter=adapter)
+    if adapter is not None:
+        raise ValueError(f"--adapter applies a fine-tuning export to the released GLUS weights (glus-s, glus-a); "
+                         f"model {spec} is not a release")
     if vision_tower is not None:
         raise ValueError(f"--vision-tower is for the released GLUS weights (glus-s, glus-a); model {spec} "
                          "carries its own vision tower")

@@ -22,6 +22,7 @@ This module builds such a model from a release folder and a CLIP folder, as the 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -29,12 +30,19 @@ import torch
 from glus_ros.devices import resolve_device, weight_dtype
 from glus_ros.model.glus import GLUSModel
 
+log = logging.getLogger(__name__)
+
 
 def load_official_model(spec: str | Path, checkpoint: str | Path | None, sam2_checkpoint: str | Path | None = None,
                         device: str = "cpu", overrides: dict | None = None, vision_tower: str | Path | None = None,
-                        dtype: str | None = None) -> GLUSModel:
+                        dtype: str | None = None, adapter: str | Path | None = None) -> GLUSModel:
     """A released GLUS-S / GLUS-A folder (``checkpoint``) with a local CLIP folder (``vision_tower``, or the
     config's ``vlm.vision_tower``), weights in ``dtype`` ("bf16" by default on CUDA, else "fp32").
+
+    ``adapter`` (or the config's ``official.adapter``): a fine-tuning export of ``glus_ros.model.release_export.
+    save_adapter`` applied to the release (LoRA merged into the base weights, the trained heads assigned), so a
+    fine-tuned model ships as a small fraction of the release instead of a second copy of it;
+    ``model.adapter_report`` says what it changed.
 
     The language model is assigned from the checkpoint without a float32 copy (built on the meta device);
     ``sam2_checkpoint`` (a SAM 2 / 2.1 ``.pt``) is loaded first and then replaced by the release's own
@@ -60,6 +68,9 @@ def load_official_model(spec: str | Path, checkpoint: str | Path | None, sam2_ch
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
     tower = vision_tower if vision_tower is not None else cfg.vlm.vision_tower
+    adapter = adapter if adapter is not None else cfg.official.adapter if cfg.official is not None else None
+    if adapter is not None and not Path(adapter).is_dir():
+        raise FileNotFoundError(f"adapter folder {adapter} does not exist")  # before the (long) release load
     if tower is not None:
         if not Path(tower).is_dir():
             raise FileNotFoundError(f"vision tower folder {tower} does not exist")
@@ -71,6 +82,15 @@ def load_official_model(spec: str | Path, checkpoint: str | Path | None, sam2_ch
     if sam2_checkpoint is not None:
         load_sam2_checkpoint(model.sam.sam, Path(sam2_checkpoint))
     report = load_release(model, ckpt, Path(tower) if tower is not None else None, weights)
-    model = model.to(weights).to(target).eval()
+    model = model.to(weights)
+    model.adapter_report = None
+    if adapter is not None:
+        from glus_ros.model.release_export import load_adapter
+
+        model.adapter_report = load_adapter(model, adapter)  # merged in the weights' dtype, before the device move
+        trained_from = model.adapter_report.release
+        if trained_from is not None and Path(trained_from).resolve() != ckpt.resolve():
+            log.warning("adapter %s was trained from %s, applied to %s", adapter, trained_from, ckpt)
+    model = model.to(target).eval()
     model.load_report = report  # what was loaded, and what keeps its initial value as the official loader leaves it
     return model

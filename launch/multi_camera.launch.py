@@ -22,7 +22,7 @@ from launch.substitutions import LaunchConfiguration
 
 PACKAGE = "glus_ros"
 CAMERAS = ("head", "wrist")
-SHARED = ("model", "checkpoint", "vision_tower", "device", "dtype", "params_file")
+SHARED = ("model", "checkpoint", "vision_tower", "adapter", "device", "dtype", "params_file")
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -36,6 +36,7 @@ TRACKER_OVERRIDES = {
     "model": ("model", "model config name, YAML file, trained model directory or backend folder"),
     "checkpoint": ("checkpoint", "released GLUS weights folder or official checkpoint for the model"),
     "vision_tower": ("vision_tower", "released GLUS weights: local CLIP ViT-L/14 folder"),
+    "adapter": ("adapter", "released GLUS weights: fine-tuning export (LoRA + heads) applied to the release"),
     "device": ("device", "cpu, cuda, cuda:N or auto"),
     "dtype": ("dtype", "fp32 or bf16"),
     "schedule": ("schedule", "live: tracker every frame, MLLM in its own worker; full: MLLM every frame; "

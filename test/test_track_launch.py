@@ -28,6 +28,7 @@ LAUNCH_FILE = REPO / "launch" / "track.launch.py"
 MULTI_CAMERA_LAUNCH_FILE = REPO / "launch" / "multi_camera.launch.py"
 # what issue 28 asks a user can set from the command line, besides the camera and model basics
 LAUNCH_ARGUMENTS = {"namespace", "params_file", "with_camera", "camera_topic", "model", "checkpoint", "vision_tower",
+                    "adapter",
                     "device", "dtype", "schedule", "use_depth", "compressed", "target_frame"}
 
 

@@ -19,6 +19,9 @@ def add_weights_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
     parser.add_argument("--sam2-checkpoint", help="official SAM 2 .pt checkpoint for the SAM 2 head")
     parser.add_argument("--vision-tower", help="released GLUS weights: local CLIP ViT-L/14 folder "
                                                "(openai/clip-vit-large-patch14 layout; the release has none)")
+    parser.add_argument("--adapter", metavar="DIR",
+                        help="released GLUS weights: a fine-tuning export (save_adapter: LoRA + trained heads) "
+                             "applied to the --checkpoint release (docs/official_weights.md)")
     if device:
         parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
@@ -47,7 +50,7 @@ def load_model_from_args(args: argparse.Namespace):
             raise FileNotFoundError(f"--model-override {path} does not exist")
         overrides = read_yaml_mapping(path)
     model = load_model(args.model, args.checkpoint, args.sam2_checkpoint, args.device, overrides,
-                       args.vision_tower, args.dtype)
+                       args.vision_tower, args.dtype, adapter=args.adapter)
     args.dtype = args.dtype or "fp32"
     return model
 

@@ -152,6 +152,7 @@ def _run_pointing_backend(args: argparse.Namespace, expression: str, region, fra
                                            ("--start-frame", args.start_frame != 0),
                                            ("--point-source", args.point_source != "auto"),
                                            ("--vision-tower", args.vision_tower is not None),
+                                           ("--adapter", args.adapter is not None),
                                            ("--model-override", args.model_override is not None)) if used]
     if unsupported:
         raise ValueError(f"{', '.join(unsupported)}: not available with the {args.model} model (a pointing "

@@ -34,6 +34,7 @@ def run_concept_backend(args: argparse.Namespace, expression: str, region: Regio
                                            ("--point-source", args.point_source != "auto"),
                                            ("--anchors", args.anchors != "key"),
                                            ("--vision-tower", args.vision_tower is not None),
+                                           ("--adapter", args.adapter is not None),
                                            ("--model-override", args.model_override is not None)) if used]
     if unsupported:
         raise ValueError(f"{', '.join(unsupported)}: not available with the SAM 3 model {args.model} (it detects "

@@ -171,6 +171,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_camera: str)
     parser.add_argument("--sam2-checkpoint",
                         help="official SAM 2 .pt: the SAM 2 head (needed by a pointing backend such as Molmo2)")
     parser.add_argument("--vision-tower", help="released GLUS weights: local CLIP ViT-L/14 folder")
+    parser.add_argument("--adapter", help="released GLUS weights: fine-tuning export applied to the release")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help="precision (default: params file)")
     parser.add_argument("--model-override", help="YAML file merged into the model config (as segment's)")
     parser.add_argument("--schedule", choices=["live", "fast", "full"],
@@ -185,7 +186,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, default_camera: str)
 
 def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = (("model", args.model), ("checkpoint", args.checkpoint), ("sam2_checkpoint", args.sam2_checkpoint),
-             ("vision_tower", args.vision_tower), ("dtype", args.dtype), ("model_override", args.model_override),
+             ("vision_tower", args.vision_tower), ("adapter", args.adapter), ("dtype", args.dtype),
+             ("model_override", args.model_override),
              ("schedule", args.schedule),
              ("device", args.device))
     return {k: v for k, v in pairs if v}

@@ -313,7 +313,7 @@ class TrackerNode(LifecycleNode):
             # dtype: the released weights' precision (they run in it), autocast for the other models
             self.model = load_stream_model(p["model"], p["checkpoint"] or None, p["sam2_checkpoint"] or None,
                                            p["device"], vision_tower=p["vision_tower"] or None, dtype=p["dtype"],
-                                           model_override=p["model_override"] or None)
+                                           model_override=p["model_override"] or None, adapter=p["adapter"] or None)
             self.engine = make_engine(self.model, config, on_result=self._on_result)
             loaded = time.perf_counter() - start
             self.get_logger().info(

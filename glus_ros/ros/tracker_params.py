@@ -27,6 +27,7 @@ PARAMETERS_SPEC: dict[str, tuple[Any, str, str]] = {
     "model": (DEFAULT_MODEL, AT_CONFIGURE, "model config name, YAML file, trained model directory or Molmo2 folder"),
     "checkpoint": ("", AT_CONFIGURE, "official GLUS/LISA checkpoint to load ('' = none)"),
     "vision_tower": ("", AT_CONFIGURE, "released GLUS weights: local CLIP ViT-L/14 folder ('' = none)"),
+    "adapter": ("", AT_CONFIGURE, "released GLUS weights: fine-tuning export (LoRA + heads) applied ('' = none)"),
     "model_override": ("", AT_CONFIGURE, "YAML file merged into the model config, e.g. sizes ('' = none)"),
     "sam2_checkpoint": ("", AT_CONFIGURE, "official SAM 2 .pt checkpoint for the SAM 2 head ('' = none)"),
     "device": ("cpu", AT_CONFIGURE, "cpu, cuda, cuda:N or auto"),

@@ -20,12 +20,13 @@ from glus_ros.streaming.types import FrameResult
 def load_stream_model(spec: str | Path, checkpoint: str | Path | None = None,
                       sam2_checkpoint: str | Path | None = None, device: str = "cpu",
                       vision_tower: str | Path | None = None, dtype: str | None = None,
-                      model_override: str | Path | None = None) -> Any:
+                      model_override: str | Path | None = None, adapter: str | Path | None = None) -> Any:
     """A ``GLUSModel`` for a GLUS config or folder, the loaded backend for any other (e.g. a Molmo2 folder).
 
     ``vision_tower`` is the local CLIP folder of the released GLUS weights (glus-s, glus-a) and an error for
     any other model; ``dtype`` the release's weight precision (default: bf16 on CUDA, fp32 on CPU);
-    ``model_override`` a YAML file merged into the model config (``--model-override``)."""
+    ``model_override`` a YAML file merged into the model config (``--model-override``); ``adapter`` a fine-tuning
+    export applied to the release (``--adapter``)."""
     from glus_ros.backends.loading import backend_of, load_backend
     from glus_ros.inference import load_model
 
@@ -37,10 +38,11 @@ def load_stream_model(spec: str | Path, checkpoint: str | Path | None = None,
             raise FileNotFoundError(f"model override {model_override} does not exist")
         overrides = read_yaml_mapping(Path(model_override))
     if backend_of(spec) == "glus":
-        return load_model(spec, checkpoint, sam2_checkpoint, device, overrides, vision_tower=vision_tower, dtype=dtype)
-    if vision_tower is not None:
-        raise ValueError(f"vision_tower is for the released GLUS weights (glus-s, glus-a); model {spec} "
-                         "carries its own vision tower")
+        return load_model(spec, checkpoint, sam2_checkpoint, device, overrides, vision_tower=vision_tower, dtype=dtype,
+                          adapter=adapter)
+    if vision_tower is not None or adapter is not None:
+        raise ValueError(f"vision_tower and adapter are for the released GLUS weights (glus-s, glus-a); model "
+                         f"{spec} is not a release")
     return load_backend(spec, checkpoint, sam2_checkpoint, device)
 
 
