@@ -101,3 +101,51 @@ def test_the_accelerate_configs_in_training_load_as_accelerate_reads_them() -> N
     assert zero2.deepspeed_config["zero_stage"] == 2
     assert {"gradient_accumulation_steps", "gradient_clipping", "offload_optimizer_device"} <= set(
         zero2.deepspeed_config)
+
+
+RELEASE = Path(__file__).parent / "fixtures" / "glus_official"
+
+
+def _release_recipe(grad_accum: int) -> dict:
+    """Fixture ``c``'s release fine-tuned with the official step (training/glus_s.yaml's settings) on the tiny
+    MeViS split of fixture ``train_step``. Dropout off (LoRA's and the memory attention's: random masks differ with
+    the process layout) and no contrastive term (each process keeps its own bank)."""
+    from glus_ros.model.config import deep_update, read_yaml_mapping
+
+    no_dropout = {"sam2": {"memory_attention": {"layer": {"dropout": 0.0, "self_attention": {"dropout": 0.0},
+                                                          "cross_attention": {"dropout": 0.0}}}}}
+    overrides = deep_update(read_yaml_mapping(RELEASE / "c" / "glus_override.yaml"), no_dropout)
+    return {"name": "ddp_release", "model": "glus-s", "model_overrides": overrides,
+            "checkpoint": str(RELEASE / "c" / "checkpoint"), "vision_tower": str(RELEASE / "c" / "clip"),
+            "gradient_checkpointing": True,
+            "datasets": [{"kind": "mevis", "root": str(RELEASE / "train_step" / "data" / "mevis"), "split": "train"}],
+            "samples_per_epoch": 8, "loss": {"contrastive": 0.0},
+            "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "optim": {"lr": 1e-3, "warmup_steps": 1, "batch_size": 1, "grad_accum": grad_accum, "max_steps": STEPS},
+            "save_every": 1, "keep_checkpoints": 5}
+
+
+def test_two_processes_fine_tune_the_release_like_one(tmp_path: Path) -> None:
+    recipe = tmp_path / "ddp_release.yaml"
+    recipe.write_text(yaml.safe_dump(_release_recipe(grad_accum=1)))
+    out = tmp_path / "two"
+    _torchrun(recipe, out, "--stop-at-step", "2")
+    _torchrun(recipe, out, "--resume")
+
+    one = Trainer(config_from_dict(_release_recipe(grad_accum=2)), output_dir=tmp_path / "one", progress=False)
+    assert one.release
+    start = {k: v.clone() for k, v in one._trainable_state().items()}
+    assert any("lora_A" in k for k in start) and any("embed_tokens" in k for k in start)
+    reference = one.train()
+    want = one._trainable_state()
+    got = load_file(str(out / "checkpoints" / f"step_{STEPS:07d}" / WEIGHTS_FILE))
+    assert got.keys() == want.keys()
+    assert all(not torch.equal(want[k], start[k]) for k in want if "lora_" in k), "LoRA did not train"
+    worst = max(((got[k] - want[k]).abs().max().item(), k) for k in want)
+    assert worst[0] < 1e-5, worst
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    for row, ref in zip(rows, reference.history, strict=True):
+        assert float(row["total"]) == pytest.approx(ref["total"], rel=1e-4)
+    # the export of a fine-tuned release: the release layout and the adapter, written once
+    assert (out / "model" / "config.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()

@@ -206,7 +206,9 @@ class TrainConfig:
     name: str
     model: str = "tiny"                 # model config name / YAML / trained model directory to start from
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {sampling: {num_context: 0}} (ablations)
-    checkpoint: str | None = None       # official GLUS/LISA weights to start from
+    checkpoint: str | None = None       # official GLUS/LISA weights to start from (a released GLUS folder)
+    vision_tower: str | None = None     # the local CLIP folder a released GLUS needs (the release has no tower)
+    gradient_checkpointing: bool = False  # recompute the LLM's layers in backward (the official training's setting)
     sam2_checkpoint: str | None = None  # official SAM 2 .pt to start from
     trainable: list[str] | None = None  # parameter groups (default: the model config's split)
     datasets: list[DatasetSpec] = field(default_factory=list)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import logging
 import math
 import os
@@ -63,6 +64,9 @@ from glus_ros.training.data import (
 )
 from glus_ros.training.lora import add_lora, extract_lora, merge_lora
 from glus_ros.training.losses import LossWeights, SegTokenBank
+from glus_ros.training.release_batch import ReleaseBatch, collate_release
+from glus_ros.training.release_data import ReleaseClipDataset
+from glus_ros.training.release_step import ReleaseSegBank, release_losses
 from glus_ros.training.step import forward_clips, forward_grounded
 
 log = logging.getLogger(__name__)
@@ -93,8 +97,16 @@ class TrainingModule(nn.Module):
         self.grounding = (cfg.aux.grounding, cfg.aux.grounding_drop, cfg.aux.grounding_pick,
                           cfg.aux.grounding_anchor, cfg.aux.motion)
 
-    def forward(self, batch: dict[str, Any], seg_bank: SegTokenBank | None = None) -> dict[str, torch.Tensor]:
-        # one forward for both batch kinds: DDP wraps this module once and syncs whichever path ran
+    def forward(self, batch: dict[str, Any] | ReleaseBatch,
+                seg_bank: SegTokenBank | ReleaseSegBank | None = None) -> dict[str, torch.Tensor]:
+        # one forward for every batch kind: DDP wraps this module once and syncs whichever path ran
+        if isinstance(batch, ReleaseBatch):  # the released weights: the official step (python's random draws the
+            # contrastive negatives, as officially; its state is saved with every checkpoint)
+            assert seg_bank is None or isinstance(seg_bank, ReleaseSegBank)
+            losses = release_losses(self.model, batch, self.weights, seg_bank, random)  # type: ignore[arg-type]
+            losses.pop("seg_embeddings")
+            return losses
+        assert isinstance(seg_bank, SegTokenBank | None)
         if batch.get(BATCH_KIND) == "grounded":
             return forward_grounded(self.model, batch, self.weights, self.visibility_weight)
         return forward_clips(self.model, batch, self.weights, seg_bank, self.visibility_weight,
@@ -168,6 +180,17 @@ def check_launch(num_processes: int) -> None:
             "accelerate launch --cpu starts one process whatever --num_processes says; for several processes on "
             "CPU run `torchrun --nproc_per_node N -m glus_ros.cli train ...` or `accelerate launch --multi_gpu "
             "--num_processes N -m glus_ros.cli train ...` with `device: cpu` in the recipe (gloo)")
+
+
+def is_release_recipe(cfg: TrainConfig) -> bool:
+    """Whether the recipe starts from a model of the released GLUS weights' format (``loop.prompt_format:
+    llava_v1``): it trains with the official step (release_step.py) on official samples (release_data.py)."""
+    from glus_ros.model.config import load_config
+
+    folder = Path(cfg.model)
+    if folder.is_dir() and (folder / "config.yaml").is_file():
+        return load_config(folder / "config.yaml", cfg.model_overrides or None).loop.prompt_format == "llava_v1"
+    return load_config(cfg.model, cfg.model_overrides or None).loop.prompt_format == "llava_v1"
 
 
 def may_skip_heads(cfg: TrainConfig) -> bool:
@@ -261,7 +284,9 @@ class Trainer:
 
         # DDP reduces every gradient it expects; a step that legitimately leaves a head out needs the
         # per-step search for unused parameters (docs/training.md has its measured cost)
-        handlers = [DistributedDataParallelKwargs(find_unused_parameters=may_skip_heads(cfg))]
+        # (the release step leaves SAM 2's object-score head and the extra mask outputs out of every loss)
+        self.release = is_release_recipe(cfg)
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=may_skip_heads(cfg) or self.release)]
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=handlers)
         check_launch(self.accelerator.num_processes)
         if self.accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
@@ -289,8 +314,11 @@ class Trainer:
             self.ddp_ignored = never_in_loss(self.module)
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.module, self.ddp_ignored)
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
-        self.seg_bank = SegTokenBank(cfg.contrastive_bank) if LossWeights(**cfg.loss).contrastive > 0 else None
-        self.dataset = self._build_data()
+        self.dataset: MixedClipDataset | ReleaseClipDataset = self._build_data()
+        self.seg_bank: SegTokenBank | ReleaseSegBank | None = None
+        if LossWeights(**cfg.loss).contrastive > 0:
+            self.seg_bank = (ReleaseSegBank(self.dataset.positive_table(), cfg.contrastive_bank)
+                             if isinstance(self.dataset, ReleaseClipDataset) else SegTokenBank(cfg.contrastive_bank))
         self.grounded = self._build_grounded()
 
     # --- construction -----------------------------------------------------------------------
@@ -305,7 +333,7 @@ class Trainer:
 
         cfg = self.cfg
         model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu",
-                           overrides=cfg.model_overrides or None)
+                           overrides=cfg.model_overrides or None, vision_tower=cfg.vision_tower)
         # the start model's task adapters sit out of training (they route some samples otherwise); an adapter
         # recipe keeps the others in its export, a recipe that changes the base drops them (see export)
         self.start_adapters, model.task_adapters = model.task_adapters, {}
@@ -346,6 +374,8 @@ class Trainer:
             if "llm" in groups:
                 raise ValueError("trainable groups 'llm' and 'llm_lora' exclude each other (full LLM or LoRA)")
             add_lora(model.vlm.language_model, cfg.lora)
+        if cfg.gradient_checkpointing:  # the official training's memory saver (recomputes each layer in backward)
+            model.vlm.language_model.activation_checkpointing_enable({"use_reentrant": False})
         for name in cfg.adapter.dense if cfg.adapter is not None else ():
             head = getattr(model, name)
             if head is None:
@@ -404,8 +434,13 @@ class Trainer:
                 log.info("%s: using the cached weights in %s", name.replace("_", " "), cache)
                 load(load_file(str(cache)))
 
-    def _build_data(self) -> MixedClipDataset:
+    def _build_data(self) -> MixedClipDataset | ReleaseClipDataset:
         cfg, mcfg = self.cfg, self.model.cfg
+        if self.release:  # the official draw: a video, up to 3 of its expressions, 4 context + 4 query frames
+            sources = [(open_reader(spec, self.data_root)[0], spec.ratio,
+                        "mevis" if spec.kind in ("mevis", *SYNTHETIC_KINDS) else spec.kind) for spec in cfg.datasets]
+            return ReleaseClipDataset(sources, cfg.samples_per_epoch, seed=cfg.seed,
+                                      num_query=mcfg.sampling.num_query)
         registry = ObjectKeyRegistry()
         parts = []
         for spec in cfg.datasets:
@@ -469,7 +504,9 @@ class Trainer:
     def _micro_batches(self) -> Iterator[dict[str, Any]]:
         """Endless micro-batches from the saved position on; ``self.position`` tracks what was consumed."""
         mcfg = self.model.cfg
-        collate = make_collate(mcfg.vlm.image_size, mcfg.sam_image_size)
+        collate: Callable[[list[Any]], Any] = make_collate(mcfg.vlm.image_size, mcfg.sam_image_size)
+        if self.release:
+            collate = functools.partial(collate_release, tokenizer=self.model.tokenizer)
         while True:
             batches = self._epoch_batches(self.position.epoch)
             if not batches:
@@ -629,6 +666,8 @@ class Trainer:
         import copy
 
         folder = Path(folder) if folder is not None else self.out / "model"
+        if self.release:
+            return self._export_release(folder)
         model = copy.deepcopy(self.accelerator.unwrap_model(self.module).model).cpu().eval()
         spec = self.cfg.adapter
         if spec is not None:
@@ -646,6 +685,19 @@ class Trainer:
                 log.warning("the start model's task adapters %s were trained for its old weights: the exported "
                             "model has none (retrain them on it)", sorted(self.start_adapters))
         save_model_dir(model, folder)
+        (folder / "train_recipe.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        return folder
+
+    def _export_release(self, folder: Path) -> Path:
+        """A fine-tuned release, twice: ``folder`` in the release layout (LoRA merged; ``--checkpoint folder``) and
+        ``<out>/adapter`` with the LoRA adapter and the trained heads alone (``--checkpoint RELEASE --adapter``)."""
+        from glus_ros.model.release_export import save_adapter, save_release
+
+        if self.cfg.checkpoint is None:
+            raise ValueError("exporting a fine-tuned release needs the release folder it started from (checkpoint:)")
+        model = self.accelerator.unwrap_model(self.module).model
+        save_adapter(model, self.out / "adapter", self.cfg.checkpoint, overwrite=True)
+        save_release(model, folder, self.cfg.checkpoint, overwrite=True)
         (folder / "train_recipe.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         return folder
 
