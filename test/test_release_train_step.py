@@ -23,7 +23,7 @@ from glus_ros.inference import load_model
 from glus_ros.model.checkpoints import map_glus_keys
 from glus_ros.model.config import read_yaml_mapping
 from glus_ros.training.config import LoraSpec
-from glus_ros.training.lora import add_lora, load_lora_factors, official_lora_key
+from glus_ros.training.lora import add_lora, load_lora_factors
 from glus_ros.training.losses import LossWeights
 from glus_ros.training.release_batch import build_release_sample, collate_release
 from glus_ros.training.release_step import ReleaseSegBank, release_losses, same_object_table
@@ -84,7 +84,8 @@ def test_every_loss_term_is_the_official_one(stepped):
 
 def test_the_trainable_tensors_and_their_gradients_are_the_official_ones(stepped):
     model, trainable, _, _ = stepped
-    official = {map_glus_keys({official_lora_key(k): None})[0].popitem()[0]: v
+    # the official names under peft: base_model.model.<GLUSForCausalLM name>
+    official = {map_glus_keys({k.removeprefix("base_model.model."): None})[0].popitem()[0]: v
                 for k, v in EXPECTED["grad_norms"].items()}
     assert set(trainable) == set(official)
     params = dict(model.named_parameters())
@@ -93,3 +94,13 @@ def test_the_trainable_tensors_and_their_gradients_are_the_official_ones(stepped
         ours = 0.0 if grad is None else float(grad.norm())
         # abs: gradients that are zero in exact arithmetic (attention key biases) are float noise of ~1e-11 in both
         assert ours == pytest.approx(norm, rel=1e-3, abs=1e-7), name
+
+
+def test_an_adapter_that_does_not_fit_the_lora_layers_is_one_clear_error():
+    model = load_model("glus-s", RELEASE / "checkpoint", vision_tower=RELEASE / "clip",
+                       overrides=read_yaml_mapping(RELEASE / "glus_override.yaml"))
+    with pytest.raises(ValueError, match="matches no LoRA layer"):  # no LoRA injected
+        load_lora_factors(model, FIXTURE / "adapter")
+    add_lora(model.vlm.language_model, LoraSpec(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    with pytest.raises(ValueError, match=r"lora_A has shape \(8, 32\), the model's layer \(4, 32\)"):
+        load_lora_factors(model, FIXTURE / "adapter")

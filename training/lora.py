@@ -8,13 +8,11 @@ instead takes the factors out (:func:`extract_lora`) and leaves the base weights
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file
 from torch import nn
 
 from glus_ros.model.checkpoints import map_glus_keys
@@ -75,58 +73,27 @@ def extract_lora(module: nn.Module) -> tuple[dict[str, tuple[torch.Tensor, torch
     return factors, scales.pop()
 
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def read_peft_adapter(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter_config.json, tensors) of a peft LoRA folder as ``PeftModel.save_pretrained`` writes it (the official
-    GLUS training saves its LoRA this way): ``adapter_model.safetensors`` or the older ``adapter_model.bin``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"adapter folder {folder} does not exist")
-    config_path = folder / ADAPTER_CONFIG
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} has no {ADAPTER_CONFIG}: not a peft LoRA adapter folder")
-    config = json.loads(config_path.read_text())
-    if config.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{config_path}: peft_type {config.get('peft_type')!r}, only LORA adapters are supported")
-    for unsupported in ("use_rslora", "use_dora"):
-        if config.get(unsupported):
-            raise ValueError(f"{config_path}: {unsupported} is not supported (plain LoRA only)")
-    for name in ADAPTER_FILES:
-        path = folder / name
-        if path.is_file():
-            state = load_file(str(path)) if name.endswith(".safetensors") else torch.load(
-                path, map_location="cpu", weights_only=True)
-            return config, state
-    raise FileNotFoundError(f"{folder} has none of {', '.join(ADAPTER_FILES)}")
-
-
-def official_lora_key(key: str) -> str:
-    """A saved peft LoRA key (``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``) as the official
-    model's parameter name under peft (``model.layers.0.self_attn.q_proj.lora_A.default.weight``)."""
-    key = key.removeprefix("base_model.model.")
-    for part in (".lora_A.", ".lora_B."):
-        if part in key and part + "default." not in key:
-            key = key.replace(part, part + "default.")
-    return key
-
-
 def load_lora_factors(model: nn.Module, folder: str | Path) -> int:
-    """Copy a peft adapter's LoRA factors into ``model``'s injected (unmerged) LoRA layers, e.g. to go on training
-    from a released adapter; returns how many tensors were set. Every factor must meet a layer of its shape."""
-    config, state = read_peft_adapter(folder)
-    mapped, unmatched = map_glus_keys({official_lora_key(k): v for k, v in state.items()})
+    """Copy a peft adapter's LoRA factors (a :func:`~glus_ros.model.release_export.save_adapter` folder or the
+    official training's) into ``model``'s injected, unmerged LoRA layers, e.g. to go on training from it; returns
+    how many tensors were set. Every factor must meet a LoRA layer of its shape."""
+    from glus_ros.model.release_export import read_lora_adapter
+
+    _r, _alpha, path, pairs = read_lora_adapter(folder)
     own = dict(model.named_parameters())
-    problems = [k for k in mapped if k not in own] + unmatched
-    if problems:
-        raise ValueError(f"{folder}: LoRA tensors that match no LoRA layer of the model: {', '.join(problems[:4])}"
-                         " (inject LoRA with the adapter's target_modules first)")
+    updates = []
+    for module, pair in sorted(pairs.items()):
+        for which in ("A", "B"):
+            mapped, _ = map_glus_keys({f"{module}.lora_{which}.default.weight": pair[which]})
+            key = next(iter(mapped), None)
+            if key is None or key not in own:
+                raise ValueError(f"{path}: {module}.lora_{which} matches no LoRA layer of the model (inject LoRA with "
+                                 "the adapter's target_modules first)")
+            if own[key].shape != pair[which].shape:
+                raise ValueError(f"{path}: {module}.lora_{which} has shape {tuple(pair[which].shape)}, the model's "
+                                 f"layer {tuple(own[key].shape)}")
+            updates.append((own[key], pair[which]))
     with torch.no_grad():
-        for key, value in mapped.items():
-            if own[key].shape != value.shape:
-                raise ValueError(f"{folder}: {key} has shape {tuple(value.shape)}, the model's layer "
-                                 f"{tuple(own[key].shape)} (rank {config.get('r')}?)")
-            own[key].copy_(value)
-    return len(mapped)
+        for param, value in updates:
+            param.copy_(value)
+    return len(updates)

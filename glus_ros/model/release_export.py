@@ -434,6 +434,19 @@ def _lora_pairs(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[
     return pairs
 
 
+def read_lora_adapter(folder: str | Path) -> tuple[int, float, Path, dict[str, dict[str, torch.Tensor]]]:
+    """(r, lora_alpha, weights file, {official module path: {"A": lora_A, "B": lora_B}}) of a peft LoRA folder
+    (``adapter_model.safetensors``, or the older ``adapter_model.bin``), its options checked (plain LoRA only)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"adapter folder {folder} does not exist")
+    r, alpha = _check_adapter_config(folder / ADAPTER_CONFIG)
+    weights_path = folder / ADAPTER_WEIGHTS
+    if not weights_path.is_file() and (folder / LEGACY_ADAPTER_WEIGHTS).is_file():
+        weights_path = folder / LEGACY_ADAPTER_WEIGHTS
+    return r, alpha, weights_path, _lora_pairs(weights_path, _read_tensors(weights_path))
+
+
 def load_adapter(model: nn.Module, folder: str | Path) -> AdapterReport:
     """Apply a :func:`save_adapter` folder (or a plain peft LoRA folder) to a release model: every LoRA merged into
     its base weight (W += alpha / r * B @ A), the trained heads assigned. Everything is checked before anything
@@ -443,12 +456,8 @@ def load_adapter(model: nn.Module, folder: str | Path) -> AdapterReport:
         raise FileNotFoundError(f"adapter folder {folder} does not exist")
     if _lora_layers(model):
         raise ValueError("the model holds peft LoRA layers: load the adapter into a plain release model")
-    r, alpha = _check_adapter_config(folder / ADAPTER_CONFIG)
+    r, alpha, weights_path, pairs = read_lora_adapter(folder)
     scale = alpha / r
-    weights_path = folder / ADAPTER_WEIGHTS
-    if not weights_path.is_file() and (folder / LEGACY_ADAPTER_WEIGHTS).is_file():
-        weights_path = folder / LEGACY_ADAPTER_WEIGHTS
-    pairs = _lora_pairs(weights_path, _read_tensors(weights_path))
     info = _read_json(folder / ADAPTER_INFO) if (folder / ADAPTER_INFO).is_file() else {}
     head_names = list(info.get("heads", {}))
     heads = _read_tensors(folder / HEADS_FILE) if head_names or (folder / HEADS_FILE).is_file() else {}
