@@ -100,7 +100,11 @@ def test_shipped_recipes_parse_and_name_existing_models():
     # paper hyper-parameters: LoRA rank 8, lr 3e-4, batch 2 x accumulation 10, MeViS:Ref-YouTube-VOS 1:1
     assert (s.lora.rank, s.optim.lr, s.optim.batch_size, s.optim.grad_accum) == (8, 3e-4, 2, 10)
     assert {d.kind: d.ratio for d in s.datasets} == {"mevis": 1.0, "refytvos": 1.0}
-    assert "llm_lora" in s.trainable and "llm" not in s.trainable
+    # as the official train_ds.py: LoRA on q_proj / v_proj only; the trainable groups are the release config's own
+    assert s.lora.target_modules == ["q_proj", "v_proj"] and s.trainable is None and s.gradient_checkpointing
+    assert load_config("glus-s").trainable == ["llm_lora", "projections", "mask_decoder", "token_embeddings"]
+    bags = load_train_config(REPO / "training" / "robot_bags_release.yaml")  # composes on glus_s
+    assert bags.model == "glus-s" and bags.lora == s.lora and [d.root for d in bags.datasets] == ["data/robot-bags"]
 
 
 def test_the_default_script_chains_its_stages_each_on_the_previous_output():
