@@ -335,8 +335,11 @@ class Trainer:
         model = load_model(cfg.model, cfg.checkpoint, cfg.sam2_checkpoint, device="cpu",
                            overrides=cfg.model_overrides or None, vision_tower=cfg.vision_tower)
         # the start model's task adapters sit out of training (they route some samples otherwise); an adapter
-        # recipe keeps the others in its export, a recipe that changes the base drops them (see export)
+        # recipe keeps the others in its export, a recipe that changes the base carries them over (see export)
+        from glus_ros.training.adapter_carry import start_weights
+
         self.start_adapters, model.task_adapters = model.task_adapters, {}
+        self.start_weights = start_weights(model, self.start_adapters)  # the base weights under them
         dense = cfg.adapter.dense if cfg.adapter is not None else []
         self.start_dense = {k: v.clone() for k, v in model.state_dict().items() if k.split(".", 1)[0] in dense}
         synthetic = any(d.kind in SYNTHETIC_KINDS for d in cfg.datasets)
@@ -680,10 +683,10 @@ class Trainer:
                     value.copy_(start[name])  # the base keeps the start model's head; the adapter carries its own
             model.task_adapters = {**self.start_adapters, spec.task: TaskAdapter(spec.task, factors, scale, dense)}
         else:
-            merge_lora(model)
-            if self.start_adapters:
-                log.warning("the start model's task adapters %s were trained for its old weights: the exported "
-                            "model has none (retrain them on it)", sorted(self.start_adapters))
+            from glus_ros.training.adapter_carry import carry_adapters
+
+            merge_lora(model)  # the start model's adapters go along while the base moved little under them
+            model.task_adapters = carry_adapters(self.start_adapters, self.start_weights, model)
         save_model_dir(model, folder)
         (folder / "train_recipe.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         return folder
