@@ -286,7 +286,7 @@ def test_adapter_recipe_exports_the_lora_as_a_task_adapter_beside_the_unchanged_
                                    trained, atol=1e-4, rtol=1e-4)
         assert torch.equal(exported.seg_prompts(ctx, qry, ["the red circle"]).prompts,
                            start.seg_prompts(ctx, qry, ["the red circle"]).prompts)
-    # training new base weights on that model carries the adapter over, rebased (training/adapter_carry.py)
+    # training new base weights on that model carries the adapter over unchanged (training/adapter_carry.py)
     again = config_from_dict(recipe(data_root, model=str(tmp_path / "adapter" / "model"), trainable=["projections"],
                                     optim={"max_steps": 1}, aux={"point": 0.0, "attributes": 0.0}))
     Trainer(again, output_dir=tmp_path / "again", progress=False).train()
