@@ -84,7 +84,7 @@ def official_initial_value(model: nn.Module, key: str, like: torch.Tensor) -> to
                           "glus_ros cannot reproduce; load the stored tensor with official.load_weights: as_stored")
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
     try:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -99,7 +99,7 @@ def weight_files(folder: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            weight_map = _read_json(index).get("weight_map")
+            weight_map = read_json_object(index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index}: no weight_map")
             files = [folder / name for name in sorted(set(weight_map.values()))]
@@ -141,7 +141,7 @@ def iter_tensors(file: Path):
 
 def check_config_json(path: Path, expected: dict, keys: tuple[str, ...], what: str) -> None:
     """Values of ``path`` that the model config fixes too must agree (names the file and the keys)."""
-    raw = _read_json(path)
+    raw = read_json_object(path)
     if raw.get("model_type") == "clip" and isinstance(raw.get("vision_config"), dict):
         raw = raw["vision_config"]  # a full CLIPModel folder (openai/clip-vit-large-patch14)
     defaults = {"num_key_value_heads": raw.get("num_attention_heads"), "hidden_act": None, "layer_norm_eps": None}
@@ -245,7 +245,7 @@ def load_release(model: nn.Module, checkpoint: Path, vision_tower: Path | None, 
     if not config_json.is_file():
         raise CheckpointError(f"{checkpoint}: no config.json (not a GLUS release folder)")
     check_config_json(config_json, _text_expected(model), TEXT_KEYS, "vlm.text")
-    vocab = int(_read_json(config_json).get("vocab_size", 0))
+    vocab = int(read_json_object(config_json).get("vocab_size", 0))
     if vocab != len(model.tokenizer):
         raise CheckpointError(f"{config_json}: vocab_size {vocab} but the tokenizer files of {checkpoint} hold "
                               f"{len(model.tokenizer)} tokens (tokenizer.model + added_tokens.json)")

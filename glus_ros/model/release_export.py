@@ -41,6 +41,7 @@ from glus_ros.model.official_checkpoint import (
     VISION_PREFIX,
     check_config_json,
     iter_tensors,
+    read_json_object,
     weight_files,
 )
 
@@ -364,16 +365,11 @@ class AdapterReport:
                 f"{len(self.assigned)} head tensors assigned")
 
 
-def _read_json(path: Path) -> dict:
+def _read_adapter_json(path: Path) -> dict:
+    """An adapter folder's JSON file (official_checkpoint's reader, with the missing file named as the adapter's)."""
     if not path.is_file():
         raise FileNotFoundError(f"adapter {path.parent}: no {path.name}")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return raw
+    return read_json_object(path)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -396,7 +392,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _check_adapter_config(path: Path) -> tuple[int, float]:
     """(r, lora_alpha) of a plain LoRA adapter_config.json; any option this loader does not implement is an error."""
-    config = _read_json(path)
+    config = _read_adapter_json(path)
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{path}: peft_type {config.get('peft_type')!r}: only LORA adapters are supported")
     for key, neutral in UNSUPPORTED_OPTIONS.items():
@@ -458,7 +454,7 @@ def load_adapter(model: nn.Module, folder: str | Path) -> AdapterReport:
         raise ValueError("the model holds peft LoRA layers: load the adapter into a plain release model")
     r, alpha, weights_path, pairs = read_lora_adapter(folder)
     scale = alpha / r
-    info = _read_json(folder / ADAPTER_INFO) if (folder / ADAPTER_INFO).is_file() else {}
+    info = _read_adapter_json(folder / ADAPTER_INFO) if (folder / ADAPTER_INFO).is_file() else {}
     head_names = list(info.get("heads", {}))
     heads = _read_tensors(folder / HEADS_FILE) if head_names or (folder / HEADS_FILE).is_file() else {}
     own = model.state_dict(keep_vars=True)
