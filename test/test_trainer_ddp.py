@@ -43,6 +43,21 @@ def _torchrun(recipe: Path, out: Path, *extra: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
 
+def assert_two_processes_equal_one(out: Path, one: Trainer, reference) -> dict[str, torch.Tensor]:
+    """The two-process run in ``out`` ended with ``one``'s weights (within 1e-5), and its one writer logged every
+    step once with the global step's loss (the mean over processes); returns ``one``'s trained weights."""
+    want = one._trainable_state()
+    got = load_file(str(out / "checkpoints" / f"step_{STEPS:07d}" / WEIGHTS_FILE))
+    assert got.keys() == want.keys()
+    worst = max(((got[k] - want[k]).abs().max().item(), k) for k in want)
+    assert worst[0] < 1e-5, worst
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    for row, ref in zip(rows, reference.history, strict=True):
+        assert float(row["total"]) == pytest.approx(ref["total"], rel=1e-4)
+    return want
+
+
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path: Path) -> None:
     root = tmp_path / "data"
     write_split(root, "train", 3, seed=11)
@@ -57,18 +72,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path: Path)
     one = Trainer(config_from_dict(_recipe(root, grad_accum=2)), output_dir=tmp_path / "one", progress=False)
     start = {k: v.clone() for k, v in one._trainable_state().items()}
     reference = one.train()
-    want = one._trainable_state()
-    got = load_file(str(out / "checkpoints" / f"step_{STEPS:07d}" / WEIGHTS_FILE))
-    assert got.keys() == want.keys()
+    want = assert_two_processes_equal_one(out, one, reference)
     moved = [k for k in want if not torch.equal(want[k], start[k])]
     assert moved, "nothing trained"
-    worst = max(((got[k] - want[k]).abs().max().item(), k) for k in want)
-    assert worst[0] < 1e-5, worst
-    # one writer: every step once in metrics.csv, holding the global step's loss (the mean over processes)
-    rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
-    for row, ref in zip(rows, reference.history, strict=True):
-        assert float(row["total"]) == pytest.approx(ref["total"], rel=1e-4)
     assert not list((out / "checkpoints").glob("*.tmp"))
     assert (out / "model" / "config.yaml").is_file()
 
@@ -137,15 +143,7 @@ def test_two_processes_fine_tune_the_release_like_one(tmp_path: Path) -> None:
     start = {k: v.clone() for k, v in one._trainable_state().items()}
     assert any("lora_A" in k for k in start) and any("embed_tokens" in k for k in start)
     reference = one.train()
-    want = one._trainable_state()
-    got = load_file(str(out / "checkpoints" / f"step_{STEPS:07d}" / WEIGHTS_FILE))
-    assert got.keys() == want.keys()
+    want = assert_two_processes_equal_one(out, one, reference)
     assert all(not torch.equal(want[k], start[k]) for k in want if "lora_" in k), "LoRA did not train"
-    worst = max(((got[k] - want[k]).abs().max().item(), k) for k in want)
-    assert worst[0] < 1e-5, worst
-    rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
-    for row, ref in zip(rows, reference.history, strict=True):
-        assert float(row["total"]) == pytest.approx(ref["total"], rel=1e-4)
     # the export of a fine-tuned release: the release layout and the adapter, written once
     assert (out / "model" / "config.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()
